@@ -1,0 +1,81 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let package = Package(
+    name: "HugeAlloc",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "HugeAlloc", targets: ["HugeAlloc"]),
+        .executable(name: "inspect-memory", targets: ["inspect-memory"]),
+        .executable(name: "hugealloc-bench", targets: ["hugealloc-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
+    ],
+    targets: [
+        // libnuma: numa.h (topology) and numaif.h (mbind, get_mempolicy, move_pages).
+        .systemLibrary(
+            name: "CNuma",
+            pkgConfig: "numa",
+            providers: [.apt(["libnuma-dev"])]
+        ),
+        // libhugetlbfs ships no .pc file; the module map links it by name.
+        .systemLibrary(
+            name: "CHugetlbfs",
+            providers: [.apt(["libhugetlbfs-dev"])]
+        ),
+        // The Linux API that Glibc's overlay hides from Swift. Symbols prefixed ha_.
+        .target(
+            name: "CHugeAllocShims",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("pthread")]
+        ),
+        .target(
+            name: "HugeAlloc",
+            dependencies: [
+                "CNuma", "CHugetlbfs", "CHugeAllocShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: [
+                .strictMemorySafety(),
+                .define("HUGEALLOC_CHECKS", .when(configuration: .debug)),
+            ]
+        ),
+        // The commands of inspect-memory, as a library so tests can drive them.
+        .target(
+            name: "InspectMemoryKit",
+            dependencies: [
+                "HugeAlloc",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "inspect-memory",
+            dependencies: ["InspectMemoryKit"]
+        ),
+        .executableTarget(
+            name: "hugealloc-bench",
+            dependencies: [
+                "HugeAlloc", "CHugeAllocShims",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "HugeAllocTests",
+            dependencies: [
+                "HugeAlloc", "CHugeAllocShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "InspectMemoryTests",
+            dependencies: ["InspectMemoryKit", "HugeAlloc"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,11 @@
+import ArgumentParser
+import HugeAlloc
+
+public struct InspectMemory: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "inspect-memory",
+        abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine."
+    )
+    public init() {}
+    public func run() throws {}
+}

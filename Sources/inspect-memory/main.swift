@@ -1,0 +1,3 @@
+import InspectMemoryKit
+
+InspectMemory.main()

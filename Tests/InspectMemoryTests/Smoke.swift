@@ -1,0 +1,6 @@
+import Testing
+import InspectMemoryKit
+
+@Test func parsesNoArguments() throws {
+    _ = try InspectMemory.parse([])
+}

@@ -1,0 +1,42 @@
+# Shared by tools/run and tools/test: the dependency step and hugepage reservation.
+# Source it; it defines functions only.
+
+HUGEALLOC_APT_PACKAGES=(libnuma-dev libhugetlbfs-dev pkg-config)
+
+# Installs the C libraries HugeAlloc links against, when missing.
+ensure_deps() {
+    local missing=()
+    for pkg in "${HUGEALLOC_APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "==> installing ${missing[*]} (apt-get)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "HugeAlloc needs these Debian packages: ${missing[*]}" >&2
+        echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
+        return 1
+    fi
+}
+
+# reserve_2m_pages N: when root and fewer than N 2 MiB pages are free, raises
+# nr_hugepages so that N are free, and prints what it did. Prints the previous
+# nr_hugepages on stdout so the caller can give the pages back.
+reserve_2m_pages() {
+    local want=$1 sys=/sys/kernel/mm/hugepages/hugepages-2048kB
+    [ -d "$sys" ] || { echo "no 2 MiB hugepage support in this kernel" >&2; return 0; }
+    local total free
+    total=$(cat "$sys/nr_hugepages"); free=$(cat "$sys/free_hugepages")
+    echo "$total"
+    if [ "$free" -ge "$want" ]; then return 0; fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "only $free free 2 MiB hugepages (tests want $want); hugepage tests will be skipped." >&2
+        echo "Reserve more with: echo $((total + want - free)) | sudo tee $sys/nr_hugepages" >&2
+        return 0
+    fi
+    echo $((total + want - free)) > "$sys/nr_hugepages"
+    echo "reserved 2 MiB hugepages for the tests: nr_hugepages $total -> $(cat "$sys/nr_hugepages"), free $(cat "$sys/free_hugepages")" >&2
+}
