@@ -1,11 +1,26 @@
 import ArgumentParser
 import HugeAlloc
 
+import Foundation
+
+/// The `inspect-memory` command. With no subcommand it runs ``SummaryCommand``.
+///
+/// Exit status: 0 on success, 1 on failure (one line on standard error),
+/// 64 on a usage error.
 public struct InspectMemory: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "inspect-memory",
-        abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine."
+        abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine.",
+        subcommands: [SummaryCommand.self],
+        defaultSubcommand: SummaryCommand.self
     )
     public init() {}
-    public func run() throws {}
+
+    /// Prints `message` as one line on standard error and returns the exit
+    /// code to throw: `throw InspectMemory.failure("...")`.
+    public static func failure(_ message: String) -> ExitCode {
+        let line = message.split(whereSeparator: \.isNewline).joined(separator: " ")
+        FileHandle.standardError.write(Data("inspect-memory: \(line)\n".utf8))
+        return .failure
+    }
 }

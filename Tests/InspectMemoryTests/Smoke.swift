@@ -2,5 +2,5 @@ import Testing
 import InspectMemoryKit
 
 @Test func parsesNoArguments() throws {
-    _ = try InspectMemory.parse([])
+    #expect(try InspectMemory.parseAsRoot([]) is SummaryCommand)
 }
