@@ -80,18 +80,21 @@ enum KernelFiles {
     static var isRoot: Bool { getuid() == 0 }
 }
 
-/// Reads `kernel` before and after `ours` until the kernel's value holds
-/// still across the read (other tests move global counters), then returns
-/// both. After five unstable rounds it returns the last pair, which the
-/// caller's expectation then judges.
-func stableReading<K: Equatable, O>(_ kernel: () throws -> K, _ ours: () throws -> O) throws -> (kernel: K, ours: O) {
+/// Reads `kernel` before and after `ours` until the kernel's value held
+/// still across the read and `ours`, seen through `view`, agrees with it:
+/// other tests move global hugepage counters while this one runs. After
+/// five rounds it returns the last reading, which the caller's expectation
+/// then judges, so a real disagreement still fails.
+func stableReading<K: Equatable, O>(
+    _ kernel: () throws -> K, _ ours: () throws -> O, _ view: (O) throws -> K
+) throws -> (kernel: K, ours: O) {
     var last: (K, O)?
     for _ in 0..<5 {
         let before = try kernel()
         let value = try ours()
         let after = try kernel()
         last = (after, value)
-        if before == after { return (after, value) }
+        if before == after, try view(value) == after { break }
     }
     return last!
 }
