@@ -196,3 +196,27 @@ public enum NUMAPlacement {
         return Int(text.trimmingWhitespace())
     }
 }
+
+extension NUMAPlacement {
+    /// Pins the calling thread to `cpus`, so that `.local` placement and a
+    /// ``PerNodePoolSet`` follow those CPUs' node. Calls `sched_setaffinity(2)`.
+    public static func pinCurrentThread(toCPUs cpus: [Int]) throws(NUMAError) {
+        guard !cpus.isEmpty, cpus.allSatisfy({ $0 >= 0 }) else {
+            throw .invalidRange("CPU list \(cpus) must be non-empty and non-negative")
+        }
+        do {
+            try Sys.setAffinity(cpus: cpus)
+        } catch {
+            throw .systemCall(error)
+        }
+    }
+
+    /// The CPUs the calling thread may run on. Calls `sched_getaffinity(2)`.
+    public static func currentThreadCPUs() throws(NUMAError) -> [Int] {
+        do {
+            return try Sys.affinity()
+        } catch {
+            throw .systemCall(error)
+        }
+    }
+}
