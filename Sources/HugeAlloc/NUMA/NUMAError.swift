@@ -18,6 +18,9 @@ public enum NUMAError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The node has no pool of this hugepage size (the kernel does not
     /// support the size, or the node does not exist).
     case noHugepagePool(node: Int, pageSize: PageSize, path: String)
+    /// The kernel holds a policy for the range that ``NUMAPolicy`` has no
+    /// case for (for example `MPOL_BIND` over several nodes).
+    case unexpressiblePolicy(mode: Int, nodes: [Int])
     /// A system call failed for a reason not explained above.
     case systemCall(SystemCallError)
 
@@ -46,6 +49,8 @@ public enum NUMAError: Error, Equatable, Sendable, CustomStringConvertible {
             return "NUMA node \(node) has \(free) free \(size) hugepages, \(needed) needed; reserve more with: \(reserveCommand!)"
         case .noHugepagePool(let node, let size, let path):
             return "NUMA node \(node) has no \(size) hugepage pool (\(path) is missing); check that the node exists and the kernel supports \(size) pages"
+        case .unexpressiblePolicy(let mode, let nodes):
+            return "the kernel reports memory policy mode \(mode) over nodes \(nodes), which NUMAPolicy cannot express"
         case .systemCall(let error):
             return error.description
         }

@@ -147,6 +147,33 @@ public enum NUMAPlacement {
         }
     }
 
+    /// The policy the kernel holds for the range containing `address`, as
+    /// set by ``apply(_:to:length:)`` (`MPOL_DEFAULT` reads back as `.any`).
+    /// Calls `get_mempolicy(2)` with `MPOL_F_ADDR`.
+    public static func policy(of address: UnsafeMutableRawPointer) throws(NUMAError) -> NUMAPolicy {
+        let policy: (mode: Int32, nodes: [Int])
+        do {
+            policy = try unsafe Sys.memoryPolicy(of: address)
+        } catch {
+            throw .systemCall(error)
+        }
+        switch policy.mode {
+        case Sys.MemoryPolicyMode.bind.rawValue where policy.nodes.count == 1:
+            return .bind(policy.nodes[0])
+        case Sys.MemoryPolicyMode.preferred.rawValue where policy.nodes.count == 1:
+            return .preferred(policy.nodes[0])
+        case Sys.MemoryPolicyMode.preferred.rawValue where policy.nodes.isEmpty,
+             Sys.MemoryPolicyMode.local.rawValue:
+            return .local
+        case Sys.MemoryPolicyMode.interleave.rawValue:
+            return .interleave(policy.nodes)
+        case 0:
+            return .any
+        default:
+            throw .unexpressiblePolicy(mode: Int(policy.mode), nodes: policy.nodes)
+        }
+    }
+
     /// How many pages each node holds, from ``nodes(of:length:pageSize:)``.
     public static func pageCounts(_ nodes: [Int]) -> [Int: Int] {
         nodes.reduce(into: [:]) { $0[$1, default: 0] += 1 }

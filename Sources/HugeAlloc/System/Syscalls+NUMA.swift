@@ -89,6 +89,30 @@ extension Sys {
         return Int(node)
     }
 
+    /// The policy mode (`MPOL_*`) and node mask set on the range holding
+    /// `address`. The corresponding C function is `get_mempolicy(2)` with `MPOL_F_ADDR`.
+    static func memoryPolicy(of address: UnsafeMutableRawPointer) throws(SystemCallError) -> (mode: Int32, nodes: [Int]) {
+        let bits = 1024
+        var words = [UInt](repeating: 0, count: bits / maskWordBits)
+        var mode: Int32 = -1
+        _ = try retryingInterrupts("get_mempolicy", detail: "MPOL_F_ADDR") {
+            unsafe words.withUnsafeMutableBufferPointer { buffer in
+                unsafe CNuma.get_mempolicy(&mode, buffer.baseAddress, UInt(bits + 1), address, UInt32(MPOL_F_ADDR))
+            }
+        }
+        return (mode, bitsSet(words))
+    }
+
+    private static func bitsSet(_ words: [UInt]) -> [Int] {
+        var bits: [Int] = []
+        for (index, word) in words.enumerated() where word != 0 {
+            for bit in 0..<maskWordBits where word & (1 << UInt(bit)) != 0 {
+                bits.append(index * maskWordBits + bit)
+            }
+        }
+        return bits
+    }
+
     /// The nodes this thread may allocate memory on (its cpuset's mems).
     /// The corresponding C function is `get_mempolicy(2)` with `MPOL_F_MEMS_ALLOWED`.
     static func allowedNodes() throws(SystemCallError) -> [Int] {
@@ -102,13 +126,7 @@ extension Sys {
                     &mode, buffer.baseAddress, UInt(bits + 1), nil, UInt32(MPOL_F_MEMS_ALLOWED))
             }
         }
-        var nodes: [Int] = []
-        for (index, word) in words.enumerated() where word != 0 {
-            for bit in 0..<maskWordBits where word & (1 << UInt(bit)) != 0 {
-                nodes.append(index * maskWordBits + bit)
-            }
-        }
-        return nodes
+        return bitsSet(words)
     }
 
     /// Pins the calling thread to `cpus`.
@@ -133,13 +151,7 @@ extension Sys {
                 unsafe ha_sched_getaffinity(bytes, buffer.baseAddress)
             }
         }
-        var cpus: [Int] = []
-        for (index, word) in words.enumerated() where word != 0 {
-            for bit in 0..<maskWordBits where word & (1 << UInt(bit)) != 0 {
-                cpus.append(index * maskWordBits + bit)
-            }
-        }
-        return cpus
+        return bitsSet(words)
     }
 
     /// The CPU the calling thread runs on, cheaply (glibc reads it from the
