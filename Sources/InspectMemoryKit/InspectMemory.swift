@@ -1,11 +1,27 @@
 import ArgumentParser
+import Foundation
 import HugeAlloc
 
 public struct InspectMemory: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "inspect-memory",
-        abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine."
+        abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine.",
+        subcommands: [ProbeCommand.self]
     )
     public init() {}
-    public func run() throws {}
+
+    /// Runs the command line: exit 0 on success, 1 with one line on standard
+    /// error when an operation fails, 64 for usage errors.
+    public static func run(arguments: [String]? = nil) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Foundation.exit(0)
+        } catch let failure as CommandFailure {
+            FileHandle.standardError.write(Data("inspect-memory: \(failure)\n".utf8))
+            Foundation.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
