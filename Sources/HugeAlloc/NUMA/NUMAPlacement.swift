@@ -212,14 +212,7 @@ public enum NUMAPlacement {
 
     /// A small sysfs file holding one decimal number, or nil when absent or malformed.
     private static func readCount(_ path: String) -> Int? {
-        guard let fd = try? FileDescriptor.open(FilePath(path), .readOnly) else { return nil }
-        defer { Sys.close(fd) }
-        var bytes = [UInt8](repeating: 0, count: 64)
-        let n = try? unsafe bytes.withUnsafeMutableBytes { buffer throws(SystemCallError) in
-            try unsafe Sys.pread(fd, into: buffer, offset: 0)
-        }
-        guard let n else { return nil }
-        let text = String(decoding: bytes.prefix(n), as: UTF8.self)
+        guard let text = try? SysfsFile.read(path) else { return nil }
         return Int(text.trimmingWhitespace())
     }
 }
