@@ -8,7 +8,6 @@
 // Prints one PASS/FAIL line per check and `N passed, M failed` last;
 // exits 1 when any check failed.
 
-import CHugeAllocShims
 import Glibc
 import HugeAlloc
 
@@ -110,41 +109,15 @@ extension String {
 
 // MARK: - memory
 
-/// A private anonymous 2 MiB-hugepage mapping, unmapped on deinit.
-struct HugeRegion: ~Copyable {
-    let base: UnsafeMutableRawPointer
-    let length: Int
-
-    init(pages: Int) throws {
-        length = pages * pageSize.bytes
-        let flags = MAP_PRIVATE | MAP_ANONYMOUS | HA_MAP_HUGETLB | HA_MAP_HUGE_2MB
-        let result = mmap(nil, length, PROT_READ | PROT_WRITE, flags, -1, 0)
-        guard let result, result != MAP_FAILED else {
-            throw CheckFailure("mmap of \(pages) 2 MiB pages failed: errno \(errno)")
-        }
-        base = result
-    }
-
-    deinit { munmap(base, length) }
-
-    /// Writes every page; returns the offset of the first page that raised
-    /// SIGBUS (no hugepage allowed by the policy), or nil when all faulted in.
-    func touch() -> Int? {
-        var fault = 0
-        return ha_guarded_touch(base, length, pageSize.bytes, 1, &fault) == 0 ? nil : fault
-    }
-
-    func nodes() throws -> [Int] {
-        try NUMAPlacement.nodes(of: base, length: length, pageSize: pageSize.bytes)
-    }
+/// 2 MiB hugepages mapped through the library with `policy` applied
+/// before the pages fault in; MemoryMapping verifies every page's node.
+func map(pages: Int, _ policy: NUMAPolicy) throws -> MemoryMapping {
+    try MemoryMapping(length: pages * pageSize.bytes, options: MappingOptions(pageSize: pageSize, numaPolicy: policy))
 }
 
-/// A region bound to `node` and faulted in: the pool of a PerNodePoolSet.
-func boundRegion(node: Int, pages: Int) throws -> HugeRegion {
-    let region = try HugeRegion(pages: pages)
-    try NUMAPlacement.apply(.bind(node), to: region.base, length: region.length)
-    if let fault = region.touch() { throw CheckFailure("page at offset \(fault) of node \(node)'s pool did not fault in") }
-    return region
+/// Every page's node, asked of the kernel again (move_pages).
+func pageNodes(of mapping: borrowing MemoryMapping) throws -> [Int] {
+    try NUMAPlacement.nodes(of: mapping.base, length: mapping.length, pageSize: mapping.pageSize.bytes)
 }
 
 /// What a thread produced, read after it is joined.
@@ -182,8 +155,8 @@ func onThread<T>(pinnedTo cpu: Int, _ body: @escaping () throws -> T) throws -> 
 
 /// Holds a noncopyable pool set so that thread closures can share it.
 final class PoolSetBox {
-    let pools: PerNodePoolSet<HugeRegion>
-    init(_ pools: consuming PerNodePoolSet<HugeRegion>) { self.pools = pools }
+    let pools: PerNodePoolSet<MemoryMapping>
+    init(_ pools: consuming PerNodePoolSet<MemoryMapping>) { self.pools = pools }
 }
 
 func describe(_ nodes: [Int]) -> String {
@@ -232,10 +205,9 @@ check("currentNode on a thread pinned to CPU 1 is 1") {
 
 check("bind(1): every page lands on node 1") {
     let before = try freeHugepages(node: 1)
-    let region = try HugeRegion(pages: 8)
-    try NUMAPlacement.apply(.bind(1), to: region.base, length: region.length)
-    if let fault = region.touch() { throw CheckFailure("SIGBUS at offset \(fault)") }
-    let nodes = try region.nodes()
+    let mapping = try map(pages: 8, .bind(1))
+    let nodes = try pageNodes(of: mapping)
+    try expect(mapping.pageNodes == nodes, "MemoryMapping.pageNodes \(mapping.pageNodes ?? []) but move_pages says \(nodes)")
     try NUMAPlacement.verify(.bind(1), nodes: nodes)
     try expect(nodes == Array(repeating: 1, count: 8), "nodes \(nodes)")
     let after = try freeHugepages(node: 1)
@@ -258,27 +230,21 @@ check("bind(0) with node 0 empty: checkFreeHugepages names node 0 and the comman
     }
 }
 
-check("bind(0) with node 0 empty: faulting fails instead of spilling to node 1") {
-    let region = try HugeRegion(pages: 2)
-    try NUMAPlacement.apply(.bind(0), to: region.base, length: region.length)
-    if let fault = region.touch() {
-        try expect(fault == 0, "first fault at offset \(fault), expected 0")
-        return "SIGBUS on the first page, as MPOL_BIND requires"
-    }
-    let nodes = try region.nodes()
+check("bind(0) with node 0 empty: mapping fails at the first fault instead of spilling to node 1") {
     do {
-        try NUMAPlacement.verify(.bind(0), nodes: nodes)
-    } catch {
-        throw CheckFailure("pages spilled: \(describe(nodes)); verify says: \(error)")
+        let mapping = try map(pages: 2, .bind(0))
+        throw CheckFailure("mapping succeeded with pages on \(describe(try pageNodes(of: mapping)))")
+    } catch let error as MappingError {
+        guard case .prefaultFailed(offset: 0, pageSize: pageSize) = error else {
+            throw CheckFailure("expected SIGBUS on the first page, got: \(error)")
+        }
+        return "MappingError.prefaultFailed(offset: 0): SIGBUS, as MPOL_BIND requires"
     }
-    throw CheckFailure("pages faulted in on \(describe(nodes)) though node 0 has none free")
 }
 
 check("verify rejects real node-1 pages under bind(0)") {
-    let region = try HugeRegion(pages: 2)
-    try NUMAPlacement.apply(.bind(1), to: region.base, length: region.length)
-    if let fault = region.touch() { throw CheckFailure("SIGBUS at offset \(fault)") }
-    let nodes = try region.nodes()
+    let mapping = try map(pages: 2, .bind(1))
+    let nodes = try pageNodes(of: mapping)
     do {
         try NUMAPlacement.verify(.bind(0), nodes: nodes)
     } catch let error as NUMAError {
@@ -291,33 +257,28 @@ check("verify rejects real node-1 pages under bind(0)") {
 }
 
 check("preferred(0) with node 0 empty falls back to node 1") {
-    let region = try HugeRegion(pages: 2)
-    try NUMAPlacement.apply(.preferred(0), to: region.base, length: region.length)
-    if let fault = region.touch() { throw CheckFailure("SIGBUS at offset \(fault)") }
-    let nodes = try region.nodes()
+    let mapping = try map(pages: 2, .preferred(0))
+    let nodes = try pageNodes(of: mapping)
     try expect(nodes == [1, 1], "nodes \(nodes)")
     return describe(nodes)
 }
 
 check("bind(5): typed error naming node 5") {
-    let region = try HugeRegion(pages: 1)
     do {
-        try NUMAPlacement.apply(.bind(5), to: region.base, length: region.length)
-    } catch let error as NUMAError {
-        guard case .noSuchNode(node: 5, allowed: [0, 1]) = error else {
+        _ = try map(pages: 1, .bind(5))
+    } catch let error as MappingError {
+        guard case .placement(.noSuchNode(node: 5, allowed: [0, 1])) = error else {
             throw CheckFailure("wrong error: \(error)")
         }
         return "\(error)"
     }
-    throw CheckFailure("apply(.bind(5)) succeeded")
+    throw CheckFailure("mapping with bind(5) succeeded")
 }
 
 check("interleave([0, 1]) spreads pages over both nodes") {
     try reserve(node: 0, count: 8)
-    let region = try HugeRegion(pages: 8)
-    try NUMAPlacement.apply(.interleave([0, 1]), to: region.base, length: region.length)
-    if let fault = region.touch() { throw CheckFailure("SIGBUS at offset \(fault)") }
-    let nodes = try region.nodes()
+    let mapping = try map(pages: 8, .interleave([0, 1]))
+    let nodes = try pageNodes(of: mapping)
     try NUMAPlacement.verify(.interleave([0, 1]), nodes: nodes)
     let counts = NUMAPlacement.pageCounts(nodes)
     try expect(counts[0] == 4 && counts[1] == 4, "uneven: \(describe(nodes)) \(nodes)")
@@ -329,10 +290,7 @@ check("interleave([0, 1]) spreads pages over both nodes") {
 for (cpu, target) in [(0, 1), (1, 0)] {
     check("bind(\(target)) from a thread on CPU \(cpu), pages free on both nodes, lands on node \(target)") {
         let nodes = try onThread(pinnedTo: cpu) {
-            let region = try HugeRegion(pages: 2)
-            try NUMAPlacement.apply(.bind(target), to: region.base, length: region.length)
-            if let fault = region.touch() { throw CheckFailure("SIGBUS at offset \(fault)") }
-            return try region.nodes()
+            try pageNodes(of: try map(pages: 2, .bind(target)))
         }
         try NUMAPlacement.verify(.bind(target), nodes: nodes)
         return describe(nodes)
@@ -341,25 +299,22 @@ for (cpu, target) in [(0, 1), (1, 0)] {
 
 check("local on a thread pinned to CPU 1 lands on node 1") {
     let nodes = try onThread(pinnedTo: 1) {
-        let region = try HugeRegion(pages: 2)
-        try NUMAPlacement.apply(.local, to: region.base, length: region.length)
-        if let fault = region.touch() { throw CheckFailure("SIGBUS at offset \(fault)") }
-        return try region.nodes()
+        try pageNodes(of: try map(pages: 2, .local))
     }
     try expect(nodes == [1, 1], "nodes \(nodes)")
     return describe(nodes)
 }
 
 check("PerNodePoolSet hands a thread on CPU 1 memory on node 1, on CPU 0 node 0") {
-    guard let pools = try PerNodePoolSet<HugeRegion>(nodes: [0, 1], makePool: { node in
-        try boundRegion(node: node, pages: 1)
+    guard let pools = try PerNodePoolSet<MemoryMapping>(nodes: [0, 1], makePool: { node in
+        try map(pages: 1, .bind(node))
     }) else { throw CheckFailure("pool set refused nodes [0, 1]") }
     let box = PoolSetBox(pools)
     var seen: [Int: (localNode: Int, memory: [Int])] = [:]
     for cpu in [1, 0] {
         let (node, memory) = try onThread(pinnedTo: cpu) {
             let node = box.pools.localNode
-            let memory = try box.pools.withLocalPool { region throws in try region.nodes() }
+            let memory = try box.pools.withLocalPool { mapping throws in try pageNodes(of: mapping) }
             return (node, memory)
         }
         seen[cpu] = (node, memory)
