@@ -17,6 +17,8 @@ public enum DiagnosticsError: Error, Equatable, Sendable, CustomStringConvertibl
     case operationFailed(what: String, SystemCallError)
     /// A file that a process has open or mapped, which diagnostics never remove.
     case fileInUse(path: String)
+    /// Reading a process's pagemap failed.
+    case pagemap(PagemapError)
 
     public var description: String {
         switch self {
@@ -39,6 +41,8 @@ public enum DiagnosticsError: Error, Equatable, Sendable, CustomStringConvertibl
             return "\(what) failed: \(error.errno) (errno \(error.errno.rawValue))"
         case .fileInUse(let path):
             return "\(path) is open or mapped by a process; not removed"
+        case .pagemap(let error):
+            return error.description
         }
     }
 }
