@@ -1,3 +1,4 @@
 import InspectMemoryKit
 
-InspectMemory.main()
+// Errors leave as one line on stderr: exit 64 for usage errors, 1 for failures.
+InspectMemory.mainReportingOneLine()

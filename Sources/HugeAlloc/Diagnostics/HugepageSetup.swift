@@ -136,6 +136,15 @@ public enum HugepageSetup {
         return true
     }
 
+    /// Creates a directory below `fs`'s root (an existing one is fine). Calls `mkdir(2)`.
+    public static func makeDirectory(_ path: String, in fs: ProcFileSystem = .live) throws(DiagnosticsError) {
+        do {
+            try Sys.makeDirectory(fs.path(path))
+        } catch {
+            throw .operationFailed(what: "creating \(path)", error)
+        }
+    }
+
     /// The default hugepage size (Hugepagesize of /proc/meminfo).
     public static func defaultPageSize(in fs: ProcFileSystem = .live) -> Int? {
         guard let text = fs.textIfPresent("/proc/meminfo") else { return nil }

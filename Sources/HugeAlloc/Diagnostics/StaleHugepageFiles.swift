@@ -12,6 +12,11 @@ public struct StaleHugepageFile: Equatable, Sendable {
     public var path: String
     /// Bytes of hugepages the file pins (`st_blocks * 512`).
     public var bytes: Int
+
+    public init(path: String, bytes: Int) {
+        self.path = path
+        self.bytes = bytes
+    }
 }
 
 /// Files left on hugetlbfs mounts by processes that are gone (what a crashed
