@@ -20,28 +20,11 @@ struct UsageError: Error, CustomStringConvertible {
     init(_ message: String) { description = message }
 }
 
-/// An operation or check that failed: one line on stderr and exit status 1.
-struct CommandFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ message: String) { description = message }
-}
-
 extension UsageError {
     /// ArgumentParser maps a ValidationError to exit status 64.
     var validation: ValidationError { ValidationError(description) }
 }
 
-/// Prints an Encodable value as pretty JSON with sorted keys and unescaped slashes.
-func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    let data = try encoder.encode(value)
-    FileHandle.standardOutput.write(data)
-    FileHandle.standardOutput.write(Data("\n".utf8))
-}
-
-/// "0x7f…" for an address.
-func hex(_ value: UInt) -> String { "0x" + String(value, radix: 16) }
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
 
 /// Parses "0x7f00…" or "7f00…" as a virtual address.

@@ -18,6 +18,15 @@ struct HugepagesCommand: ParsableCommand {
     @Flag(help: "Remove stale files on hugetlbfs mounts (never one a process has open or mapped).")
     var clean = false
 
+    @Option(help: ArgumentHelp("Look for stale files (and clean) on this hugetlbfs mount only.", valueName: "path"))
+    var mount: String?
+
+    func validate() throws {
+        if let mount, !StaleHugepageFiles.mounts(in: options.fs).contains(where: { $0.path == mount }) {
+            throw ValidationError("\(mount) is not a hugetlbfs mount point (see /proc/mounts)")
+        }
+    }
+
     struct Pool: Encodable {
         var pageSize: Int
         var node: Int?
@@ -67,7 +76,7 @@ struct HugepagesCommand: ParsableCommand {
     }
 
     /// Gathers the report from the files below `fs`'s root.
-    static func report(in fs: ProcFileSystem) throws -> Report {
+    static func report(in fs: ProcFileSystem, mountPoint: String? = nil) throws -> Report {
         var pools: [Pool] = []
         let defaultSize = HugepageSetup.defaultPageSize(in: fs)
         for size in HugepageSetup.availableSizes(in: fs) {
@@ -89,18 +98,18 @@ struct HugepagesCommand: ParsableCommand {
         let holders = HugepageHolders.scan(in: fs).map {
             Holder(pid: $0.pid, command: $0.command, pageSize: $0.pageSize, bytes: $0.bytes)
         }
-        let stale = StaleHugepageFiles.find(in: fs).map { File(path: $0.path, bytes: $0.bytes) }
+        let stale = StaleHugepageFiles.find(in: fs, mountPoint: mountPoint).map { File(path: $0.path, bytes: $0.bytes) }
         return Report(pools: pools, mounts: mounts, holders: holders, staleFiles: stale, removed: nil)
     }
 
     func run() throws {
         let fs = options.fs
-        var report = try Self.report(in: fs)
+        var report = try Self.report(in: fs, mountPoint: mount)
         if clean {
             let removed = try StaleHugepageFiles.clean(
                 report.staleFiles.map { StaleHugepageFile(path: $0.path, bytes: $0.bytes) }, in: fs)
             report.removed = removed.map { File(path: $0.path, bytes: $0.bytes) }
-            report.staleFiles = StaleHugepageFiles.find(in: fs).map { File(path: $0.path, bytes: $0.bytes) }
+            report.staleFiles = StaleHugepageFiles.find(in: fs, mountPoint: mount).map { File(path: $0.path, bytes: $0.bytes) }
         }
         if options.json {
             try printJSON(report)

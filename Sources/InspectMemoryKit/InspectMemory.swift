@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import HugeAlloc
 
 public struct InspectMemory: ParsableCommand {
@@ -7,9 +8,23 @@ public struct InspectMemory: ParsableCommand {
         abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine.",
         subcommands: [
             HugepagesCommand.self, ProcessCommand.self, TranslateCommand.self,
-            DoctorCommand.self, SetupCommand.self,
+            ProbeCommand.self, DoctorCommand.self, SetupCommand.self,
         ]
     )
     public init() {}
-    public func run() throws {}
+
+    /// Runs the command line: exit 0 on success, 1 with one line on standard
+    /// error when an operation fails, 64 for usage errors.
+    public static func run(arguments: [String]? = nil) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Foundation.exit(0)
+        } catch let failure as CommandFailure {
+            FileHandle.standardError.write(Data("inspect-memory: \(failure)\n".utf8))
+            Foundation.exit(1)
+        } catch {
+            exitReportingOneLine(error)
+        }
+    }
 }

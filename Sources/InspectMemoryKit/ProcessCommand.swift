@@ -25,6 +25,7 @@ struct ProcessCommand: ParsableCommand {
         var virtual: String
         var physical: String
         var bytes: Int
+        var pages: Int
     }
     struct Mapping: Encodable {
         var start: String
@@ -78,7 +79,7 @@ struct ProcessCommand: ParsableCommand {
             if m.isHugetlb {
                 // PFNs hidden (no CAP_SYS_ADMIN) leave an empty list rather than failing.
                 runs = ((try? ProcessTranslation.runs(of: m, pid: pid, in: fs)) ?? []).map {
-                    Run(virtual: hex($0.virtualStart), physical: $0.physicalStart.description, bytes: $0.bytes)
+                    Run(virtual: hex(m.start + UInt($0.offset)), physical: $0.physical.description, bytes: $0.bytes, pages: $0.pages)
                 }
             }
             result.append(Mapping(start: hex(m.start), end: hex(m.end), bytes: m.bytes, pageSize: m.pageSize,

@@ -57,7 +57,7 @@ public enum ProcessTranslation {
     }
 
     /// The physically contiguous runs of one hugepage mapping of process
-    /// `pid`: one pagemap entry per hugepage, grouped by ``PhysicalRuns``.
+    /// `pid`: one pagemap entry per hugepage, grouped into runs by ``PhysicalTranslation``; `offset` is from the mapping's start.
     public static func runs(of mapping: ProcessMapping, pid: Int32, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> [PhysicalRun] {
         let reader: PagemapReader
         do {
@@ -69,19 +69,37 @@ public enum ProcessTranslation {
     }
 
     static func runs(of mapping: ProcessMapping, reader: borrowing PagemapReader) throws(DiagnosticsError) -> [PhysicalRun] {
-        let size = UInt(max(mapping.pageSize, Sys.basePageSize))
-        var pages: [(virtual: UInt, physical: PhysicalAddress?)] = []
-        var address = mapping.start
-        while address < mapping.end {
+        let size = max(mapping.pageSize, Sys.basePageSize)
+        var runs: [PhysicalRun] = []
+        // Pages without a physical address (not present, swapped, PFN hidden)
+        // split the mapping into segments; each segment's runs come from PhysicalTranslation.
+        var segment: [UInt64] = []
+        var segmentStart = 0
+        func flush() {
+            guard !segment.isEmpty else { return }
+            for run in PhysicalTranslation(pagePhysical: segment, pageSize: size).runs {
+                runs.append(PhysicalRun(physical: run.physical, offset: segmentStart + run.offset,
+                                        bytes: run.bytes, pages: run.pages))
+            }
+            segment.removeAll()
+        }
+        var offset = 0
+        while offset < mapping.bytes {
             let entry: PagemapEntry
             do {
-                entry = try reader.entry(at: address)
+                entry = try reader.entry(at: mapping.start + UInt(offset))
             } catch {
                 throw .pagemap(error)
             }
-            pages.append((address, entry.pfn.map { PhysicalAddress(pfn: $0, basePageSize: Sys.basePageSize) }))
-            address += size
+            if let pfn = entry.pfn {
+                if segment.isEmpty { segmentStart = offset }
+                segment.append(pfn &* UInt64(Sys.basePageSize))
+            } else {
+                flush()
+            }
+            offset += size
         }
-        return PhysicalRuns.group(pages: pages, pageSize: Int(size))
+        flush()
+        return runs
     }
 }

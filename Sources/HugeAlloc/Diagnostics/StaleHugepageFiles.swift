@@ -56,11 +56,12 @@ public enum StaleHugepageFiles {
 
     /// Every file on every hugetlbfs mount that pins hugepages while no process
     /// has it open or mapped. Walks the mounts below `fs`'s root and compares
-    /// against /proc/*/fd and /proc/*/maps.
-    public static func find(in fs: ProcFileSystem = .live) -> [StaleHugepageFile] {
+    /// against /proc/*/fd and /proc/*/maps. `mountPoint` limits the search
+    /// to one mount.
+    public static func find(in fs: ProcFileSystem = .live, mountPoint: String? = nil) -> [StaleHugepageFile] {
         let used = pathsInUse(in: fs)
         var result: [StaleHugepageFile] = []
-        for mount in mounts(in: fs) {
+        for mount in mounts(in: fs) where mountPoint == nil || mount.path == mountPoint {
             walk(mount.path, fs: fs) { path, status in
                 if status.allocatedBytes > 0, !used.contains(path) {
                     result.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes))

@@ -1,6 +1,0 @@
-import Testing
-import InspectMemoryKit
-
-@Test func parsesNoArguments() throws {
-    _ = try InspectMemory.parse([])
-}
