@@ -72,14 +72,11 @@ public struct MempoolConfiguration: Sendable {
     /// nil (the default) packs objects at their aligned size. Only applies with
     /// an alignment of at most 64.
     public var memoryChannels: Int?
-    /// The NUMA node the memory should come from; nil is any node. Placement
-    /// policy is applied by the mapping layer (hook for the NUMA layer).
-    public var numaNode: Int?
 
     public init(
         count: Int, objectSize: Int, alignment: Int = 64, cacheSize: Int = 0,
         backend: Backend = .ring, threading: Threading = .shared, checked: Bool = false,
-        statistics: Bool = false, memoryChannels: Int? = nil, numaNode: Int? = nil
+        statistics: Bool = false, memoryChannels: Int? = nil
     ) {
         self.count = count
         self.objectSize = objectSize
@@ -90,7 +87,6 @@ public struct MempoolConfiguration: Sendable {
         self.checked = checked
         self.statistics = statistics
         self.memoryChannels = memoryChannels
-        self.numaNode = numaNode
     }
 }
 
@@ -138,15 +134,67 @@ public final class Mempool: @unchecked Sendable {
     let layout: MempoolLayout
     let configuration: MempoolConfiguration
     let releaseMemory: (@Sendable () -> Void)?
+    /// The hugepage mapping the pool owns (nil when the caller gave the memory).
+    let mapping: MemoryMapping?
 
     /// The guard cookie written after every object in checked mode.
     public static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
 
+    /// Creates a pool in a new mapping it owns: hugepages of
+    /// `mapping.pageSize` (2 MiB by default), populated, with every page's
+    /// physical address read from `/proc/self/pagemap`, placed on a NUMA node
+    /// by `mapping.numaPolicy` (`mbind(2)`; `.any` lets the kernel choose,
+    /// `.bind(n)` fails rather than fall back). The mapping is sized for the
+    /// worst case, pages that are not physically contiguous, so `count`
+    /// objects always fit.
+    public convenience init(
+        configuration: MempoolConfiguration, mapping options: MappingOptions = MappingOptions()
+    ) throws(MempoolError) {
+        let c = configuration
+        guard c.count > 0 else { throw .zeroCount(requested: c.count) }
+        guard c.objectSize > 0 else { throw .zeroObjectSize(requested: c.objectSize) }
+        guard c.alignment > 0, c.alignment & (c.alignment - 1) == 0 else {
+            throw .alignmentNotPowerOfTwo(requested: c.alignment)
+        }
+        let pageSize = options.pageSize.bytes
+        let sizes = MempoolLayout.elementSizes(
+            objectSize: c.objectSize, alignment: c.alignment, checked: c.checked, channels: c.memoryChannels)
+        guard let bytes = MempoolLayout.bytesNeeded(count: c.count, stride: sizes.stride, span: sizes.span, pageSize: pageSize)
+        else {
+            throw .objectLargerThanPage(elementSize: sizes.span, pageSize: pageSize, contiguousBytesAvailable: pageSize)
+        }
+        let mapping: MemoryMapping
+        do {
+            mapping = try MemoryMapping(length: bytes, options: options)
+        } catch {
+            throw .memoryUnavailable(neededBytes: bytes, underlying: error.description)
+        }
+        var physical = [UInt64](repeating: 0, count: mapping.pageCount)
+        for p in 0..<mapping.pageCount {
+            physical[p] = mapping.physicalAddress(atOffset: p * mapping.pageSize.bytes)?.rawValue ?? 0
+        }
+        let mappedPageSize = mapping.pageSize.bytes
+        let memory = unsafe MempoolMemory(
+            base: mapping.base, length: mapping.length, pageSize: mapping.pageSize,
+            physicalAddress: { offset in
+                let value = physical[offset / mappedPageSize]
+                return value == 0 ? nil : PhysicalAddress(rawValue: value)
+            })
+        try self.init(memory: memory, configuration: c, releaseMemory: nil, owning: mapping)
+    }
+
     /// Creates a pool in memory the caller provides and keeps alive for the
     /// pool's lifetime; `releaseMemory` runs when the pool is destroyed.
-    public init(
+    public convenience init(
         memory: MempoolMemory, configuration: MempoolConfiguration,
         releaseMemory: (@Sendable () -> Void)? = nil
+    ) throws(MempoolError) {
+        try self.init(memory: memory, configuration: configuration, releaseMemory: releaseMemory, owning: nil)
+    }
+
+    init(
+        memory: MempoolMemory, configuration: MempoolConfiguration,
+        releaseMemory: (@Sendable () -> Void)?, owning mapping: consuming MemoryMapping?
     ) throws(MempoolError) {
         let c = configuration
         guard c.cacheSize >= 0, c.cacheSize <= Self.maximumCacheSize else {
@@ -168,6 +216,7 @@ public final class Mempool: @unchecked Sendable {
         self.layout = layout
         self.configuration = c
         self.releaseMemory = releaseMemory
+        self.mapping = mapping
         id = ticket.id
         slot = ticket.slot
         singleThread = c.threading == .singleThread

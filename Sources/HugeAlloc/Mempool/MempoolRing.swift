@@ -31,8 +31,8 @@ struct MempoolRing: @unchecked Sendable {
     init(capacity: Int) {
         var size = 1
         while size <= capacity { size <<= 1 }
-        let bytes = Self.slotsOffset + size * MemoryLayout<UnsafeMutableRawPointer>.stride
-        storage = unsafe UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
+        let bytes = unsafe Self.slotsOffset + size * MemoryLayout<UnsafeMutableRawPointer>.stride
+        unsafe storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
         mask = UInt32(size - 1)
         self.capacity = UInt32(capacity)
         for i in 0..<4 {

@@ -19,8 +19,8 @@ struct MempoolStack: @unchecked Sendable {
     @usableFromInline let capacity: Int
 
     init(capacity: Int) {
-        let bytes = Self.slotsOffset + capacity * MemoryLayout<UnsafeMutableRawPointer>.stride
-        storage = unsafe UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
+        let bytes = unsafe Self.slotsOffset + capacity * MemoryLayout<UnsafeMutableRawPointer>.stride
+        unsafe storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
         self.capacity = capacity
         unsafe storage.bindMemory(to: Atomic<UInt32>.self, capacity: 1).initialize(to: Atomic(0))
         unsafe (storage + Self.countOffset).bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic(0))
