@@ -83,8 +83,8 @@ enum MempoolLoop {
         var elapsed = 0.0
         repeat {
             switch bulk {
-            case 1: objects += unsafe rounds(pool, table, keep: keep, bulk: 1, count: 4096)
-            case 32: objects += unsafe rounds(pool, table, keep: keep, bulk: 32, count: 4096)
+            case 1: objects += unsafe rounds(pool, table, keep: keep, bulk: Bulk1.self, count: 4096)
+            case 32: objects += unsafe rounds(pool, table, keep: keep, bulk: Bulk32.self, count: 4096)
             default: objects += unsafe rounds(pool, table, keep: keep, bulk: bulk, count: 4096)
             }
             elapsed = Bench.now() - start
@@ -92,9 +92,37 @@ enum MempoolLoop {
         return Bench.Sample(objects: objects, seconds: elapsed)
     }
 
+    /// A bulk size known at compile time, so the copy loops of the inlined
+    /// get and put collapse (the C benchmark does the same with constants).
+    protocol BulkSize { static var n: Int { get } }
+    enum Bulk1: BulkSize { static var n: Int { 1 } }
+    enum Bulk32: BulkSize { static var n: Int { 32 } }
+
+    @inline(never)
+    static func rounds<B: BulkSize>(
+        _ pool: Mempool, _ table: UnsafeMutablePointer<UnsafeMutableRawPointer>,
+        keep: Int, bulk: B.Type, count: Int
+    ) -> Int {
+        for _ in 0..<count {
+            var i = 0
+            while i < keep {
+                if unsafe !pool.get(into: table + i, count: B.n) {
+                    fatalError("mempool empty: \(pool.availableCount) available")
+                }
+                i &+= B.n
+            }
+            i = 0
+            while i < keep {
+                unsafe pool.put(from: table + i, count: B.n)
+                i &+= B.n
+            }
+        }
+        return count * keep
+    }
+
     /// `count` rounds of: get `keep` objects `bulk` at a time, put them back
-    /// `bulk` at a time. Inlined per constant `bulk`.
-    @inline(__always)
+    /// `bulk` at a time.
+    @inline(never)
     static func rounds(
         _ pool: Mempool, _ table: UnsafeMutablePointer<UnsafeMutableRawPointer>,
         keep: Int, bulk: Int, count: Int

@@ -1,3 +1,4 @@
+import CHugeAllocShims
 import Synchronization
 
 #if canImport(Glibc)
@@ -85,14 +86,17 @@ struct MempoolRing: @unchecked Sendable {
             if done { break }
             head = seen
         }
-        let slots = unsafe self.slots
-        var i = 0
-        while i < n {
-            unsafe slots[Int((head &+ UInt32(truncatingIfNeeded: i)) & mask)] = objects[i]
-            i &+= 1
+        let start = Int(head & mask)
+        if _fastPath(start &+ n <= Int(mask) &+ 1) {
+            unsafe (slots + start).update(from: objects, count: n)
+        } else {
+            let first = Int(mask) &+ 1 &- start
+            unsafe (slots + start).update(from: objects, count: first)
+            unsafe slots.update(from: objects + first, count: n &- first)
         }
         // Publish in reservation order: wait for earlier producers.
-        while unsafe producerTail.pointee.load(ordering: .relaxed) != head { Self.spinPause() }
+        var spins = 0
+        while unsafe producerTail.pointee.load(ordering: .relaxed) != head { Self.spinPause(&spins) }
         unsafe producerTail.pointee.store(next, ordering: .releasing)
         return true
     }
@@ -112,22 +116,36 @@ struct MempoolRing: @unchecked Sendable {
             if done { break }
             head = seen
         }
-        let slots = unsafe self.slots
-        var i = 0
-        while i < n {
-            unsafe objects[i] = slots[Int((head &+ UInt32(truncatingIfNeeded: i)) & mask)]
-            i &+= 1
+        let start = Int(head & mask)
+        if _fastPath(start &+ n <= Int(mask) &+ 1) {
+            unsafe objects.update(from: slots + start, count: n)
+        } else {
+            let first = Int(mask) &+ 1 &- start
+            unsafe objects.update(from: slots + start, count: first)
+            unsafe (objects + first).update(from: slots, count: n &- first)
         }
-        while unsafe consumerTail.pointee.load(ordering: .relaxed) != head { Self.spinPause() }
+        var spins = 0
+        while unsafe consumerTail.pointee.load(ordering: .relaxed) != head { Self.spinPause(&spins) }
         unsafe consumerTail.pointee.store(next, ordering: .releasing)
         return true
     }
 
-    /// Gives the core away while another thread finishes its publication:
-    /// on a machine with fewer cores than spinning threads, the thread we wait
-    /// for may not be running.
+    /// Waits a moment for another thread to finish its publication: a CPU
+    /// pause hint, and after many spins `sched_yield(2)`, because on a machine
+    /// with fewer cores than runnable threads the thread we wait for may have
+    /// been preempted.
+    @inlinable @inline(__always)
+    static func spinPause(_ spins: inout Int) {
+        spins &+= 1
+        if _fastPath(spins & 1023 != 0) {
+            ha_cpu_relax()
+        } else {
+            yield()
+        }
+    }
+
     @usableFromInline @inline(never)
-    static func spinPause() {
+    static func yield() {
         _ = sched_yield()
     }
 }

@@ -44,8 +44,9 @@ struct MempoolStack: @unchecked Sendable {
     @inlinable var count: Int { unsafe countWord.pointee.load(ordering: .relaxed) }
 
     @inlinable func lock() {
+        var spins = 0
         while unsafe lockWord.pointee.exchange(1, ordering: .acquiring) != 0 {
-            while unsafe lockWord.pointee.load(ordering: .relaxed) != 0 { MempoolRing.spinPause() }
+            while unsafe lockWord.pointee.load(ordering: .relaxed) != 0 { MempoolRing.spinPause(&spins) }
         }
     }
 
