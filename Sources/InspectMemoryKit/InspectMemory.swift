@@ -1,7 +1,6 @@
 import ArgumentParser
-import HugeAlloc
-
 import Foundation
+import HugeAlloc
 
 /// The `inspect-memory` command. With no subcommand it runs ``SummaryCommand``.
 ///
@@ -11,7 +10,7 @@ public struct InspectMemory: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "inspect-memory",
         abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine.",
-        subcommands: [SummaryCommand.self],
+        subcommands: [SummaryCommand.self, ProbeCommand.self],
         defaultSubcommand: SummaryCommand.self
     )
     public init() {}
@@ -22,5 +21,20 @@ public struct InspectMemory: ParsableCommand {
         let line = message.split(whereSeparator: \.isNewline).joined(separator: " ")
         FileHandle.standardError.write(Data("inspect-memory: \(line)\n".utf8))
         return .failure
+    }
+
+    /// Runs the command line: exit 0 on success, 1 with one line on standard
+    /// error when an operation fails, 64 for usage errors.
+    public static func run(arguments: [String]? = nil) -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+            Foundation.exit(0)
+        } catch let failure as CommandFailure {
+            _ = Self.failure(failure.description)
+            Foundation.exit(1)
+        } catch {
+            exit(withError: error)
+        }
     }
 }

@@ -1,3 +1,3 @@
 import InspectMemoryKit
 
-InspectMemory.main()
+InspectMemory.run()

@@ -222,6 +222,12 @@ enum Sys {
         return done
     }
 
+    /// Reads up to `buffer.count` bytes at the file position.
+    /// The corresponding C function is `read(2)`.
+    static func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(SystemCallError) -> Int {
+        try retryingInterrupts("read") { unsafe Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count) }
+    }
+
     // MARK: - process facts
 
     /// The CPU and NUMA node the calling thread runs on.

@@ -2,7 +2,6 @@ import Testing
 import Foundation
 @testable import HugeAlloc
 
-let isRoot = getuid() == 0
 
 @Suite struct PagemapTests {
     @Test func decodesEveryField() {

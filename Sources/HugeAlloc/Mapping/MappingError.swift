@@ -1,0 +1,55 @@
+/// Errors from creating or releasing a ``MemoryMapping``. Each says what was
+/// wrong and how to fix it.
+public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The length is zero, overflows, or is not a multiple of the page size.
+    case invalidLength(requested: Int, pageSize: PageSize, reason: String)
+    /// The kernel does not offer this page size.
+    case unsupportedPageSize(requested: PageSize, offered: [PageSize])
+    /// Not enough free hugepages of this size (system-wide, or on `node`).
+    case insufficientHugepages(pageSize: PageSize, needed: Int, free: Int, node: Int?, command: String)
+    /// Locking `needed` bytes would pass RLIMIT_MEMLOCK (`limit`, bytes).
+    case memlockLimitTooLow(needed: Int, alreadyLocked: Int, limit: Int, fix: String)
+    /// The hugetlbfs mount's `size=` quota cannot hold `bytes` more (the
+    /// system pool itself has enough free pages).
+    case hugetlbfsQuotaExceeded(mount: String, bytes: Int, command: String)
+    /// No hugetlbfs mount of this page size was found.
+    case noHugetlbfsMount(pageSize: PageSize, command: String)
+    /// Touching the page at `offset` raised SIGBUS: a hugetlb quota, a
+    /// hugetlb cgroup limit or a NORESERVE shortage refused the page.
+    case prefaultFailed(offset: Int, pageSize: PageSize)
+    /// Physical addresses could not be read.
+    case translationFailed(PagemapError)
+    /// A NUMA placement could not be applied or was not honoured.
+    case placement(NUMAError)
+    /// Any other failed system call.
+    case system(SystemCallError)
+
+    public var description: String {
+        switch self {
+        case let .invalidLength(requested, pageSize, reason):
+            return "invalid length \(requested) for \(pageSize) pages: \(reason)"
+        case let .unsupportedPageSize(requested, offered):
+            return "this kernel offers no \(requested) pages; offered: \(offered.map(\.description).joined(separator: ", "))"
+        case let .insufficientHugepages(pageSize, needed, free, node, command):
+            let place = node.map { "on node \($0)" } ?? "system-wide"
+            return "not enough free \(pageSize) hugepages \(place): needed \(needed), free \(free). Reserve more with: \(command)"
+        case let .memlockLimitTooLow(needed, locked, limit, fix):
+            return "locking \(needed) bytes exceeds RLIMIT_MEMLOCK: limit \(limit) bytes, \(locked) already locked. \(fix)"
+        case let .hugetlbfsQuotaExceeded(mount, bytes, command):
+            return "the hugetlbfs mount \(mount) has no room for \(bytes) more bytes under its size= quota "
+                + "(the system pool has enough free pages). Raise the quota with: \(command)"
+        case let .noHugetlbfsMount(pageSize, command):
+            return "no hugetlbfs mount for \(pageSize) pages. Mount one with: \(command)"
+        case let .prefaultFailed(offset, pageSize):
+            return "the kernel refused the \(pageSize) page at offset \(offset) when it was touched (SIGBUS): "
+                + "a hugetlb cgroup limit or quota is exhausted; check hugetlb.*.limit_in_bytes of this cgroup "
+                + "and the mount's size= option"
+        case let .translationFailed(error):
+            return "physical translation failed: \(error)"
+        case let .placement(error):
+            return "NUMA placement failed: \(error)"
+        case let .system(error):
+            return error.description
+        }
+    }
+}
