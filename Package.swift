@@ -64,6 +64,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
+        .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc", "CHugeAllocShims"]),
         .testTarget(
             name: "HugeAllocTests",
             dependencies: [

@@ -7,9 +7,7 @@ struct CommandFailure: Error, CustomStringConvertible {
     init(_ message: String) { description = message }
 }
 
-/// Prints `value` as JSON (sorted keys, pretty) on standard output.
+/// Prints `value` as JSON on standard output (see ``JSONOutput``).
 func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    try JSONOutput.print(value)
 }

@@ -4,7 +4,8 @@ import HugeAlloc
 struct HugeAllocBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hugealloc-bench",
-        abstract: "Benchmarks for HugeAlloc (build with -c release)."
+        abstract: "Benchmarks for HugeAlloc (build with -c release).",
+        subcommands: [MappingBench.self]
     )
 }
 HugeAllocBench.main()

@@ -101,4 +101,5 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #ifdef __cplusplus
 }
 #endif
+#include "CHugeAllocShimsNUMA.h"
 #endif

@@ -1,11 +1,3 @@
-/// A mounted hugetlbfs, as /proc/mounts lists it.
-public struct HugetlbfsMountPoint: Equatable, Sendable {
-    /// The mount point.
-    public var path: String
-    /// The `pagesize=` mount option in bytes; nil when absent (the default size).
-    public var pageSize: Int?
-}
-
 /// A file on a hugetlbfs mount that no process has open or mapped.
 public struct StaleHugepageFile: Equatable, Sendable {
     /// The file's path on the machine.
@@ -22,20 +14,13 @@ public struct StaleHugepageFile: Equatable, Sendable {
 /// Files left on hugetlbfs mounts by processes that are gone (what a crashed
 /// DPDK application leaves behind): they keep their hugepages until removed.
 public enum StaleHugepageFiles {
-    /// The hugetlbfs mounts listed in /proc/mounts.
-    public static func mounts(in fs: ProcFileSystem = .live) -> [HugetlbfsMountPoint] {
-        guard let text = fs.textIfPresent("/proc/mounts") else { return [] }
-        var result: [HugetlbfsMountPoint] = []
-        for line in text.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            guard f.count >= 4, f[2] == "hugetlbfs" else { continue }
-            var size: Int?
-            for option in f[3].split(separator: ",") where option.hasPrefix("pagesize=") {
-                size = ByteCount.parse(String(option.dropFirst("pagesize=".count)))
-            }
-            result.append(HugetlbfsMountPoint(path: unescapeMountPath(f[1]), pageSize: size))
-        }
-        return result
+    /// The hugetlbfs mounts listed in /proc/mounts below `fs`'s root (the
+    /// inventory's reader); empty when /proc/mounts cannot be read.
+    public static func mounts(in fs: ProcFileSystem = .live) -> [HugetlbfsMount] {
+        let files = SystemFiles(root: fs.root)
+        let meminfo = try? files.text("proc/meminfo")
+        let defaultBytes = meminfo.flatMap { try? InventoryParse.meminfoValue($0, key: "Hugepagesize", path: "proc/meminfo") }
+        return (try? SystemInventory.readMounts(files, defaultSize: defaultBytes.flatMap { PageSize(rawValue: $0) })) ?? []
     }
 
     /// Paths that some process has open (/proc/*/fd links) or mapped (/proc/*/maps).
@@ -100,23 +85,5 @@ public enum StaleHugepageFiles {
                 visit(path, status)
             }
         }
-    }
-
-    /// /proc/mounts writes space, tab, newline and backslash as octal escapes.
-    static func unescapeMountPath(_ text: Substring) -> String {
-        var bytes: [UInt8] = []
-        let utf8 = Array(text.utf8)
-        var i = 0
-        while i < utf8.count {
-            if utf8[i] == UInt8(ascii: "\\"), i + 4 <= utf8.count,
-               let code = UInt8(String(decoding: utf8[(i + 1)..<(i + 4)], as: UTF8.self), radix: 8) {
-                bytes.append(code)
-                i += 4
-            } else {
-                bytes.append(utf8[i])
-                i += 1
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

@@ -59,7 +59,8 @@ public struct MemoryMapping: ~Copyable {
     public let isLocked: Bool
     /// The per-page physical addresses (nil with ``TranslationMode/none`` or
     /// without populate).
-    public private(set) var translation: PhysicalTranslation?
+    public var translation: PhysicalTranslation? { _translation }
+    @usableFromInline var _translation: PhysicalTranslation?
     /// The NUMA node of every page, when the pages were populated and a
     /// placement was asked for (nil otherwise).
     public let pageNodes: [Int]?
@@ -79,7 +80,7 @@ public struct MemoryMapping: ~Copyable {
     /// The physical address of byte `offset`, in O(1); nil outside the
     /// mapping or without a translation.
     @inlinable public func physicalAddress(atOffset offset: Int) -> PhysicalAddress? {
-        translation?.physicalAddress(atOffset: offset)
+        _translation?.physicalAddress(atOffset: offset)
     }
 
     /// The physical address of the byte at `pointer`; nil outside the mapping.
@@ -89,21 +90,21 @@ public struct MemoryMapping: ~Copyable {
 
     /// The virtual address of `physical`, in O(log n); nil when no page of
     /// this mapping holds it.
-    public func virtualAddress(of physical: PhysicalAddress) -> UnsafeMutableRawPointer? {
-        guard let offset = translation?.offset(of: physical) else { return nil }
+    @inlinable public func virtualAddress(of physical: PhysicalAddress) -> UnsafeMutableRawPointer? {
+        guard let offset = _translation?.offset(of: physical) else { return nil }
         return unsafe region.base + offset
     }
 
     /// Bytes from `offset` to the end of its physically contiguous run.
     @inlinable public func contiguousLength(atOffset offset: Int) -> Int {
-        translation?.contiguousLength(atOffset: offset) ?? 0
+        _translation?.contiguousLength(atOffset: offset) ?? 0
     }
 
     /// SPDK-style: the physical address of byte `offset`, with `length`
     /// shrunk to the bytes from there that are physically contiguous.
     @inlinable public func translate(offset: Int, length: inout Int) -> PhysicalAddress? {
-        guard let translation else { length = 0; return nil }
-        return translation.translate(offset: offset, length: &length)
+        guard _translation != nil else { length = 0; return nil }
+        return _translation!.translate(offset: offset, length: &length)
     }
 
     /// The physically contiguous runs, in virtual order.
@@ -168,7 +169,7 @@ public struct MemoryMapping: ~Copyable {
         self.backing = options.backing
         self.fallback = fallback
         self.isLocked = lock
-        self.translation = translation
+        self._translation = translation
         self.pageNodes = nodes
     }
 
@@ -181,7 +182,7 @@ public struct MemoryMapping: ~Copyable {
     /// Builds (or rebuilds) the translation after the pages were touched by
     /// other means, for mappings created without populate.
     public mutating func resolveTranslation(mode: TranslationMode = .physical) throws(MappingError) {
-        translation = try unsafe Self.buildTranslation(mode: mode, base: region.base, length: region.length, pageSize: pageSize)
+        _translation = try unsafe Self.buildTranslation(mode: mode, base: region.base, length: region.length, pageSize: pageSize)
     }
 
     // MARK: - steps

@@ -28,8 +28,9 @@ public enum TranslationMode: Sendable, Hashable {
 /// The physical address of every page of one virtually contiguous range,
 /// with the indexes that make lookups cheap:
 /// - virtual → physical in O(1): one array load per lookup;
-/// - physical → virtual in O(log n): binary search of the pages sorted by
-///   physical address;
+/// - physical → virtual in O(1) expected: an open-addressing hash from
+///   physical frame to page (the pages sorted by physical address are kept
+///   too, for ordered queries such as ``pagesInPhysicalOrder``);
 /// - "how many bytes from here are physically contiguous" in O(1).
 ///
 /// Built from one batched read of `/proc/self/pagemap`.
@@ -42,6 +43,10 @@ public struct PhysicalTranslation: Sendable {
     /// Page indexes sorted by physical address, and those addresses.
     @usableFromInline let sortedPhysical: [UInt64]
     @usableFromInline let sortedPage: [Int32]
+    /// Open-addressing hash: frame number + 1 (0 = empty) → page index.
+    @usableFromInline let hashKeys: [UInt64]
+    @usableFromInline let hashPages: [Int32]
+    @usableFromInline let hashShift: Int
     /// For page i, the index one past the last page of its run.
     @usableFromInline let runEnd: [Int32]
     /// The runs in virtual order.
@@ -56,6 +61,19 @@ public struct PhysicalTranslation: Sendable {
         let order = pagePhysical.indices.sorted { pagePhysical[$0] < pagePhysical[$1] }
         self.sortedPhysical = order.map { pagePhysical[$0] }
         self.sortedPage = order.map { Int32($0) }
+        let bits = max(4, (pagePhysical.count * 2).bitWidth - (pagePhysical.count * 2).leadingZeroBitCount)
+        var keys = [UInt64](repeating: 0, count: 1 << bits)
+        var pages = [Int32](repeating: 0, count: 1 << bits)
+        for (page, physical) in pagePhysical.enumerated() {
+            let key = (physical >> UInt64(pageSize.trailingZeroBitCount)) &+ 1
+            var slot = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> UInt64(64 - bits))
+            while keys[slot] != 0 && keys[slot] != key { slot = (slot &+ 1) & ((1 << bits) - 1) }
+            keys[slot] = key
+            pages[slot] = Int32(page)
+        }
+        self.hashKeys = keys
+        self.hashPages = pages
+        self.hashShift = 64 - bits
         var runEnd = [Int32](repeating: 0, count: pagePhysical.count)
         var runs: [PhysicalRun] = []
         var start = 0
@@ -87,18 +105,22 @@ public struct PhysicalTranslation: Sendable {
     /// The offset of the byte at physical address `physical`, or `nil` when
     /// no page of the range holds it.
     @inlinable public func offset(of physical: PhysicalAddress) -> Int? {
-        let target = physical.rawValue
-        var low = 0
-        var high = sortedPhysical.count
-        while low < high {
-            let mid = (low &+ high) >> 1
-            if sortedPhysical[mid] <= target { low = mid &+ 1 } else { high = mid }
+        let key = (physical.rawValue >> UInt64(shift)) &+ 1
+        let mask = hashKeys.count &- 1
+        var slot = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> UInt64(hashShift))
+        while true {
+            let candidate = hashKeys[slot]
+            if candidate == key {
+                return (Int(hashPages[slot]) << shift) | Int(physical.rawValue & UInt64(pageSize &- 1))
+            }
+            if candidate == 0 { return nil }
+            slot = (slot &+ 1) & mask
         }
-        guard low > 0 else { return nil }
-        let start = sortedPhysical[low &- 1]
-        let within = target &- start
-        guard within < UInt64(pageSize) else { return nil }
-        return (Int(sortedPage[low &- 1]) << shift) | Int(within)
+    }
+
+    /// Page indexes in ascending physical-address order, with their addresses.
+    public var pagesInPhysicalOrder: [(page: Int, physical: PhysicalAddress)] {
+        zip(sortedPage, sortedPhysical).map { (Int($0), PhysicalAddress($1)) }
     }
 
     /// Bytes from `offset` to the end of its physically contiguous run

@@ -39,8 +39,8 @@ import Testing
     @Test func mountsAreParsedWithPageSizeAndEscapes() throws {
         let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
         #expect(StaleHugepageFiles.mounts(in: fs) == [
-            HugetlbfsMountPoint(path: "/mnt/huge", pageSize: 2 << 20),
-            HugetlbfsMountPoint(path: "/mnt/huge 1g", pageSize: 1 << 30),
+            HugetlbfsMount(path: "/mnt/huge", pageSize: .huge2M),
+            HugetlbfsMount(path: "/mnt/huge 1g", pageSize: .huge1G),
         ])
     }
 
@@ -110,6 +110,17 @@ import Testing
         #expect(checks["stale-files"]?.fix == "inspect-memory hugepages --clean")
         #expect(!checks.values.contains { $0.status == .fail })
         #expect(checks.values.allSatisfy { ($0.status == .ok) == ($0.fix == nil) })
+    }
+
+    @Test func numaReportHasNodesDistancesAndHugepages() throws {
+        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let report = try NumaCommand.report(node: nil, in: fs)
+        #expect(report.nodes.map(\.node) == [0, 1])
+        let node1 = try #require(report.nodes.last)
+        #expect(node1.cpus == [4, 5, 6, 7] && node1.distances == ["0": 21, "1": 10])
+        #expect(node1.memTotal == 8_192_000 << 10 && node1.memFree == 4_096_000 << 10)
+        #expect(node1.hugepages.map(\.total) == [0, 1])
+        #expect(try NumaCommand.report(node: 1, in: fs).nodes.map(\.node) == [1])
     }
 
     @Test func doctorFailsWithoutHugepages() throws {

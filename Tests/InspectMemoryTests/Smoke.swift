@@ -1,0 +1,6 @@
+import Testing
+import InspectMemoryKit
+
+@Test func parsesNoArguments() throws {
+    #expect(try InspectMemory.parseAsRoot([]) is SummaryCommand)
+}
