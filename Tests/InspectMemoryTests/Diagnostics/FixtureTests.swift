@@ -68,6 +68,13 @@ import Testing
         #expect(StaleHugepageFiles.find(in: copy.fs).isEmpty)
     }
 
+    @Test func mapsDeviceNumbersDecodeLikeMakedev() {
+        #expect(StaleHugepageFiles.deviceNumber("00:2f") == 0x2f)
+        #expect(StaleHugepageFiles.deviceNumber("fe:01") == 0xfe01)
+        #expect(StaleHugepageFiles.deviceNumber("103:1a2") == (0x103 << 8 | 0xa2 | 0x100 << 12))
+        #expect(StaleHugepageFiles.deviceNumber("zz") == nil)
+    }
+
     @Test func cleanNeverRemovesAFileThatBecameBusy() throws {
         let copy = try FixtureCopy("two-nodes")
         defer { copy.remove() }

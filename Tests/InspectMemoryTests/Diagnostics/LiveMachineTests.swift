@@ -133,6 +133,33 @@ func ownPagemapWord(_ address: UInt) throws -> UInt64 {
         #expect(FileManager.default.fileExists(atPath: heldPath))
     }
 
+    /// A file held open only through a bind mount has another path in
+    /// /proc/PID/fd; it is matched by device and inode and never cleaned.
+    @Test(.enabled(if: canRun, "needs root (mount) and 8 free 2 MiB hugepages"))
+    func fileHeldThroughABindMountIsNotStale() throws {
+        let dir = NSTemporaryDirectory() + "inspect-memory-bind-\(getpid())"
+        let alias = dir + "-alias"
+        for d in [dir, alias] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        try #require(mount("nodev", dir, "hugetlbfs", 0, "pagesize=2M") == 0)
+        defer {
+            umount2(alias, Int32(MNT_DETACH))
+            umount2(dir, Int32(MNT_DETACH))
+            try? FileManager.default.removeItem(atPath: alias)
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try #require(mount(dir, alias, "", UInt(MS_BIND), nil) == 0)
+        let held = try makeHugepageFile(alias + "/held")
+        defer {
+            close(held)
+            unlink(dir + "/held")
+        }
+        let cleaned = try run(["hugepages", "--clean", "--json", "--mount", dir])
+        #expect(cleaned.status == 0, "\(cleaned.err)")
+        let object = try #require(try jsonObject(cleaned.out) as? [String: Any])
+        #expect((object["removed"] as? [Any])?.isEmpty == true, "\(cleaned.out)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/held"))
+    }
+
     @Test(.enabled(if: isRoot, "needs root to write sysfs and mount"))
     func setupKeepsThePoolAndMountsHugetlbfs() throws {
         let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
