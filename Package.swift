@@ -76,7 +76,8 @@ let package = Package(
         ),
         .testTarget(
             name: "InspectMemoryTests",
-            dependencies: ["InspectMemoryKit", "HugeAlloc"]
+            dependencies: ["InspectMemoryKit", "HugeAlloc"],
+            resources: [.copy("Fixtures")]
         ),
     ],
     swiftLanguageModes: [.v6]

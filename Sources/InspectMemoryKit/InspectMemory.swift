@@ -10,7 +10,10 @@ public struct InspectMemory: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "inspect-memory",
         abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine.",
-        subcommands: [SummaryCommand.self, ProbeCommand.self],
+        subcommands: [
+            SummaryCommand.self, HugepagesCommand.self, ProcessCommand.self,
+            TranslateCommand.self, ProbeCommand.self, DoctorCommand.self, SetupCommand.self,
+        ],
         defaultSubcommand: SummaryCommand.self
     )
     public init() {}
@@ -34,7 +37,7 @@ public struct InspectMemory: ParsableCommand {
             _ = Self.failure(failure.description)
             Foundation.exit(1)
         } catch {
-            exit(withError: error)
+            exitReportingOneLine(error)
         }
     }
 }

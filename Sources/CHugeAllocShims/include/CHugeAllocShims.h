@@ -102,4 +102,5 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 }
 #endif
 #include "CHugeAllocShimsNUMA.h"
+#include "CHugeAllocAffinity.h"
 #endif

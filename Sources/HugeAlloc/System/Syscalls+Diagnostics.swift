@@ -1,0 +1,135 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// File-system calls used by the diagnostics layer: reading /proc and /sys,
+/// walking hugetlbfs mounts, removing stale files and mounting hugetlbfs.
+extension Sys {
+    /// What ``fileStatus(_:followLinks:)`` reports about a path.
+    struct FileStatus {
+        var isRegular: Bool
+        var isDirectory: Bool
+        var size: Int
+        /// Bytes the file occupies (`st_blocks * 512`); on hugetlbfs, the hugepages it pins.
+        var allocatedBytes: Int
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    /// The corresponding C function is `stat(2)` (or `lstat(2)` when not following links).
+    static func fileStatus(_ path: String, followLinks: Bool = true) throws(SystemCallError) -> FileStatus {
+        let st: Stat
+        do {
+            st = try Stat(FilePath(path), followTargetSymlink: followLinks)
+        } catch {
+            throw SystemCallError(call: followLinks ? "stat" : "lstat", errno: error, detail: path)
+        }
+        return FileStatus(
+            isRegular: st.type == .regular, isDirectory: st.type == .directory,
+            size: Int(st.size), allocatedBytes: Int(st.blocksAllocated) * 512,
+            device: UInt64(st.deviceID.rawValue), inode: UInt64(st.inode.rawValue))
+    }
+
+    /// The names in a directory, without "." and "..".
+    /// The corresponding C functions are `opendir(3)`, `readdir(3)` and `closedir(3)`.
+    static func listDirectory(_ path: String) throws(SystemCallError) -> [String] {
+        guard let dir = unsafe opendir(path) else {
+            throw SystemCallError(call: "opendir", errno: lastErrno, detail: path)
+        }
+        defer { _ = unsafe closedir(dir) }
+        var names: [String] = []
+        while let entry = unsafe readdir(dir) {
+            let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                unsafe String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// The target of a symbolic link. The corresponding C function is `readlink(2)`.
+    static func readLink(_ path: String) throws(SystemCallError) -> String {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let count = try retryingInterrupts("readlink", detail: path) {
+            unsafe buffer.withUnsafeMutableBufferPointer { b in
+                unsafe Glibc.readlink(path, b.baseAddress!, b.count)
+            }
+        }
+        return String(decoding: buffer[..<count], as: UTF8.self)
+    }
+
+    /// Opens a file for reading. The corresponding C function is `open(2)`.
+    static func openReadOnly(_ path: String) throws(SystemCallError) -> FileDescriptor {
+        do {
+            return try unsafe FileDescriptor.open(path, .readOnly, options: .closeOnExec)
+        } catch {
+            throw SystemCallError(call: "open", errno: error as? Errno ?? .noSuchFileOrDirectory, detail: path)
+        }
+    }
+
+    /// Reads a whole (small, pseudo-) file such as a /proc or /sys file.
+    /// The corresponding C functions are `open(2)` and `read(2)`.
+    static func readFile(_ path: String) throws(SystemCallError) -> [UInt8] {
+        let fd = try openReadOnly(path)
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n: Int
+            do {
+                n = try unsafe chunk.withUnsafeMutableBytes { try unsafe fd.read(into: $0, retryOnInterrupt: true) }
+            } catch {
+                throw SystemCallError(call: "read", errno: error as? Errno ?? .ioError, detail: path)
+            }
+            if n == 0 { break }
+            result.append(contentsOf: chunk[..<n])
+        }
+        return result
+    }
+
+    /// Writes `text` to an existing file in one `write(2)`, as /sys knobs need.
+    /// The corresponding C functions are `open(2)` and `write(2)`.
+    static func writeFile(_ path: String, _ text: String) throws(SystemCallError) {
+        let fd: FileDescriptor
+        do {
+            fd = try unsafe FileDescriptor.open(path, .writeOnly, options: [.closeOnExec, .truncate])
+        } catch {
+            throw SystemCallError(call: "open", errno: error as? Errno ?? .noSuchFileOrDirectory, detail: path)
+        }
+        defer { close(fd) }
+        do {
+            _ = try fd.writeAll(Array(text.utf8))
+        } catch {
+            throw SystemCallError(call: "write", errno: error as? Errno ?? .ioError, detail: path)
+        }
+    }
+
+    /// The corresponding C function is `unlink(2)`.
+    static func unlink(_ path: String) throws(SystemCallError) {
+        _ = try retryingInterrupts("unlink", detail: path) { unsafe Glibc.unlink(path) }
+    }
+
+    /// Creates a directory; an existing one is fine. The corresponding C function is `mkdir(2)`.
+    static func makeDirectory(_ path: String) throws(SystemCallError) {
+        if unsafe Glibc.mkdir(path, 0o755) == 0 { return }
+        let code = lastErrno
+        if code == .fileExists { return }
+        throw SystemCallError(call: "mkdir", errno: code, detail: path)
+    }
+
+    /// Mounts a hugetlbfs with the given page size at `path`.
+    /// The corresponding C function is `mount(2)` with type `hugetlbfs`.
+    static func mountHugetlbfs(at path: String, pageSize: Int) throws(SystemCallError) {
+        let options = "pagesize=\(pageSize >> 10)K"
+        _ = try retryingInterrupts("mount", detail: "hugetlbfs at \(path), \(options)") {
+            unsafe Glibc.mount("nodev", path, "hugetlbfs", 0, options)
+        }
+    }
+
+    /// Unmounts a file system. The corresponding C function is `umount2(2)`.
+    static func unmount(_ path: String) throws(SystemCallError) {
+        _ = try retryingInterrupts("umount", detail: path) { unsafe Glibc.umount2(path, 0) }
+    }
+}

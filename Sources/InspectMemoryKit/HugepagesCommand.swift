@@ -1,0 +1,138 @@
+import ArgumentParser
+import HugeAlloc
+
+/// `inspect-memory hugepages`: pools per size and node, mounts, holders and stale files.
+struct HugepagesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hugepages",
+        abstract: "Hugepage pools per size and node, hugetlbfs mounts, the processes holding hugepages, and stale files.",
+        discussion: """
+            A stale file is a file on a hugetlbfs mount that pins hugepages while no \
+            process has it open (/proc/*/fd) or mapped (/proc/*/maps): what a crashed \
+            DPDK application leaves behind. --clean removes those files, never one in use.
+            """
+    )
+
+    @OptionGroup var options: CommonOptions
+
+    @Flag(help: "Remove stale files on hugetlbfs mounts (never one a process has open or mapped).")
+    var clean = false
+
+    @Option(help: ArgumentHelp("Look for stale files (and clean) on this hugetlbfs mount only.", valueName: "path"))
+    var mount: String?
+
+    func validate() throws {
+        if let mount, !StaleHugepageFiles.mounts(in: options.fs).contains(where: { $0.path == mount }) {
+            throw ValidationError("\(mount) is not a hugetlbfs mount point (see /proc/mounts)")
+        }
+    }
+
+    struct Pool: Encodable {
+        var pageSize: Int
+        var node: Int?
+        var total: Int
+        var free: Int
+        /// System-wide only: per-node pools have no reservation or overcommit counters.
+        var reserved: Int?
+        var surplus: Int
+        var overcommit: Int?
+        enum CodingKeys: String, CodingKey {
+            case pageSize = "page_size", node, total, free, reserved, surplus, overcommit
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(pageSize, forKey: .pageSize)
+            try c.encode(node, forKey: .node)
+            try c.encode(total, forKey: .total)
+            try c.encode(free, forKey: .free)
+            try c.encode(reserved, forKey: .reserved)
+            try c.encode(surplus, forKey: .surplus)
+            try c.encode(overcommit, forKey: .overcommit)
+        }
+    }
+    struct Mount: Encodable {
+        var path: String
+        var pageSize: Int?
+        enum CodingKeys: String, CodingKey { case path, pageSize = "page_size" }
+    }
+    struct Holder: Encodable {
+        var pid: Int32
+        var command: String
+        var pageSize: Int
+        var bytes: Int
+        enum CodingKeys: String, CodingKey { case pid, command, pageSize = "page_size", bytes }
+    }
+    struct File: Encodable {
+        var path: String
+        var bytes: Int
+    }
+    struct Report: Encodable {
+        var pools: [Pool]
+        var mounts: [Mount]
+        var holders: [Holder]
+        var staleFiles: [File]
+        var removed: [File]?
+        enum CodingKeys: String, CodingKey { case pools, mounts, holders, staleFiles = "stale_files", removed }
+    }
+
+    /// Gathers the report from the files below `fs`'s root.
+    static func report(in fs: ProcFileSystem, mountPoint: String? = nil) throws -> Report {
+        var pools: [Pool] = []
+        let defaultSize = HugepageSetup.defaultPageSize(in: fs)
+        for size in HugepageSetup.availableSizes(in: fs) {
+            func count(_ name: String, _ node: Int?) throws -> Int {
+                try HugepageSetup.counter(name, pageSize: size, node: node, in: fs)
+            }
+            pools.append(Pool(pageSize: size, node: nil,
+                              total: try count("nr_hugepages", nil), free: try count("free_hugepages", nil),
+                              reserved: try count("resv_hugepages", nil), surplus: try count("surplus_hugepages", nil),
+                              overcommit: try count("nr_overcommit_hugepages", nil)))
+            for node in HugepageSetup.nodes(in: fs) {
+                guard let total = try? count("nr_hugepages", node) else { continue }
+                pools.append(Pool(pageSize: size, node: node, total: total,
+                                  free: (try? count("free_hugepages", node)) ?? 0, reserved: nil,
+                                  surplus: (try? count("surplus_hugepages", node)) ?? 0, overcommit: nil))
+            }
+        }
+        let mounts = StaleHugepageFiles.mounts(in: fs).map { Mount(path: $0.path, pageSize: $0.pageSize ?? defaultSize) }
+        let holders = HugepageHolders.scan(in: fs).map {
+            Holder(pid: $0.pid, command: $0.command, pageSize: $0.pageSize, bytes: $0.bytes)
+        }
+        let stale = StaleHugepageFiles.find(in: fs, mountPoint: mountPoint).map { File(path: $0.path, bytes: $0.bytes) }
+        return Report(pools: pools, mounts: mounts, holders: holders, staleFiles: stale, removed: nil)
+    }
+
+    func run() throws {
+        let fs = options.fs
+        var report = try Self.report(in: fs, mountPoint: mount)
+        if clean {
+            let removed = try StaleHugepageFiles.clean(
+                report.staleFiles.map { StaleHugepageFile(path: $0.path, bytes: $0.bytes) }, in: fs)
+            report.removed = removed.map { File(path: $0.path, bytes: $0.bytes) }
+            report.staleFiles = StaleHugepageFiles.find(in: fs, mountPoint: mount).map { File(path: $0.path, bytes: $0.bytes) }
+        }
+        if options.json {
+            try printJSON(report)
+            return
+        }
+        print(table(["SIZE", "NODE", "TOTAL", "FREE", "RESERVED", "SURPLUS", "OVERCOMMIT"], report.pools.map {
+            [sizeText($0.pageSize), $0.node.map(String.init) ?? "all", "\($0.total)", "\($0.free)",
+             $0.reserved.map(String.init) ?? "-", "\($0.surplus)", $0.overcommit.map(String.init) ?? "-"]
+        }))
+        print("\nhugetlbfs mounts:")
+        print(report.mounts.isEmpty ? "  none" : table(["  PATH", "PAGE SIZE"], report.mounts.map { ["  " + $0.path, sizeText($0.pageSize)] }))
+        print("\nprocesses holding hugepages:")
+        print(report.holders.isEmpty ? "  none" : table(["  PID", "COMMAND", "PAGE SIZE", "BYTES"], report.holders.map {
+            ["  \($0.pid)", $0.command, sizeText($0.pageSize), bytesText($0.bytes)]
+        }))
+        if let removed = report.removed {
+            print("\nremoved stale files:")
+            print(removed.isEmpty ? "  none" : table(["  PATH", "BYTES"], removed.map { ["  " + $0.path, bytesText($0.bytes)] }))
+        }
+        print("\nstale files (no process has them open or mapped):")
+        print(report.staleFiles.isEmpty ? "  none" : table(["  PATH", "BYTES"], report.staleFiles.map { ["  " + $0.path, bytesText($0.bytes)] }))
+        if !report.staleFiles.isEmpty && !clean {
+            print("  remove them with: inspect-memory hugepages --clean")
+        }
+    }
+}
