@@ -129,6 +129,19 @@ public struct MemoryMapping: ~Copyable {
     /// of the requested size).
     public init(length: Int, options: MappingOptions = MappingOptions()) throws(MappingError) {
         let (pageSize, fallback) = try Self.choosePageSize(length: length, options: options)
+        if pageSize.isHuge, case .bind(let node) = options.numaPolicy {
+            // A bind must find its pages on that node: say so before mapping,
+            // instead of a SIGBUS at the first fault.
+            do {
+                try NUMAPlacement.checkFreeHugepages(node: node, pageSize: pageSize, needed: length / pageSize.bytes)
+            } catch {
+                if case let .notEnoughHugepages(node, size, needed, free, _) = error {
+                    throw .insufficientHugepages(pageSize: size, needed: needed, free: free, node: node,
+                                                 command: error.reserveCommand ?? "")
+                }
+                throw .placement(error)
+            }
+        }
         let lock = options.lock || !pageSize.isHuge
         if lock { try Self.checkMemlock(length) }
 
