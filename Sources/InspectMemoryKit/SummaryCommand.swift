@@ -26,7 +26,11 @@ public struct SummaryCommand: ParsableCommand {
             throw InspectMemory.failure(error.description)
         }
         if json {
-            try JSONOutput.print(InventoryReport(inventory))
+            do {
+                try JSONOutput.print(InventoryReport(inventory))
+            } catch {
+                throw InspectMemory.failure("cannot encode the inventory as JSON: \(error)")
+            }
         } else {
             print(Self.text(inventory))
         }

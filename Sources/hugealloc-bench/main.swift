@@ -1,11 +1,13 @@
 import ArgumentParser
-import HugeAlloc
 
+/// The root command. Each benchmark is a subcommand in its own file
+/// (`MempoolBench.swift`, …): add yours to `subcommands` below.
 struct HugeAllocBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hugealloc-bench",
         abstract: "Benchmarks for HugeAlloc (build with -c release).",
-        subcommands: [MappingBench.self]
+        subcommands: [MappingBench.self, MempoolBench.self]
     )
 }
+
 HugeAllocBench.main()

@@ -194,6 +194,26 @@ check("reserve 16 hugepages on node 1 only") {
     return "node 0: 0 free, node 1: \(try freeHugepages(node: 1)) free"
 }
 
+check("NUMATopology.read() reports the guest's nodes, CPUs, memory, distances and per-node pools") {
+    let topology = try NUMATopology.read()
+    try expect(topology.available, "NUMA reported unavailable")
+    try expect(topology.nodes.map(\.id) == [0, 1], "nodes \(topology.nodes.map(\.id))")
+    for node in topology.nodes {
+        try expect(node.cpus == [node.id], "node \(node.id) CPUs \(node.cpus)")
+        // QEMU gives each node 1 GiB; the kernel keeps some for itself.
+        try expect(node.memTotalBytes > 768 << 20 && node.memTotalBytes <= 1 << 30,
+                   "node \(node.id) MemTotal \(node.memTotalBytes) bytes, expected just under 1 GiB")
+        let pool = node.hugepages.first { $0.pageSize == pageSize }
+        let expected = node.id == 1 ? 16 : 0
+        try expect(pool?.total == expected && pool?.free == expected,
+                   "node \(node.id) 2 MiB pool \(String(describing: pool)), expected \(expected) total and free")
+    }
+    try expect(topology.distance(from: 0, to: 1) == expectedDistance && topology.distance(from: 1, to: 0) == expectedDistance
+               && topology.distance(from: 1, to: 1) == 10, "distances \(topology.nodes.map(\.distances))")
+    try expect(topology.node(ofCPU: 1) == 1 && topology.node(ofCPU: 0) == 0, "CPU to node mapping wrong")
+    return "nodes \(topology.nodes.map { "\($0.id): CPUs \($0.cpus), \($0.memTotalBytes >> 20) MiB" }.joined(separator: "; ")), distances \(topology.nodes.map(\.distances))"
+}
+
 check("currentNode on a thread pinned to CPU 1 is 1") {
     let (node, cpus) = try onThread(pinnedTo: 1) {
         (try NUMAPlacement.currentNode(), try NUMAPlacement.currentThreadCPUs())

@@ -197,6 +197,15 @@ enum Sys {
         }
     }
 
+    /// Frees the pages behind `[offset, offset + length)` of a memfd or
+    /// hugetlbfs file at once, keeping the file size.
+    /// The corresponding C function is `fallocate(2)` with `FALLOC_FL_PUNCH_HOLE`.
+    static func punchHole(_ fd: FileDescriptor, offset: Int, length: Int) throws(SystemCallError) {
+        _ = try retryingInterrupts("fallocate", detail: "punch hole at \(offset), length \(length)") {
+            ha_punch_hole(fd.rawValue, off_t(offset), off_t(length))
+        }
+    }
+
     /// Closes a descriptor, ignoring errors (the descriptor is gone either way).
     /// The corresponding C function is `close(2)`.
     static func close(_ fd: FileDescriptor) {

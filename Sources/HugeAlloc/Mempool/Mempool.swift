@@ -1,0 +1,379 @@
+import Synchronization
+
+/// The memory a ``Mempool`` carves its objects from: a base address, a length
+/// that is a whole number of pages, and the physical address of each page.
+///
+/// The pool reads each page's physical address once, at creation, into a
+/// table, so ``Mempool/physicalAddress(of:)`` is O(1) afterwards.
+@safe
+public struct MempoolMemory: @unchecked Sendable {
+    public var base: UnsafeMutableRawPointer
+    public var length: Int
+    public var pageSize: PageSize
+    /// The physical address of the page starting at a byte offset, or nil when
+    /// unknown (no `CAP_SYS_ADMIN`, page not present).
+    public var physicalAddress: (Int) -> PhysicalAddress?
+
+    public init(
+        base: UnsafeMutableRawPointer, length: Int, pageSize: PageSize,
+        physicalAddress: @escaping (Int) -> PhysicalAddress?
+    ) {
+        unsafe self.base = base
+        self.length = length
+        self.pageSize = pageSize
+        self.physicalAddress = physicalAddress
+    }
+}
+
+/// How a ``Mempool`` is built: the objects, the shared backend, the caches, the checks.
+public struct MempoolConfiguration: Sendable {
+    /// The shared store of free objects behind the per-thread caches.
+    public enum Backend: Sendable {
+        /// A lock-free multi-producer multi-consumer ring (first in, first out).
+        case ring
+        /// A LIFO stack: the object freed last is handed out next (cache-warm),
+        /// for pipelines where one thread allocates and another frees.
+        case stack
+    }
+
+    /// Which threads use the pool.
+    public enum Threading: Sendable {
+        /// Any number of threads, each with its own cache when `cacheSize > 0`.
+        case shared
+        /// One thread at a time: no atomics, no caches, a plain LIFO array.
+        /// Using such a pool from two threads at once is a data race.
+        case singleThread
+    }
+
+    /// How many objects; at least 1.
+    public var count: Int
+    /// Bytes per object; at least 1.
+    public var objectSize: Int
+    /// Alignment of each object's start: any power of two up to the page size
+    /// (default 64, a cache line).
+    public var alignment: Int
+    /// Objects each thread keeps for itself, 0 (no cache) to ``Mempool/maximumCacheSize``.
+    /// A cache refills and flushes half its size at a time.
+    public var cacheSize: Int
+    public var backend: Backend
+    public var threading: Threading
+    /// Checked mode: double frees, foreign pointers, pointers not at an
+    /// object's start and writes past an object's end (guard cookies) are
+    /// caught by ``Mempool/putChecked(_:)``; the unchecked ``Mempool/put(_:)``
+    /// stops the process with the same message. Adds 8 bytes (rounded to the
+    /// alignment) per object and a per-object state byte.
+    public var checked: Bool
+    /// Per-thread statistics (``Mempool/statistics``). Off, they cost one
+    /// predictable branch per call.
+    public var statistics: Bool
+    /// Spread object starts over this many memory channels × ranks (DPDK's
+    /// default is 4): the stride is padded to a number of cache lines sharing
+    /// no factor with it, so consecutive objects begin on different channels.
+    /// nil (the default) packs objects at their aligned size. Only applies with
+    /// an alignment of at most 64.
+    public var memoryChannels: Int?
+
+    public init(
+        count: Int, objectSize: Int, alignment: Int = 64, cacheSize: Int = 0,
+        backend: Backend = .ring, threading: Threading = .shared, checked: Bool = false,
+        statistics: Bool = false, memoryChannels: Int? = nil
+    ) {
+        self.count = count
+        self.objectSize = objectSize
+        self.alignment = alignment
+        self.cacheSize = cacheSize
+        self.backend = backend
+        self.threading = threading
+        self.checked = checked
+        self.statistics = statistics
+        self.memoryChannels = memoryChannels
+    }
+}
+
+/// A pool of fixed-size objects carved from DMA-ready memory.
+///
+/// Objects are raw pointers into the pool's memory; each has a physical
+/// address (``physicalAddress(of:)``, O(1)) and never straddles a page
+/// boundary unless the pages beneath are physically contiguous.
+///
+/// Free objects live in a shared backend (a lock-free MPMC ring or a LIFO
+/// stack) behind optional per-thread caches, which refill and flush half
+/// their size at a time and are flushed back when their thread exits.
+/// No class instance or reference count exists per object: one pool is one
+/// class instance.
+///
+/// The hot paths (``get()``, ``put(_:)``, ``get(into:count:)``,
+/// ``put(from:count:)``) are inlinable so callers in other modules compile
+/// them into their own loops.
+@safe
+public final class Mempool: @unchecked Sendable {
+    /// The largest per-thread cache.
+    public static let maximumCacheSize = 512
+
+    // MARK: stored state read by the inlinable hot paths
+
+    @usableFromInline let id: UInt64
+    @usableFromInline let slot: Int
+    @usableFromInline let cacheCapacity: Int
+    @usableFromInline let cacheHalf: Int
+    @usableFromInline let usesThreadRecord: Bool
+    @usableFromInline let singleThread: Bool
+    @usableFromInline let backendIsRing: Bool
+    @usableFromInline let checked: Bool
+    @usableFromInline let statisticsEnabled: Bool
+    @usableFromInline let ring: MempoolRing
+    @usableFromInline let stack: MempoolStack
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline let length: Int
+    @usableFromInline let pageShift: Int
+    /// Physical address per page, 0 when unknown.
+    @usableFromInline let pagePhysical: UnsafeMutablePointer<UInt64>
+    /// Checked mode: 1 while an object is handed out, 0 while it is in the pool.
+    @usableFromInline let objectState: UnsafeMutablePointer<Atomic<UInt8>>
+
+    let layout: MempoolLayout
+    let configuration: MempoolConfiguration
+    let releaseMemory: (@Sendable () -> Void)?
+    /// The hugepage mapping the pool owns (nil when the caller gave the memory).
+    let mapping: MemoryMapping?
+
+    /// The guard cookie written after every object in checked mode.
+    public static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
+
+    /// Creates a pool in a new mapping it owns: hugepages of
+    /// `mapping.pageSize` (2 MiB by default), populated, with every page's
+    /// physical address read from `/proc/self/pagemap`, placed on a NUMA node
+    /// by `mapping.numaPolicy` (`mbind(2)`; `.any` lets the kernel choose,
+    /// `.bind(n)` fails rather than fall back). The mapping is sized for the
+    /// worst case, pages that are not physically contiguous, so `count`
+    /// objects always fit.
+    public convenience init(
+        configuration: MempoolConfiguration, mapping options: MappingOptions = MappingOptions()
+    ) throws(MempoolError) {
+        let c = configuration
+        guard c.count > 0 else { throw .zeroCount(requested: c.count) }
+        guard c.objectSize > 0 else { throw .zeroObjectSize(requested: c.objectSize) }
+        guard c.alignment > 0, c.alignment & (c.alignment - 1) == 0 else {
+            throw .alignmentNotPowerOfTwo(requested: c.alignment)
+        }
+        let pageSize = options.pageSize.bytes
+        let sizes = MempoolLayout.elementSizes(
+            objectSize: c.objectSize, alignment: c.alignment, checked: c.checked, channels: c.memoryChannels)
+        guard let bytes = MempoolLayout.bytesNeeded(count: c.count, stride: sizes.stride, span: sizes.span, pageSize: pageSize)
+        else {
+            throw .objectLargerThanPage(elementSize: sizes.span, pageSize: pageSize, contiguousBytesAvailable: pageSize)
+        }
+        let mapping: MemoryMapping
+        do {
+            mapping = try MemoryMapping(length: bytes, options: options)
+        } catch {
+            throw .memoryUnavailable(neededBytes: bytes, underlying: error.description)
+        }
+        var physical = [UInt64](repeating: 0, count: mapping.pageCount)
+        for p in 0..<mapping.pageCount {
+            physical[p] = mapping.physicalAddress(atOffset: p * mapping.pageSize.bytes)?.rawValue ?? 0
+        }
+        let mappedPageSize = mapping.pageSize.bytes
+        let memory = unsafe MempoolMemory(
+            base: mapping.base, length: mapping.length, pageSize: mapping.pageSize,
+            physicalAddress: { offset in
+                let value = physical[offset / mappedPageSize]
+                return value == 0 ? nil : PhysicalAddress(rawValue: value)
+            })
+        try self.init(memory: memory, configuration: c, releaseMemory: nil, owning: mapping)
+    }
+
+    /// Creates a pool in memory the caller provides and keeps alive for the
+    /// pool's lifetime; `releaseMemory` runs when the pool is destroyed.
+    public convenience init(
+        memory: MempoolMemory, configuration: MempoolConfiguration,
+        releaseMemory: (@Sendable () -> Void)? = nil
+    ) throws(MempoolError) {
+        try self.init(memory: memory, configuration: configuration, releaseMemory: releaseMemory, owning: nil)
+    }
+
+    init(
+        memory: MempoolMemory, configuration: MempoolConfiguration,
+        releaseMemory: (@Sendable () -> Void)?, owning mapping: consuming MemoryMapping?
+    ) throws(MempoolError) {
+        let c = configuration
+        guard c.cacheSize >= 0, c.cacheSize <= Self.maximumCacheSize else {
+            throw .cacheSizeOutOfRange(requested: c.cacheSize, maximum: Self.maximumCacheSize)
+        }
+        let pageSize = memory.pageSize.bytes
+        let pages = memory.length / pageSize
+        var physical = [UInt64](repeating: 0, count: pages)
+        for p in 0..<pages { physical[p] = memory.physicalAddress(p * pageSize)?.rawValue ?? 0 }
+        let layout = try MempoolLayout.plan(
+            count: c.count, objectSize: c.objectSize, alignment: c.alignment, checked: c.checked,
+            channels: c.memoryChannels, length: memory.length, pageSize: pageSize,
+            contiguous: { p in
+                p + 1 < pages && physical[p] != 0
+                    && physical[p + 1] == physical[p] &+ UInt64(pageSize)
+            })
+        let ticket = try MempoolRegistry.reserveSlot()
+
+        self.layout = layout
+        self.configuration = c
+        self.releaseMemory = releaseMemory
+        self.mapping = mapping
+        id = ticket.id
+        slot = ticket.slot
+        singleThread = c.threading == .singleThread
+        cacheCapacity = singleThread ? 0 : c.cacheSize
+        cacheHalf = max(1, cacheCapacity / 2)
+        statisticsEnabled = c.statistics && !singleThread
+        usesThreadRecord = cacheCapacity > 0 || statisticsEnabled
+        backendIsRing = c.backend == .ring && !singleThread
+        checked = c.checked
+        ring = MempoolRing(capacity: backendIsRing ? c.count : 0)
+        stack = MempoolStack(capacity: backendIsRing ? 0 : c.count)
+        unsafe base = memory.base
+        length = memory.length
+        pageShift = pageSize.trailingZeroBitCount
+        unsafe pagePhysical = UnsafeMutablePointer<UInt64>.allocate(capacity: max(1, pages))
+        unsafe pagePhysical.initialize(repeating: 0, count: max(1, pages))
+        for p in 0..<pages { unsafe pagePhysical[p] = physical[p] }
+        unsafe objectState = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: c.checked ? c.count : 1)
+        for i in 0..<(c.checked ? c.count : 1) { unsafe (objectState + i).initialize(to: Atomic(0)) }
+
+        // Fill the backend with every object, lowest address first out.
+        var all = unsafe [UnsafeMutableRawPointer]()
+        unsafe all.reserveCapacity(c.count)
+        unsafe forEachObjectAddress { unsafe all.append($0) }
+        if let cookie = layout.cookieOffset {
+            for i in 0..<c.count { unsafe (all[i] + cookie).storeBytes(of: Self.guardCookie, as: UInt64.self) }
+        }
+        if !backendIsRing { unsafe all.reverse() }
+        unsafe all.withUnsafeBufferPointer { buffer in
+            _ = unsafe backendEnqueue(buffer.baseAddress!, count: buffer.count)
+        }
+        MempoolRegistry.publish(
+            slot: slot, entry: .init(id: id, ring: ring, stack: stack, backendIsRing: backendIsRing, singleThread: singleThread))
+    }
+
+    deinit {
+        MempoolRegistry.retire(slot: slot, id: id)
+        ring.deallocate()
+        stack.deallocate()
+        unsafe pagePhysical.deallocate()
+        unsafe objectState.deallocate()
+        releaseMemory?()
+    }
+
+    // MARK: facts
+
+    /// How many objects the pool holds in all.
+    public var count: Int { layout.count }
+    /// Bytes per object as asked for.
+    public var objectSize: Int { layout.objectSize }
+    /// Bytes from one object's start to the next.
+    public var elementStride: Int { layout.stride }
+    /// Alignment of every object's start.
+    public var alignment: Int { layout.alignment }
+    /// Objects each thread caches at most (0: no cache).
+    public var cacheSize: Int { cacheCapacity }
+    /// Whether checked mode is on.
+    public var isChecked: Bool { checked }
+    /// The page size of the memory beneath.
+    public var pageSize: Int { 1 << pageShift }
+    /// The start of the pool's memory.
+    public var baseAddress: UnsafeMutableRawPointer { unsafe base }
+    /// Bytes of memory the pool spans (whole pages).
+    public var memoryLength: Int { length }
+
+    // MARK: shared backend
+
+    @inlinable
+    func backendDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if backendIsRing { return unsafe ring.dequeue(into: objects, count: n) }
+        return unsafe stack.pop(into: objects, count: n, locked: !singleThread)
+    }
+
+    @inlinable
+    func backendEnqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if backendIsRing { return unsafe ring.enqueue(objects, count: n) }
+        return unsafe stack.push(objects, count: n, locked: !singleThread)
+    }
+
+    @inlinable
+    func backendCount() -> Int {
+        backendIsRing ? ring.count : stack.count
+    }
+
+    @usableFromInline @inline(never)
+    func backendOverflow(_ n: Int) -> Never {
+        fatalError("mempool: \(n) objects put back do not fit: more objects were put than the pool of \(count) handed out (a double free; create the pool with checked: true to find it)")
+    }
+
+    // MARK: hot paths
+
+    /// Takes `n` objects into `objects`, all or none. Returns false (and takes
+    /// nothing) when fewer than `n` are available.
+    @inlinable
+    public func get(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        let ok: Bool
+        if usesThreadRecord {
+            ok = unsafe cachedGet(into: objects, count: n)
+        } else {
+            ok = unsafe backendDequeue(objects, count: n)
+        }
+        if checked && ok { unsafe markHandedOut(objects, count: n) }
+        return ok
+    }
+
+    /// Puts `n` objects back. In checked mode a misuse stops the process with
+    /// a message saying what went wrong; use ``putChecked(from:count:)`` to get
+    /// it as an error instead.
+    @inlinable
+    public func put(from objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
+        if checked { unsafe putCheckedOrDie(objects, count: n); return }
+        unsafe putUnchecked(objects, count: n)
+    }
+
+    @inlinable
+    func putUnchecked(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
+        if usesThreadRecord {
+            unsafe cachedPut(objects, count: n)
+        } else if unsafe !backendEnqueue(objects, count: n) {
+            backendOverflow(n)
+        }
+    }
+
+    /// Takes one object, or nil when the pool is empty.
+    @inlinable
+    public func get() -> UnsafeMutableRawPointer? {
+        var object = unsafe UnsafeMutableRawPointer(bitPattern: 1)!
+        return unsafe withUnsafeMutablePointer(to: &object) { p in
+            unsafe get(into: p, count: 1) ? unsafe p.pointee : nil
+        }
+    }
+
+    /// Puts one object back.
+    @inlinable
+    public func put(_ object: UnsafeMutableRawPointer) {
+        var object = unsafe object
+        unsafe withUnsafePointer(to: &object) { p in unsafe put(from: p, count: 1) }
+    }
+
+    // MARK: addresses
+
+    /// The physical address (IOVA) of a byte in the pool, in O(1) from the
+    /// per-page table read from `/proc/self/pagemap` at creation; nil when the
+    /// kernel hid it.
+    @inlinable
+    public func physicalAddress(of pointer: UnsafeRawPointer) -> PhysicalAddress? {
+        let offset = unsafe pointer - UnsafeRawPointer(base)
+        guard offset >= 0, offset < length else { return nil }
+        let page = unsafe pagePhysical[offset &>> pageShift]
+        if page == 0 { return nil }
+        return PhysicalAddress(rawValue: page &+ UInt64(offset & ((1 &<< pageShift) &- 1)))
+    }
+
+    /// Whether `pointer` lies in the pool's memory.
+    @inlinable
+    public func contains(_ pointer: UnsafeRawPointer) -> Bool {
+        let offset = unsafe pointer - UnsafeRawPointer(base)
+        return offset >= 0 && offset < length
+    }
+}

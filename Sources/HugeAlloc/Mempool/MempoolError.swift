@@ -1,0 +1,75 @@
+/// What went wrong creating or using a ``Mempool``: what was asked, what
+/// would fit, and how to fix it.
+public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The object count was zero or negative.
+    case zeroCount(requested: Int)
+    /// The object size was zero or negative.
+    case zeroObjectSize(requested: Int)
+    /// The alignment was not a power of two (or was larger than a page).
+    case alignmentNotPowerOfTwo(requested: Int)
+    /// The alignment was larger than the page size backing the pool.
+    case alignmentLargerThanPage(alignment: Int, pageSize: Int)
+    /// The cache size was negative or above ``Mempool/maximumCacheSize``.
+    case cacheSizeOutOfRange(requested: Int, maximum: Int)
+    /// An object (with its guard cookie) does not fit in one page, and the
+    /// pages under it are not physically contiguous.
+    case objectLargerThanPage(elementSize: Int, pageSize: Int, contiguousBytesAvailable: Int)
+    /// The memory holds fewer objects than asked for.
+    case countDoesNotFit(requested: Int, fits: Int, elementSize: Int, memoryLength: Int)
+    /// The pool needs more memory than the process may map or lock.
+    case memoryUnavailable(neededBytes: Int, underlying: String)
+    /// More pools are alive at once than the per-thread cache table holds.
+    case tooManyPools(maximum: Int)
+    /// A bulk get asked for more objects than are available right now.
+    case notEnoughObjects(requested: Int, available: Int)
+    /// A pointer that lies outside this pool's memory.
+    case foreignPointer(address: UInt)
+    /// A pointer inside the pool that is not at the start of an object.
+    case notAnObjectStart(address: UInt, nearestObjectStart: UInt)
+    /// An object put back while it is already in the pool.
+    case doubleFree(address: UInt, objectIndex: Int)
+    /// The guard cookie after an object was overwritten: the user wrote past its end.
+    case guardCookieOverwritten(address: UInt, objectIndex: Int, objectSize: Int, found: UInt64)
+    /// A checked operation on a pool created without checks.
+    case checksDisabled
+
+    public var description: String {
+        func hex(_ v: UInt) -> String { "0x" + String(v, radix: 16) }
+        switch self {
+        case .zeroCount(let n):
+            return "mempool object count \(n) is not positive: ask for at least 1 object"
+        case .zeroObjectSize(let n):
+            return "mempool object size \(n) is not positive: ask for at least 1 byte"
+        case .alignmentNotPowerOfTwo(let a):
+            return "mempool alignment \(a) is not a power of two: use 64 (a cache line), 128, 4096 or another power of two"
+        case .alignmentLargerThanPage(let a, let p):
+            return "mempool alignment \(a) is larger than the page size \(p): use an alignment of at most \(p) or a larger page size"
+        case .cacheSizeOutOfRange(let n, let max):
+            return "mempool per-thread cache size \(n) is out of range: use 0 (no cache) up to \(max)"
+        case .objectLargerThanPage(let e, let p, let c):
+            return "a mempool element of \(e) bytes does not fit in a \(p)-byte page and the pages beneath are not physically contiguous "
+                + "(longest contiguous run: \(c) bytes): use objects of at most \(p) bytes or a larger page size (1G hugepages)"
+        case .countDoesNotFit(let n, let fits, let e, let len):
+            return "\(n) mempool objects of \(e) bytes (element size) do not fit in \(len) bytes of memory: \(fits) would fit; "
+                + "ask for at most \(fits) objects or give the pool more memory"
+        case .memoryUnavailable(let bytes, let why):
+            return "the mempool needs \(bytes) bytes of memory that could not be mapped: \(why)"
+        case .tooManyPools(let max):
+            return "at most \(max) mempools can be alive at once: destroy a pool before creating another"
+        case .notEnoughObjects(let n, let avail):
+            return "asked the mempool for \(n) objects but only \(avail) are available: put objects back or create a larger pool"
+        case .foreignPointer(let a):
+            return "pointer \(hex(a)) does not belong to this mempool: put it back into the pool it came from"
+        case .notAnObjectStart(let a, let nearest):
+            return "pointer \(hex(a)) is inside this mempool but not at an object's start (nearest start below: \(hex(nearest))): "
+                + "put back the pointer the pool handed out"
+        case .doubleFree(let a, let i):
+            return "double free: object \(i) at \(hex(a)) was put back while already in the pool"
+        case .guardCookieOverwritten(let a, let i, let size, let found):
+            return "write past the end of object \(i) at \(hex(a)): the guard cookie after its \(size) bytes reads 0x"
+                + String(found, radix: 16) + "; the object was overrun by the code that held it"
+        case .checksDisabled:
+            return "this mempool was created without checks: create it with `checked: true` to use the checked API"
+        }
+    }
+}
