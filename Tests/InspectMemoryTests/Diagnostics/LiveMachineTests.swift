@@ -183,4 +183,35 @@ func ownPagemapWord(_ address: UInt) throws -> UInt64 {
         let mount = try #require(((try jsonObject(again.out) as? [String: Any])?["mounts"] as? [[String: Any]])?.first)
         #expect(mount["mounted"] as? Bool == false)
     }
+
+    @Test func numaMatchesTheKernelsNodeFiles() throws {
+        let result = try run(["numa", "--json"])
+        #expect(result.status == 0, "\(result.err)")
+        let object = try #require(try jsonObject(result.out) as? [String: Any])
+        let nodes = try #require(object["nodes"] as? [[String: Any]])
+        let sysfs = try FileManager.default.contentsOfDirectory(atPath: "/sys/devices/system/node")
+            .filter { $0.hasPrefix("node") }.compactMap { Int($0.dropFirst(4)) }.sorted()
+        #expect(nodes.compactMap { $0["node"] as? Int } == sysfs)
+        for node in nodes {
+            let id = try #require(node["node"] as? Int)
+            for pool in try #require(node["hugepages"] as? [[String: Any]]) {
+                let size = try #require(pool["page_size"] as? Int)
+                let file = "/sys/devices/system/node/node\(id)/hugepages/hugepages-\(size >> 10)kB/nr_hugepages"
+                let total = Int(try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
+                #expect(pool["total"] as? Int == total)
+            }
+        }
+    }
+
+    @Test(.enabled(if: isRoot, "needs root"))
+    func doctorExitStatusFollowsItsChecks() throws {
+        let result = try run(["doctor"])
+        let lines = result.out.split(separator: "\n")
+        #expect(!lines.isEmpty && lines.allSatisfy { $0.hasPrefix("OK ") || $0.hasPrefix("WARN ") || $0.hasPrefix("FAIL ") })
+        #expect(lines.allSatisfy { $0.hasPrefix("OK ") || $0.contains(" -- fix: ") })
+        let failed = lines.contains { $0.hasPrefix("FAIL ") }
+        #expect(result.status == (failed ? 1 : 0), "\(result.out)\(result.err)")
+        // The session keeps 2 MiB pages reserved, so this check passes here.
+        #expect(lines.contains { $0.hasPrefix("OK    hugepages ") })
+    }
 }
