@@ -42,7 +42,9 @@ extension MemoryMapping {
                 while j + run < pages.count, pages[j + run] == pages[j] + run { run += 1 }
                 let destination = unsafe target + j * ps
                 if oldFD >= 0 {
-                    _ = try unsafe Sys.mmap(length: run * ps, protection: .readWrite, flags: [.shared, .fixed],
+                    // MAP_POPULATE: the file's pages exist already; fill the new
+                    // page tables so the pagemap shows them present.
+                    _ = try unsafe Sys.mmap(length: run * ps, protection: .readWrite, flags: [.shared, .fixed, .populate],
                                             fd: FileDescriptor(rawValue: oldFD), offset: pages[j] * ps, at: destination)
                 } else {
                     try unsafe Sys.mremapFixed(oldBase + pages[j] * ps, length: run * ps, to: destination)

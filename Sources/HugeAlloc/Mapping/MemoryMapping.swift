@@ -139,7 +139,8 @@ public struct MemoryMapping: ~Copyable {
                     throw .insufficientHugepages(pageSize: size, needed: needed, free: free, node: node,
                                                  command: error.reserveCommand ?? "")
                 }
-                throw .placement(error)
+                // Anything else (a node that does not exist) is reported
+                // precisely by the placement step below.
             }
         }
         let lock = options.lock || !pageSize.isHuge
@@ -149,6 +150,7 @@ public struct MemoryMapping: ~Copyable {
         let base = unsafe region.base
         do {
             if options.dontFork { try unsafe Sys.madvise(base, length: length, .dontFork) }
+            if options.transparentHugepages && !pageSize.isHuge { try unsafe Sys.madvise(base, length: length, .hugePage) }
         } catch { throw .system(error) }
         do {
             try unsafe NUMAPlacement.apply(options.numaPolicy, to: base, length: length)

@@ -105,13 +105,14 @@ enum Sys {
 
     /// Advice for ``madvise(_:length:_:)``.
     enum Advice {
-        case dontFork, doFork, populateWrite, dontNeed
+        case dontFork, doFork, populateWrite, dontNeed, hugePage
         var rawValue: Int32 {
             switch self {
             case .dontFork: HA_MADV_DONTFORK
             case .doFork: HA_MADV_DOFORK
             case .populateWrite: HA_MADV_POPULATE_WRITE
             case .dontNeed: MADV_DONTNEED
+            case .hugePage: 14  // MADV_HUGEPAGE
             }
         }
     }
