@@ -98,6 +98,35 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         #expect(probe.process.terminationStatus == 0)
     }
 
+    @Test(.enabled(if: isRoot && free2M() >= 16, "needs root (PFNs) and 16 free 2 MiB hugepages"),
+          arguments: [("2M", "16M"), ("4K", "32K"), ("4K", "64K")])
+    func contiguousBlockIsContiguousInBothSpacesToAnotherProcess(pageSize: String, bytes: String) throws {
+        let probe = try RunningCommand(["probe", "--page-size", pageSize, "--contiguous", bytes, "--json", "--hold"])
+        let object = try probe.readJSONObject()
+        let pid = try #require(object["pid"] as? Int32)
+        let size = try #require(object["page_size"] as? Int)
+        let listed = try #require(object["pages"] as? [[String: Any]])
+        #expect(listed.count * size == ByteCount.parse(bytes)!)
+        let reader = try PagemapReader(pid: pid)
+        var previous: (virtual: UInt, physical: UInt64)? = nil
+        for page in listed {
+            let virtual = try #require(UInt((page["virtual"] as? String)?.dropFirst(2) ?? "", radix: 16))
+            // The holder's pagemap, read by this process, for every base page of the page.
+            let entries = try reader.entries(startingAt: virtual, count: size / PageSize.base.bytes)
+            let first = try #require(entries[0].pfn) * UInt64(PageSize.base.bytes)
+            #expect(entries.enumerated().allSatisfy { $0.element.pfn == entries[0].pfn! + UInt64($0.offset) })
+            if let previous {
+                #expect(virtual == previous.virtual + UInt(size), "virtually contiguous")
+                #expect(first == previous.physical + UInt64(size), "physically contiguous")
+            }
+            previous = (virtual, first)
+        }
+        #expect(object["largest_run_bytes"] as? Int == ByteCount.parse(bytes)!)
+        try probe.stdin.fileHandleForWriting.close()
+        probe.process.waitUntilExit()
+        #expect(probe.process.terminationStatus == 0)
+    }
+
     @Test(.enabled(if: isRoot && free2M() >= 64, "needs root and 64 free 2 MiB hugepages"),
           arguments: ["anonymous", "memfd", "hugetlbfs"])
     func sigkillAtAnyPointLeavesNothingBehind(backing: String) throws {

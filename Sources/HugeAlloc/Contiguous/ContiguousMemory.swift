@@ -9,9 +9,9 @@ public struct ContiguousRequest: Sendable {
     public var physicalAlignment: Int
     /// Where the pages come from.
     public var numaPolicy: NUMAPolicy
-    /// Most bytes mapped at once while looking. Default: for hugepages, four
-    /// times the block plus 32 pages, capped at the free pages; for base
-    /// pages, 64 MiB in all.
+    /// Most bytes mapped at once while looking. Default: for hugepages, every
+    /// free page of the size (attempts grow from the block itself to four
+    /// times it plus 32 pages to the budget); for base pages, 64 MiB in all.
     public var budgetBytes: Int?
     /// Base pages: most batches tried (each batch is kept mapped while later
     /// ones are tried, so the kernel hands out new frames).
@@ -120,13 +120,17 @@ public enum ContiguousMemory {
         let ps = request.pageSize.bytes
         let free = HugepageAvailability.available(request.pageSize)?.available ?? 0
         let extra = alignment / ps - 1  // pages an aligned window may need to skip
-        let budgetPages = min(max(pages, free), (request.budgetBytes ?? (4 * pages + 32 + extra) * ps) / ps)
+        let budgetPages = min(max(pages, free), (request.budgetBytes ?? max(pages, free) * ps) / ps)
         guard budgetPages >= pages else {
             throw .invalidRequest("the budget (\(budgetPages) pages) is smaller than the block (\(pages) pages)")
         }
-        // First a modest over-allocation, then the whole budget.
-        var sizes = [min(budgetPages, 2 * pages + extra), budgetPages]
-        if sizes[0] == sizes[1] { sizes.removeLast() }
+        // The block alone first (a pool reserved from unfragmented memory
+        // hands out adjacent pages in order), then a modest over-allocation,
+        // then the whole budget.
+        var sizes: [Int] = []
+        for size in [pages + extra, 4 * pages + 32 + extra, budgetPages] where size <= budgetPages && size > (sizes.last ?? 0) {
+            sizes.append(size)
+        }
         for size in sizes {
             let options = MappingOptions(pageSize: request.pageSize, backing: .memfd, numaPolicy: request.numaPolicy)
             let mapping: MemoryMapping
@@ -194,7 +198,7 @@ public enum ContiguousMemory {
         // Batches of 1 MiB or more: the page allocator hands out the small
         // fragments on its free lists first, and runs appear once a batch
         // reaches the larger blocks it splits.
-        let batch = max(256, 32 * pages)
+        let batch = max(pages, min(max(256, 32 * pages), budget / ps / 2))
         guard batch * ps <= budget else {
             throw .invalidRequest("a batch of \(batch) base pages exceeds the budget of \(budget) bytes")
         }
