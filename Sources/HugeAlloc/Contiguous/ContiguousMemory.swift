@@ -35,6 +35,7 @@ public struct ContiguousRequest: Sendable {
 
 /// What a contiguous allocation cost.
 public struct ContiguousStatistics: Sendable, Equatable {
+    public init() {}
     /// Mappings made to look for a run.
     public var attempts = 0
     /// Bytes mapped in all, including the block.
