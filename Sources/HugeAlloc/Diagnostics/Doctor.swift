@@ -35,7 +35,26 @@ public enum Doctor {
             return [DoctorCheck(name: "inventory", status: .fail, detail: error.description,
                                 fix: "run as root on a Linux kernel with /proc and /sys mounted")]
         }
-        return run(inventory, stale: StaleHugepageFiles.find(in: fs))
+        var checks = run(inventory, stale: StaleHugepageFiles.find(in: fs))
+        if let check = compactionCheck(fs.textIfPresent("/proc/sys/vm/compact_unevictable_allowed")) {
+            checks.append(check)
+        }
+        return checks
+    }
+
+    /// Whether compaction may migrate locked (mlocked) base pages, which would
+    /// change their physical addresses under a device. Reads
+    /// /proc/sys/vm/compact_unevictable_allowed; nil when the kernel has no
+    /// such setting (no compaction).
+    static func compactionCheck(_ setting: String?) -> DoctorCheck? {
+        guard let value = setting?.trimmingWhitespace() else { return nil }
+        if value == "0" {
+            return DoctorCheck(name: "compaction", status: .ok,
+                               detail: "compaction leaves locked base pages in place (compact_unevictable_allowed = 0)", fix: nil)
+        }
+        return DoctorCheck(name: "compaction", status: .warn,
+                           detail: "compaction may migrate locked base pages, changing their physical addresses (hugepages are not affected)",
+                           fix: "echo 0 > /proc/sys/vm/compact_unevictable_allowed   (or sysctl -w vm.compact_unevictable_allowed=0)")
     }
 
     /// The checks for an inventory and the stale files found on its mounts.

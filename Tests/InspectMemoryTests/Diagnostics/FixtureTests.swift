@@ -115,6 +115,9 @@ import Testing
         #expect(checks["mount-2M"]?.status == .ok && checks["mount-1G"]?.status == .ok)
         #expect(checks["stale-files"]?.status == .warn)
         #expect(checks["stale-files"]?.fix == "inspect-memory hugepages --clean")
+        #expect(checks["compaction"]?.status == .warn)
+        #expect(checks["compaction"]?.fix?.contains("compact_unevictable_allowed") == true)
+        #expect(Doctor.compactionCheck("0\n")?.status == .ok && Doctor.compactionCheck(nil) == nil)
         #expect(!checks.values.contains { $0.status == .fail })
         #expect(checks.values.allSatisfy { ($0.status == .ok) == ($0.fix == nil) })
     }
