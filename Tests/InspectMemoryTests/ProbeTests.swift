@@ -150,6 +150,40 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         #expect(hugetlbfsFiles() == filesBefore)
     }
 
+    /// Runs inspect-memory as user nobody with no capabilities: the kernel
+    /// then hides PFNs and enforces RLIMIT_MEMLOCK for real.
+    static let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    func runUnprivileged(_ arguments: [String]) throws -> (status: Int32, err: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try #require(Self.setpriv))
+        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", inspectMemoryPath] + arguments
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = Pipe()
+        try process.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    @Test(.enabled(if: isRoot && setpriv != nil, "needs root to drop to an unprivileged user with setpriv (util-linux)"))
+    func withoutCapSysAdminPhysicalAddressesAreATypedErrorNamingTheCapability() throws {
+        let result = try runUnprivileged(["probe", "--page-size", "4K", "--pages", "2"])
+        #expect(result.status == 1)
+        #expect(result.err.contains("CAP_SYS_ADMIN") && result.err.contains("PFN 0"))
+        #expect(result.err.split(separator: "\n").count == 1)
+    }
+
+    @Test(.enabled(if: isRoot && setpriv != nil, "needs root to drop to an unprivileged user with setpriv (util-linux)"))
+    func lockingPastRlimitMemlockSaysNeededLimitAndHowToRaiseIt() throws {
+        // 64 MiB of base pages, far past the default 8 MiB limit of an unprivileged user.
+        let result = try runUnprivileged(["probe", "--page-size", "4K", "--pages", "16384"])
+        #expect(result.status == 1)
+        #expect(result.err.contains("exceeds RLIMIT_MEMLOCK") && result.err.contains("ulimit -l"))
+        #expect(result.err.contains("locking \(16384 * 4096) bytes"))
+    }
+
     @Test func badInputIsOneLineAndTheRightExitStatus() throws {
         let unknown = try run(["probe", "--page-size", "3M", "--pages", "1"])
         #expect(unknown.status == 64 && unknown.err.contains("unknown page size '3M'"))
