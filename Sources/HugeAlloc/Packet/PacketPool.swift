@@ -1,0 +1,139 @@
+import Synchronization
+
+/// How a ``PacketPool`` is built.
+public struct PacketPoolConfiguration: Sendable {
+    /// How many buffers; at most `UInt32.max`.
+    public var count: Int
+    /// Bytes reserved before the data of a freshly allocated buffer, for
+    /// headers prepended later (DPDK's `RTE_PKTMBUF_HEADROOM` is 128; AF_XDP
+    /// needs at least 256, `XDP_PACKET_HEADROOM`).
+    public var headroom: Int
+    /// Bytes of data one buffer holds; larger frames are chained segments.
+    public var dataRoom: Int
+    /// Alignment of each buffer's metadata block (and so of the element): a
+    /// power of two up to the page size. An AF_XDP UMEM wants the chunk size.
+    public var alignment: Int
+    /// Buffers each thread keeps for itself (0: no cache); see
+    /// ``MempoolConfiguration/cacheSize``.
+    public var cacheSize: Int
+    /// The mempool's shared backend.
+    public var backend: MempoolConfiguration.Backend
+    /// Memory channels to spread buffer starts over (nil: packed); see
+    /// ``MempoolConfiguration/memoryChannels``.
+    public var memoryChannels: Int?
+
+    public init(
+        count: Int, headroom: Int = 128, dataRoom: Int = 2048, alignment: Int = 64,
+        cacheSize: Int = 256, backend: MempoolConfiguration.Backend = .ring, memoryChannels: Int? = nil
+    ) {
+        self.count = count
+        self.headroom = headroom
+        self.dataRoom = dataRoom
+        self.alignment = alignment
+        self.cacheSize = cacheSize
+        self.backend = backend
+        self.memoryChannels = memoryChannels
+    }
+
+    /// Buffers laid out as AF_XDP UMEM chunks of `chunkSize` bytes (2048 or
+    /// 4096): each element is exactly one chunk, chunk-aligned, with the 64
+    /// metadata bytes in the UMEM's own headroom and 256 bytes of packet
+    /// headroom (`XDP_PACKET_HEADROOM`) before the data the kernel writes.
+    public static func afXDP(count: Int, chunkSize: Int = 2048, cacheSize: Int = 256) -> PacketPoolConfiguration {
+        let headroom = AFXDPLimits.packetHeadroom
+        return PacketPoolConfiguration(
+            count: count, headroom: headroom, dataRoom: chunkSize - PacketBuffer.metadataSize - headroom,
+            alignment: chunkSize, cacheSize: cacheSize)
+    }
+
+    /// Bytes per pool element: metadata, headroom and data room.
+    public var bufferSize: Int { PacketBuffer.metadataSize + headroom + dataRoom }
+}
+
+/// The kernel's fixed AF_XDP numbers the packet layer plans with.
+public enum AFXDPLimits {
+    /// `XDP_PACKET_HEADROOM`: bytes the kernel keeps before received data.
+    public static let packetHeadroom = 256
+    /// `XDP_UMEM_MIN_CHUNK_SIZE`.
+    public static let minimumChunkSize = 2048
+}
+
+/// A pool of packet buffers on a ``Mempool``: each buffer has a 64-byte
+/// metadata block (data offset and length, segment chain, reference count,
+/// physical address, index), a headroom and a data room, in one element of
+/// DMA-ready memory.
+///
+/// Buffers are ``PacketBuffer`` handles (one pointer each); allocation and
+/// freeing go through the mempool's per-thread caches in bulk, resetting the
+/// metadata as DPDK's `rte_pktmbuf_alloc_bulk` does. A buffer's physical
+/// address is read at creation into its metadata, so it costs one load.
+///
+/// Frames larger than one data room are chains of segments
+/// (``allocateFrame(length:)``); ``clone(_:)`` shares a packet's data
+/// without copying through indirect buffers that hold a reference on it.
+@safe
+public final class PacketPool: @unchecked Sendable {
+    /// The mempool the buffers are carved from.
+    public let mempool: Mempool
+    /// Headroom of a freshly allocated buffer.
+    public let headroom: Int
+    /// Data bytes one buffer holds.
+    public let dataRoom: Int
+    /// The metadata word a fresh buffer gets at offset 24: data offset =
+    /// headroom, length 0, one segment, no flags.
+    @usableFromInline let resetWord: UInt64
+    /// Functions run when the pool is destroyed (memory-event hooks).
+    let releaseHooks = Mutex<[@Sendable () -> Void]>([])
+
+    /// Creates a pool of `configuration.count` buffers in new hugepage memory
+    /// the pool owns (see ``Mempool/init(configuration:mapping:)``: `mmap(2)`
+    /// with `MAP_HUGETLB`, prefaulted in parallel by
+    /// ``MappingOptions/prefaultThreads`` threads, physical addresses from
+    /// `/proc/self/pagemap`), then writes every buffer's metadata.
+    public convenience init(
+        configuration: PacketPoolConfiguration, mapping: MappingOptions = MappingOptions()
+    ) throws(PacketPoolError) {
+        let c = configuration
+        try Self.validate(c)
+        let mempool: Mempool
+        do {
+            mempool = try Mempool(
+                configuration: MempoolConfiguration(
+                    count: c.count, objectSize: c.bufferSize, alignment: c.alignment, cacheSize: c.cacheSize,
+                    backend: c.backend, memoryChannels: c.memoryChannels),
+                mapping: mapping)
+        } catch { throw .mempool(error) }
+        try self.init(mempool: mempool, headroom: c.headroom, dataRoom: c.dataRoom)
+    }
+
+    /// Makes packet buffers of an existing mempool's objects, which must be
+    /// at least 64 + `headroom` + `dataRoom` bytes, all in the pool (none
+    /// handed out), and are not used through the mempool directly afterwards.
+    public init(mempool: Mempool, headroom: Int = 128, dataRoom: Int = 2048) throws(PacketPoolError) {
+        try Self.validate(PacketPoolConfiguration(count: mempool.count, headroom: headroom, dataRoom: dataRoom))
+        let needed = PacketBuffer.metadataSize + headroom + dataRoom
+        guard mempool.objectSize >= needed else { throw .objectTooSmall(objectSize: mempool.objectSize, needed: needed) }
+        self.mempool = mempool
+        self.headroom = headroom
+        self.dataRoom = dataRoom
+        resetWord = UInt64(headroom) | (1 << 32)
+        initializeMetadata()
+    }
+
+    /// This pool's address, as stored in every buffer's metadata.
+    @inlinable var identity: UInt64 {
+        UInt64(UInt(bitPattern: unsafe Unmanaged.passUnretained(self).toOpaque()))
+    }
+
+    deinit {
+        for hook in releaseHooks.withLock({ $0 }) { hook() }
+    }
+
+    static func validate(_ c: PacketPoolConfiguration) throws(PacketPoolError) {
+        guard c.headroom >= 0, c.dataRoom > 0 else { throw .invalidSize(headroom: c.headroom, dataRoom: c.dataRoom) }
+        guard c.headroom + c.dataRoom <= Int(UInt16.max) else {
+            throw .bufferTooLarge(bytes: c.headroom + c.dataRoom, maximum: Int(UInt16.max))
+        }
+        guard c.count <= Int(UInt32.max) else { throw .tooManyBuffers(requested: c.count, maximum: Int(UInt32.max)) }
+    }
+}
