@@ -115,6 +115,24 @@ public enum ContiguousMemory {
         return (nil, largest)
     }
 
+    /// Counts one attempt on `mapping` and returns the pages of a window of
+    /// `count` adjacent pages in it, if there is one.
+    static func window(
+        in mapping: borrowing MemoryMapping, count: Int, alignment: Int, stats: inout ContiguousStatistics
+    ) throws(ContiguousError) -> [Int]? {
+        stats.attempts += 1
+        stats.bytesExamined += mapping.length
+        guard let translation = mapping.translation else { throw .noPhysicalAddresses }
+        let (window, largest) = findWindow(in: translation, count: count, alignment: alignment)
+        stats.largestRunBytes = max(stats.largestRunBytes, largest)
+        return window
+    }
+
+    /// Keeps `window` of `mapping` and gives the rest back.
+    static func keep(_ window: [Int], of mapping: consuming MemoryMapping) throws(ContiguousError) -> MemoryMapping {
+        do { return try mapping.remapped(keeping: window) } catch { throw .mapping(error) }
+    }
+
     static func allocateHuge(
         pages: Int, alignment: Int, request: ContiguousRequest, stats: inout ContiguousStatistics
     ) throws(ContiguousError) -> MemoryMapping {
@@ -141,13 +159,8 @@ public enum ContiguousMemory {
                 if case .insufficientHugepages = error, size > pages, stats.attempts == 0 { continue }
                 throw .mapping(error)
             }
-            stats.attempts += 1
-            stats.bytesExamined += size * ps
-            guard let translation = mapping.translation else { throw .noPhysicalAddresses }
-            let (window, largest) = findWindow(in: translation, count: pages, alignment: alignment)
-            stats.largestRunBytes = max(stats.largestRunBytes, largest)
-            if let window {
-                do { return try mapping.remapped(keeping: window) } catch { throw .mapping(error) }
+            if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {
+                return try keep(window, of: mapping)
             }
         }
         throw .notFound(neededBytes: pages * ps, largestRunBytes: stats.largestRunBytes,
@@ -175,14 +188,8 @@ public enum ContiguousMemory {
                                          transparentHugepages: true, numaPolicy: request.numaPolicy)
             let mapping: MemoryMapping
             do { mapping = try MemoryMapping(length: thp, options: options) } catch { throw .mapping(error) }
-            stats.attempts += 1
-            stats.bytesExamined += thp
-            if let translation = mapping.translation {
-                let (window, largest) = findWindow(in: translation, count: pages, alignment: alignment)
-                stats.largestRunBytes = max(stats.largestRunBytes, largest)
-                if let window {
-                    do { return try mapping.remapped(keeping: window) } catch { throw .mapping(error) }
-                }
+            if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {
+                return try keep(window, of: mapping)
             }
         }
         return try allocateBaseByTrial(pages: pages, alignment: alignment, request: request, stats: &stats)
@@ -210,13 +217,8 @@ public enum ContiguousMemory {
                                          numaPolicy: request.numaPolicy)
             let mapping: MemoryMapping
             do { mapping = try MemoryMapping(length: batch * ps, options: options) } catch { throw .mapping(error) }
-            stats.attempts += 1
-            stats.bytesExamined += batch * ps
-            guard let translation = mapping.translation else { throw .noPhysicalAddresses }
-            let (window, largest) = findWindow(in: translation, count: pages, alignment: alignment)
-            stats.largestRunBytes = max(stats.largestRunBytes, largest)
-            if let window {
-                do { return try mapping.remapped(keeping: window) } catch { throw .mapping(error) }
+            if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {
+                return try keep(window, of: mapping)
             }
             held.append(Held(mapping))
         }
