@@ -79,6 +79,9 @@ public struct ProbeCommand: ParsableCommand {
         case "hugetlbfs": .hugetlbfs(mount: mount)
         default: .anonymous
         }
+        let expected = contiguous.flatMap(ByteCount.parse) ?? (pages ?? 0) * size.bytes
+        let progress = ProgressBar.start(totalBytes: expected, hugepages: size.isHuge)
+        defer { progress?.finish() }
         let mapping: MemoryMapping
         do {
             if let contiguous {
