@@ -107,4 +107,5 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #endif
 #include "CHugeAllocShimsNUMA.h"
 #include "CHugeAllocAffinity.h"
+#include "CHugeAllocBackends.h"
 #endif

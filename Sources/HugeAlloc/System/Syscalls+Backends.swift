@@ -1,0 +1,110 @@
+import CHugeAllocShims
+import SystemPackage
+
+/// io_uring and AF_XDP system calls for the I/O backend exports
+/// (`Backends/`). The ring layouts live in `CHugeAllocShims/backends.c`,
+/// which returns `-errno`; these wrappers turn that into ``SystemCallError``
+/// and retry `EINTR`.
+extension Sys {
+    /// Runs a shim call that returns a value `>= 0` or `-errno`.
+    @inline(__always)
+    static func retryingNegativeErrno(
+        _ call: String, detail: @autoclosure () -> String? = nil, _ body: () -> Int32
+    ) throws(SystemCallError) -> Int32 {
+        while true {
+            let result = body()
+            if result >= 0 { return result }
+            let code = Errno(rawValue: -result)
+            if code == .interrupted { continue }
+            throw SystemCallError(call: call, errno: code, detail: detail())
+        }
+    }
+
+    // MARK: - io_uring
+
+    /// Creates an io_uring instance and maps its rings.
+    /// The corresponding system call is `io_uring_setup(2)`, then `mmap(2)`.
+    static func uringOpen(_ ring: UnsafeMutablePointer<ha_uring>, entries: UInt32) throws(SystemCallError) {
+        _ = try retryingNegativeErrno("io_uring_setup", detail: "\(entries) entries") {
+            unsafe ha_uring_open(ring, entries)
+        }
+    }
+
+    /// Unmaps the rings and closes the instance (which unregisters its buffers).
+    static func uringClose(_ ring: UnsafeMutablePointer<ha_uring>) {
+        unsafe ha_uring_close(ring)
+    }
+
+    /// The corresponding system call is `io_uring_register(2)`.
+    @discardableResult
+    static func uringRegister(
+        _ ring: UnsafeMutablePointer<ha_uring>, opcode: UInt32, argument: UnsafeRawPointer?, count: UInt32,
+        detail: String
+    ) throws(SystemCallError) -> Int32 {
+        try retryingNegativeErrno("io_uring_register", detail: detail) {
+            unsafe ha_uring_register(ring, opcode, argument, count)
+        }
+    }
+
+    /// Writes one submission queue entry; false when the ring is full.
+    static func uringQueue(
+        _ ring: UnsafeMutablePointer<ha_uring>, opcode: UInt8, fd: Int32, address: UnsafeMutableRawPointer?,
+        length: UInt32, offset: UInt64, buffer: UInt16, flags: UInt8, userData: UInt64
+    ) -> Bool {
+        unsafe ha_uring_queue_rw(ring, opcode, fd, address, length, offset, buffer, flags, userData) == 0
+    }
+
+    /// Submits the queued entries and waits for `wait` completions.
+    /// The corresponding system call is `io_uring_enter(2)`.
+    static func uringSubmit(_ ring: UnsafeMutablePointer<ha_uring>, wait: UInt32) throws(SystemCallError) -> Int {
+        Int(try retryingNegativeErrno("io_uring_enter", detail: "wait \(wait)") { unsafe ha_uring_submit(ring, wait) })
+    }
+
+    /// Takes one completion queue entry, if any.
+    static func uringReap(_ ring: UnsafeMutablePointer<ha_uring>) -> (userData: UInt64, result: Int32, flags: UInt32)? {
+        var userData: UInt64 = 0, result: Int32 = 0, flags: UInt32 = 0
+        guard unsafe ha_uring_reap(ring, &userData, &result, &flags) == 1 else { return nil }
+        return (userData, result, flags)
+    }
+
+    // MARK: - AF_XDP
+
+    /// The corresponding C call is `socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0)`.
+    static func xdpSocket() throws(SystemCallError) -> FileDescriptor {
+        FileDescriptor(rawValue: try retryingNegativeErrno("socket", detail: "AF_XDP, SOCK_RAW") { ha_xsk_socket() })
+    }
+
+    /// The corresponding C call is `setsockopt(SOL_XDP, XDP_UMEM_REG)`.
+    static func xdpRegisterUMEM(
+        _ fd: FileDescriptor, base: UnsafeMutableRawPointer, length: Int, chunkSize: Int, headroom: Int, flags: UInt32
+    ) throws(SystemCallError) {
+        _ = try retryingNegativeErrno(
+            "setsockopt", detail: "SOL_XDP, XDP_UMEM_REG, len \(length), chunk_size \(chunkSize), headroom \(headroom)"
+        ) {
+            unsafe ha_xsk_register_umem(fd.rawValue, base, UInt64(length), UInt32(chunkSize), UInt32(headroom), flags)
+        }
+    }
+
+    /// Sizes a ring (`setsockopt(SOL_XDP, XDP_UMEM_FILL_RING` and the
+    /// others), reads its offsets (`getsockopt(XDP_MMAP_OFFSETS)`) and maps it
+    /// (`mmap(2)` at the ring's page offset).
+    static func xdpMapRing(
+        _ fd: FileDescriptor, kind: ha_xsk_ring_kind, entries: UInt32, into ring: UnsafeMutablePointer<ha_xsk_ring>
+    ) throws(SystemCallError) {
+        _ = try retryingNegativeErrno("setsockopt/getsockopt/mmap", detail: "SOL_XDP ring \(kind.rawValue), \(entries) entries") {
+            unsafe ha_xsk_map_ring(fd.rawValue, kind, entries, ring)
+        }
+    }
+
+    /// The corresponding C function is `munmap(2)`.
+    static func xdpUnmapRing(_ ring: UnsafeMutablePointer<ha_xsk_ring>) {
+        unsafe ha_xsk_unmap_ring(ring)
+    }
+
+    /// The corresponding C call is `bind(2)` with a `struct sockaddr_xdp`.
+    static func xdpBind(_ fd: FileDescriptor, interfaceIndex: UInt32, queue: UInt32, flags: UInt16) throws(SystemCallError) {
+        _ = try retryingNegativeErrno("bind", detail: "AF_XDP ifindex \(interfaceIndex) queue \(queue)") {
+            ha_xsk_bind(fd.rawValue, interfaceIndex, queue, flags)
+        }
+    }
+}
