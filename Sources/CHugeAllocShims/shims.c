@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <linux/mman.h>
 #include <linux/memfd.h>
+#include <linux/falloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -63,6 +64,10 @@ int ha_mlock2(const void *addr, size_t length, unsigned int flags) {
 void *ha_mremap_fixed(void *old_address, size_t old_size, size_t new_size,
                       int flags, void *new_address) {
     return mremap(old_address, old_size, new_size, flags, new_address);
+}
+
+int ha_punch_hole(int fd, off_t offset, off_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
 
 int ha_getcpu(unsigned int *cpu, unsigned int *node) {

@@ -20,10 +20,22 @@ extension InspectMemory {
             code = exitCode(for: error).rawValue
             if code == 0 { exit(withError: error) }  // --help, --version
             let text = self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            message = text.hasPrefix("Error: ") ? String(text.dropFirst(7)) : text
+            message = unknownSubcommand(text) ?? (text.hasPrefix("Error: ") ? String(text.dropFirst(7)) : text)
         }
         let line = code == 64 ? message + " (see inspect-memory help)" : message
         FileHandle.standardError.write(Data("inspect-memory: \(line)\n".utf8))
         Foundation.exit(code)
+    }
+
+    /// "unknown command 'x'; commands: …" when the first argument is a word
+    /// that names no subcommand (the default subcommand would otherwise
+    /// report it as an unexpected argument).
+    private static func unknownSubcommand(_ message: String) -> String? {
+        let arguments = CommandLine.arguments.dropFirst()
+        guard let first = arguments.first, !first.hasPrefix("-"),
+              message.contains("Unexpected argument '\(first)'") else { return nil }
+        let names = configuration.subcommands.compactMap { $0.configuration.commandName }
+        guard !names.contains(first) else { return nil }
+        return "unknown command '\(first)'; commands: \(names.joined(separator: ", "))"
     }
 }

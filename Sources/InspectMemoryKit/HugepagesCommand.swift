@@ -52,7 +52,7 @@ struct HugepagesCommand: ParsableCommand {
     }
     struct Mount: Encodable {
         var path: String
-        var pageSize: Int?
+        var pageSize: Int
         enum CodingKeys: String, CodingKey { case path, pageSize = "page_size" }
     }
     struct Holder: Encodable {
@@ -75,26 +75,26 @@ struct HugepagesCommand: ParsableCommand {
         enum CodingKeys: String, CodingKey { case pools, mounts, holders, staleFiles = "stale_files", removed }
     }
 
-    /// Gathers the report from the files below `fs`'s root.
+    /// Gathers the report: pools and mounts from the inventory
+    /// (``SystemInventory``), holders from /proc/*/smaps, stale files from
+    /// the mounts against /proc/*/fd and /proc/*/maps.
     static func report(in fs: ProcFileSystem, mountPoint: String? = nil) throws -> Report {
+        let inventory: SystemInventory
+        do {
+            inventory = try SystemInventory.read(root: fs.root)
+        } catch {
+            throw CommandFailure(error.description)
+        }
         var pools: [Pool] = []
-        let defaultSize = HugepageSetup.defaultPageSize(in: fs)
-        for size in HugepageSetup.availableSizes(in: fs) {
-            func count(_ name: String, _ node: Int?) throws -> Int {
-                try HugepageSetup.counter(name, pageSize: size, node: node, in: fs)
-            }
-            pools.append(Pool(pageSize: size, node: nil,
-                              total: try count("nr_hugepages", nil), free: try count("free_hugepages", nil),
-                              reserved: try count("resv_hugepages", nil), surplus: try count("surplus_hugepages", nil),
-                              overcommit: try count("nr_overcommit_hugepages", nil)))
-            for node in HugepageSetup.nodes(in: fs) {
-                guard let total = try? count("nr_hugepages", node) else { continue }
-                pools.append(Pool(pageSize: size, node: node, total: total,
-                                  free: (try? count("free_hugepages", node)) ?? 0, reserved: nil,
-                                  surplus: (try? count("surplus_hugepages", node)) ?? 0, overcommit: nil))
+        for pool in inventory.hugepagePools {
+            pools.append(Pool(pageSize: pool.pageSize.bytes, node: nil, total: pool.total, free: pool.free,
+                              reserved: pool.reserved, surplus: pool.surplus, overcommit: pool.overcommit))
+            for (node, counts) in inventory.nodeCounts(for: pool.pageSize) {
+                pools.append(Pool(pageSize: pool.pageSize.bytes, node: node, total: counts.total, free: counts.free,
+                                  reserved: nil, surplus: counts.surplus, overcommit: nil))
             }
         }
-        let mounts = StaleHugepageFiles.mounts(in: fs).map { Mount(path: $0.path, pageSize: $0.pageSize ?? defaultSize) }
+        let mounts = inventory.hugetlbfsMounts.map { Mount(path: $0.path, pageSize: $0.pageSize.bytes) }
         let holders = HugepageHolders.scan(in: fs).map {
             Holder(pid: $0.pid, command: $0.command, pageSize: $0.pageSize, bytes: $0.bytes)
         }

@@ -11,7 +11,7 @@ public struct InspectMemory: ParsableCommand {
         commandName: "inspect-memory",
         abstract: "Diagnose hugepages, NUMA placement and DMA memory on this machine.",
         subcommands: [
-            SummaryCommand.self, HugepagesCommand.self, ProcessCommand.self,
+            SummaryCommand.self, HugepagesCommand.self, NumaCommand.self, ProcessCommand.self,
             TranslateCommand.self, ProbeCommand.self, DoctorCommand.self, SetupCommand.self,
         ],
         defaultSubcommand: SummaryCommand.self

@@ -14,6 +14,7 @@ public struct ProbeCommand: ParsableCommand {
           inspect-memory probe --page-size 2M --pages 8
           inspect-memory probe --page-size 4K --pages 64 --json
           inspect-memory probe --page-size 2M --pages 4 --json --hold   # release by closing stdin
+          inspect-memory probe --page-size 2M --contiguous 64M --json  # one physically contiguous block
         """
     )
 
@@ -22,6 +23,9 @@ public struct ProbeCommand: ParsableCommand {
 
     @Option(name: .long, help: "Number of pages to map.")
     var pages: Int?
+
+    @Option(name: .long, help: "Allocate one physically contiguous block of this many bytes (K/M/G suffixes).")
+    var contiguous: String?
 
     @Option(name: .long, help: "What backs the pages: anonymous, memfd, or hugetlbfs (a mount of that page size, or --mount).")
     var backing: String = "anonymous"
@@ -44,11 +48,23 @@ public struct ProbeCommand: ParsableCommand {
         guard let size = PageSize(parsing: pageSize) else {
             throw ValidationError("unknown page size '\(pageSize)': use 4K, 2M or 1G")
         }
-        guard let pages else { throw ValidationError("give --pages N") }
+        if let contiguous {
+            guard pages == nil else { throw ValidationError("give either --pages or --contiguous, not both") }
+            guard let bytes = ByteCount.parse(contiguous), bytes > 0 else {
+                throw ValidationError("--contiguous takes a positive size such as 32K, 16M or 1G (got '\(contiguous)')")
+            }
+            guard bytes <= 1 << 46 else { throw ValidationError("--contiguous \(contiguous) is more memory than any machine has") }
+            return try validateBacking()
+        }
+        guard let pages else { throw ValidationError("give --pages N or --contiguous BYTES") }
         guard pages > 0 else { throw ValidationError("--pages must be at least 1 (got \(pages))") }
         guard pages.multipliedReportingOverflow(by: size.bytes).overflow == false, pages * size.bytes <= 1 << 46 else {
             throw ValidationError("--pages \(pages) of \(size) is more memory than any machine has")
         }
+        try validateBacking()
+    }
+
+    func validateBacking() throws {
         guard ["anonymous", "memfd", "hugetlbfs"].contains(backing) else {
             throw ValidationError("unknown backing '\(backing)': use anonymous, memfd or hugetlbfs")
         }
@@ -57,16 +73,24 @@ public struct ProbeCommand: ParsableCommand {
 
     public func run() throws {
         let size = PageSize(parsing: pageSize)!
-        let count = pages!
+        let placement: NUMAPolicy = node.map { .bind($0) } ?? .any
         let backing: MappingOptions.Backing = switch self.backing {
         case "memfd": .memfd
         case "hugetlbfs": .hugetlbfs(mount: mount)
         default: .anonymous
         }
-        let options = MappingOptions(pageSize: size, backing: backing, numaPolicy: node.map { .bind($0) } ?? .any)
+        let expected = contiguous.flatMap(ByteCount.parse) ?? (pages ?? 0) * size.bytes
+        let progress = ProgressBar.start(totalBytes: expected, hugepages: size.isHuge)
+        defer { progress?.finish() }
         let mapping: MemoryMapping
         do {
-            mapping = try MemoryMapping(length: count * size.bytes, options: options)
+            if let contiguous {
+                mapping = try ContiguousMemory.allocate(
+                    ContiguousRequest(bytes: ByteCount.parse(contiguous)!, pageSize: size, numaPolicy: placement))
+            } else {
+                let options = MappingOptions(pageSize: size, backing: backing, numaPolicy: placement)
+                mapping = try MemoryMapping(length: pages! * size.bytes, options: options)
+            }
         } catch {
             throw CommandFailure("\(error)")
         }
@@ -105,9 +129,11 @@ struct ProbeReport: Encodable {
     var pages: [Page]
     var runs: [Run]
     var largestRunBytes: Int
+    var histogram: [Bucket]
+    struct Bucket: Encodable { var pages: Int; var runs: Int }
 
     enum CodingKeys: String, CodingKey {
-        case pid, pages, runs
+        case pid, pages, runs, histogram
         case pageSize = "page_size"
         case largestRunBytes = "largest_run_bytes"
     }
@@ -124,10 +150,11 @@ struct ProbeReport: Encodable {
                         physical: mapping.physicalAddress(atOffset: offset)?.description,
                         node: nodes.map { $0[i] })
         }
-        // Runs in physical order: what a device sees.
-        runs = mapping.runs.sorted { $0.physical < $1.physical }
-            .map { Run(physical: $0.physical.description, bytes: $0.bytes, pages: $0.pages) }
-        largestRunBytes = mapping.runs.map(\.bytes).max() ?? 0
+        // Runs in physical order, whatever the virtual order: what a device sees.
+        let report = FragmentationReport(mapping)
+        runs = report.runs.map { Run(physical: $0.physical.description, bytes: $0.bytes, pages: $0.pages) }
+        largestRunBytes = report.largestRunBytes
+        histogram = report.histogram.map { Bucket(pages: $0.pages, runs: $0.runs) }
     }
 
     var text: String {
@@ -139,6 +166,7 @@ struct ProbeReport: Encodable {
                          + (page.node.map(String.init) ?? "-"))
         }
         lines.append("\(runs.count) physically contiguous runs; largest \(ByteCount.format(largestRunBytes)) (\(largestRunBytes) bytes)")
+        lines.append("run length (pages) → runs: " + histogram.map { "\($0.pages)→\($0.runs)" }.joined(separator: "  "))
         return lines.joined(separator: "\n")
     }
 }

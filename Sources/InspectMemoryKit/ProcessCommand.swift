@@ -97,7 +97,7 @@ struct ProcessCommand: ParsableCommand {
             try printJSON(report)
             return
         }
-        print("process \(report.pid) (\(report.command)): hugetlb \(bytesText(report.hugetlbBytes)) bytes, locked \(bytesText(report.lockedBytes)) bytes")
+        print("process \(report.pid) (\(report.command)): hugetlb bytes \(bytesText(report.hugetlbBytes)), locked bytes \(bytesText(report.lockedBytes))")
         if report.mappings.isEmpty {
             print("no hugepage, transparent-hugepage or locked mappings (--all lists every mapping)")
             return
@@ -110,7 +110,7 @@ struct ProcessCommand: ParsableCommand {
         for m in report.mappings {
             guard let runs = m.runs else { continue }
             let largest = runs.map(\.bytes).max() ?? 0
-            print("\nruns of \(m.start)-\(m.end): \(runs.count) physically contiguous run(s), largest \(bytesText(largest)) bytes")
+            print("\nruns of \(m.start)-\(m.end): \(runs.count) physically contiguous run(s), largest \(bytesText(largest))")
             if runs.isEmpty { continue }
             print(table(["  VIRTUAL", "PHYSICAL", "BYTES"], runs.map { ["  " + $0.virtual, $0.physical, bytesText($0.bytes)] }))
         }

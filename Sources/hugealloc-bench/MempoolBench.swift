@@ -104,20 +104,36 @@ enum MempoolLoop {
         keep: Int, bulk: B.Type, count: Int
     ) -> Int {
         for _ in 0..<count {
-            var i = 0
-            while i < keep {
-                if unsafe !pool.get(into: table + i, count: B.n) {
-                    fatalError("mempool empty: \(pool.availableCount) available")
-                }
-                i &+= B.n
-            }
-            i = 0
-            while i < keep {
-                unsafe pool.put(from: table + i, count: B.n)
-                i &+= B.n
-            }
+            unsafe getPhase(pool, table, keep: keep, bulk: bulk)
+            unsafe putPhase(pool, table, keep: keep, bulk: bulk)
         }
         return count * keep
+    }
+
+    /// Get `keep` objects, `B.n` at a time (one function per phase keeps
+    /// each small enough for the inliner to take the pool's hot path whole).
+    @inline(never)
+    static func getPhase<B: BulkSize>(
+        _ pool: Mempool, _ table: UnsafeMutablePointer<UnsafeMutableRawPointer>, keep: Int, bulk: B.Type
+    ) {
+        var i = 0
+        while i < keep {
+            if unsafe !pool.get(into: table + i, count: B.n) {
+                fatalError("mempool empty: \(pool.availableCount) available")
+            }
+            i &+= B.n
+        }
+    }
+
+    @inline(never)
+    static func putPhase<B: BulkSize>(
+        _ pool: Mempool, _ table: UnsafeMutablePointer<UnsafeMutableRawPointer>, keep: Int, bulk: B.Type
+    ) {
+        var i = 0
+        while i < keep {
+            unsafe pool.put(from: table + i, count: B.n)
+            i &+= B.n
+        }
     }
 
     /// `count` rounds of: get `keep` objects `bulk` at a time, put them back

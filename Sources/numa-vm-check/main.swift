@@ -194,6 +194,26 @@ check("reserve 16 hugepages on node 1 only") {
     return "node 0: 0 free, node 1: \(try freeHugepages(node: 1)) free"
 }
 
+check("NUMATopology.read() reports the guest's nodes, CPUs, memory, distances and per-node pools") {
+    let topology = try NUMATopology.read()
+    try expect(topology.available, "NUMA reported unavailable")
+    try expect(topology.nodes.map(\.id) == [0, 1], "nodes \(topology.nodes.map(\.id))")
+    for node in topology.nodes {
+        try expect(node.cpus == [node.id], "node \(node.id) CPUs \(node.cpus)")
+        // QEMU gives each node 1 GiB; the kernel keeps some for itself.
+        try expect(node.memTotalBytes > 768 << 20 && node.memTotalBytes <= 1 << 30,
+                   "node \(node.id) MemTotal \(node.memTotalBytes) bytes, expected just under 1 GiB")
+        let pool = node.hugepages.first { $0.pageSize == pageSize }
+        let expected = node.id == 1 ? 16 : 0
+        try expect(pool?.total == expected && pool?.free == expected,
+                   "node \(node.id) 2 MiB pool \(String(describing: pool)), expected \(expected) total and free")
+    }
+    try expect(topology.distance(from: 0, to: 1) == expectedDistance && topology.distance(from: 1, to: 0) == expectedDistance
+               && topology.distance(from: 1, to: 1) == 10, "distances \(topology.nodes.map(\.distances))")
+    try expect(topology.node(ofCPU: 1) == 1 && topology.node(ofCPU: 0) == 0, "CPU to node mapping wrong")
+    return "nodes \(topology.nodes.map { "\($0.id): CPUs \($0.cpus), \($0.memTotalBytes >> 20) MiB" }.joined(separator: "; ")), distances \(topology.nodes.map(\.distances))"
+}
+
 check("currentNode on a thread pinned to CPU 1 is 1") {
     let (node, cpus) = try onThread(pinnedTo: 1) {
         (try NUMAPlacement.currentNode(), try NUMAPlacement.currentThreadCPUs())
@@ -230,15 +250,16 @@ check("bind(0) with node 0 empty: checkFreeHugepages names node 0 and the comman
     }
 }
 
-check("bind(0) with node 0 empty: mapping fails at the first fault instead of spilling to node 1") {
+check("bind(0) with node 0 empty: fails with the typed error naming node 0 instead of spilling to node 1") {
     do {
         let mapping = try map(pages: 2, .bind(0))
         throw CheckFailure("mapping succeeded with pages on \(describe(try pageNodes(of: mapping)))")
     } catch let error as MappingError {
-        guard case .prefaultFailed(offset: 0, pageSize: pageSize) = error else {
-            throw CheckFailure("expected SIGBUS on the first page, got: \(error)")
+        guard case .insufficientHugepages(pageSize: pageSize, needed: 2, free: 0, node: 0, let command) = error,
+              command.contains("/sys/devices/system/node/node0/hugepages/") else {
+            throw CheckFailure("expected the node-0 shortage error, got: \(error)")
         }
-        return "MappingError.prefaultFailed(offset: 0): SIGBUS, as MPOL_BIND requires"
+        return "\(error)"
     }
 }
 

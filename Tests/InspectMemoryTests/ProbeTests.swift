@@ -98,6 +98,47 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         #expect(probe.process.terminationStatus == 0)
     }
 
+    @Test(.enabled(if: isRoot && free2M() >= 16, "needs root (PFNs) and 16 free 2 MiB hugepages"),
+          arguments: [("2M", "16M"), ("4K", "32K"), ("4K", "64K")])
+    func contiguousBlockIsContiguousInBothSpacesToAnotherProcess(pageSize: String, wanted: String) throws {
+        // A block of 2 MiB pages can only be as long as the longest run the
+        // free pool holds (the pool's layout is the machine's): ask for that
+        // much, up to the size named.
+        var bytes = wanted
+        if pageSize == "2M" {
+            let free = free2M()
+            let pool = try MemoryMapping(length: free * (2 << 20), options: .init(backing: .memfd))
+            let largest = FragmentationReport(pool).largestRunBytes
+            try pool.unmap()
+            try #require(largest >= 4 << 20, "the free pool holds no run of two 2 MiB pages")
+            bytes = ByteCount.format(min(largest, ByteCount.parse(wanted)!))
+        }
+        let probe = try RunningCommand(["probe", "--page-size", pageSize, "--contiguous", bytes, "--json", "--hold"])
+        let object = try probe.readJSONObject()
+        let pid = try #require(object["pid"] as? Int32)
+        let size = try #require(object["page_size"] as? Int)
+        let listed = try #require(object["pages"] as? [[String: Any]])
+        #expect(listed.count * size == ByteCount.parse(bytes)!)
+        let reader = try PagemapReader(pid: pid)
+        var previous: (virtual: UInt, physical: UInt64)? = nil
+        for page in listed {
+            let virtual = try #require(UInt((page["virtual"] as? String)?.dropFirst(2) ?? "", radix: 16))
+            // The holder's pagemap, read by this process, for every base page of the page.
+            let entries = try reader.entries(startingAt: virtual, count: size / PageSize.base.bytes)
+            let first = try #require(entries[0].pfn) * UInt64(PageSize.base.bytes)
+            #expect(entries.enumerated().allSatisfy { $0.element.pfn == entries[0].pfn! + UInt64($0.offset) })
+            if let previous {
+                #expect(virtual == previous.virtual + UInt(size), "virtually contiguous")
+                #expect(first == previous.physical + UInt64(size), "physically contiguous")
+            }
+            previous = (virtual, first)
+        }
+        #expect(object["largest_run_bytes"] as? Int == ByteCount.parse(bytes)!)
+        try probe.stdin.fileHandleForWriting.close()
+        probe.process.waitUntilExit()
+        #expect(probe.process.terminationStatus == 0)
+    }
+
     @Test(.enabled(if: isRoot && free2M() >= 64, "needs root and 64 free 2 MiB hugepages"),
           arguments: ["anonymous", "memfd", "hugetlbfs"])
     func sigkillAtAnyPointLeavesNothingBehind(backing: String) throws {
@@ -119,6 +160,40 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         for _ in 0..<20 where free != freeBefore { usleep(100_000); free = free2M() }
         #expect(free == freeBefore, "2 MiB pages free before \(freeBefore), after \(free)")
         #expect(hugetlbfsFiles() == filesBefore)
+    }
+
+    /// Runs inspect-memory as user nobody with no capabilities: the kernel
+    /// then hides PFNs and enforces RLIMIT_MEMLOCK for real.
+    static let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    func runUnprivileged(_ arguments: [String]) throws -> (status: Int32, err: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try #require(Self.setpriv))
+        process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", inspectMemoryPath] + arguments
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = Pipe()
+        try process.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    @Test(.enabled(if: isRoot && setpriv != nil, "needs root to drop to an unprivileged user with setpriv (util-linux)"))
+    func withoutCapSysAdminPhysicalAddressesAreATypedErrorNamingTheCapability() throws {
+        let result = try runUnprivileged(["probe", "--page-size", "4K", "--pages", "2"])
+        #expect(result.status == 1)
+        #expect(result.err.contains("CAP_SYS_ADMIN") && result.err.contains("PFN 0"))
+        #expect(result.err.split(separator: "\n").count == 1)
+    }
+
+    @Test(.enabled(if: isRoot && setpriv != nil, "needs root to drop to an unprivileged user with setpriv (util-linux)"))
+    func lockingPastRlimitMemlockSaysNeededLimitAndHowToRaiseIt() throws {
+        // 64 MiB of base pages, far past the default 8 MiB limit of an unprivileged user.
+        let result = try runUnprivileged(["probe", "--page-size", "4K", "--pages", "16384"])
+        #expect(result.status == 1)
+        #expect(result.err.contains("exceeds RLIMIT_MEMLOCK") && result.err.contains("ulimit -l"))
+        #expect(result.err.contains("locking \(16384 * 4096) bytes"))
     }
 
     @Test func badInputIsOneLineAndTheRightExitStatus() throws {

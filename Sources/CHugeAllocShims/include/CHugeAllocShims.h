@@ -47,6 +47,10 @@ int ha_mlock2(const void *addr, size_t length, unsigned int flags);
 void *ha_mremap_fixed(void *old_address, size_t old_size, size_t new_size,
                       int flags, void *new_address);
 
+/* fallocate(2) with FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: frees the
+ * pages of [offset, offset+length) of a memfd or hugetlbfs file now. */
+int ha_punch_hole(int fd, off_t offset, off_t length);
+
 /* getcpu(2): the CPU and NUMA node the calling thread runs on. */
 int ha_getcpu(unsigned int *cpu, unsigned int *node);
 

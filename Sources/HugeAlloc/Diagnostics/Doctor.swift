@@ -23,73 +23,91 @@ public struct DoctorCheck: Equatable, Sendable {
 /// free, hugetlbfs mounts, the memlock limit, access to physical addresses,
 /// THP mode, IOMMU/VFIO, per-node balance and stale hugetlbfs files.
 public enum Doctor {
-    /// Runs every check against the files below `fs`'s root. On the live
-    /// machine, physical-address access is tested by reading this process's
-    /// own pagemap; on a fixture tree, from /proc/self/status `CapEff`.
+    /// Runs every check against the inventory of the files below `fs`'s
+    /// root (``SystemInventory``), plus the stale-file scan. On the live
+    /// machine, physical-address access is a real read of this process's
+    /// pagemap; on a fixture tree it is judged from `CapEff` (CAP_SYS_ADMIN).
     public static func run(in fs: ProcFileSystem = .live) -> [DoctorCheck] {
-        var checks: [DoctorCheck] = []
-        let sizes = HugepageSetup.availableSizes(in: fs)
-        let nodes = HugepageSetup.nodes(in: fs)
-        func count(_ name: String, _ size: Int, _ node: Int? = nil) -> Int {
-            (try? HugepageSetup.counter(name, pageSize: size, node: node, in: fs)) ?? 0
+        let inventory: SystemInventory
+        do {
+            inventory = try SystemInventory.read(root: fs.root)
+        } catch {
+            return [DoctorCheck(name: "inventory", status: .fail, detail: error.description,
+                                fix: "run as root on a Linux kernel with /proc and /sys mounted")]
         }
-        let pools = sizes.map { (size: $0, total: count("nr_hugepages", $0), free: count("free_hugepages", $0)) }
-        let reserved = pools.filter { $0.total > 0 }
-        let defaultSize = HugepageSetup.defaultPageSize(in: fs) ?? sizes.first ?? (2 << 20)
-        let setupFix = "inspect-memory setup --pages \(ByteCount.format(defaultSize)):512   (or: echo 512 > \(HugepageSetup.directory(pageSize: defaultSize, node: nil))/nr_hugepages)"
+        var checks = run(inventory, stale: StaleHugepageFiles.find(in: fs))
+        if let check = compactionCheck(fs.textIfPresent("/proc/sys/vm/compact_unevictable_allowed")) {
+            checks.append(check)
+        }
+        return checks
+    }
+
+    /// Whether compaction may migrate locked (mlocked) base pages, which would
+    /// change their physical addresses under a device. Reads
+    /// /proc/sys/vm/compact_unevictable_allowed; nil when the kernel has no
+    /// such setting (no compaction).
+    static func compactionCheck(_ setting: String?) -> DoctorCheck? {
+        guard let value = setting?.trimmingWhitespace() else { return nil }
+        if value == "0" {
+            return DoctorCheck(name: "compaction", status: .ok,
+                               detail: "compaction leaves locked base pages in place (compact_unevictable_allowed = 0)", fix: nil)
+        }
+        return DoctorCheck(name: "compaction", status: .warn,
+                           detail: "compaction may migrate locked base pages, changing their physical addresses (hugepages are not affected)",
+                           fix: "echo 0 > /proc/sys/vm/compact_unevictable_allowed   (or sysctl -w vm.compact_unevictable_allowed=0)")
+    }
+
+    /// The checks for an inventory and the stale files found on its mounts.
+    public static func run(_ inventory: SystemInventory, stale: [StaleHugepageFile]) -> [DoctorCheck] {
+        var checks: [DoctorCheck] = []
+        let reserved = inventory.hugepagePools.filter { $0.total > 0 }
+        let defaultSize = inventory.defaultHugepageSize ?? inventory.hugepagePools.first?.pageSize ?? .huge2M
+        let setupFix = "inspect-memory setup --pages \(defaultSize):512   (or: echo 512 > \(HugepageSetup.directory(pageSize: defaultSize.bytes, node: nil))/nr_hugepages)"
 
         // Hugepages reserved.
-        if sizes.isEmpty {
+        if inventory.hugepagePools.isEmpty {
             checks.append(DoctorCheck(name: "hugepages", status: .fail, detail: "this kernel offers no hugepage sizes (/sys/kernel/mm/hugepages is empty)",
                                       fix: "boot a kernel built with CONFIG_HUGETLBFS=y"))
         } else if reserved.isEmpty {
             checks.append(DoctorCheck(name: "hugepages", status: .fail, detail: "no hugepages reserved of any size", fix: setupFix))
         } else {
-            let list = reserved.map { "\(ByteCount.format($0.size)): \($0.total)" }.joined(separator: ", ")
+            let list = reserved.map { "\($0.pageSize): \($0.total)" }.joined(separator: ", ")
             checks.append(DoctorCheck(name: "hugepages", status: .ok, detail: "reserved \(list)", fix: nil))
         }
 
         // Hugepages free.
         if !reserved.isEmpty {
-            let list = reserved.map { "\(ByteCount.format($0.size)): \($0.free) of \($0.total)" }.joined(separator: ", ")
+            let list = reserved.map { "\($0.pageSize): \($0.free) of \($0.total)" }.joined(separator: ", ")
             if reserved.allSatisfy({ $0.free == 0 }) {
-                let s = reserved[0]
+                let p = reserved[0]
                 checks.append(DoctorCheck(name: "hugepages-free", status: .fail, detail: "every reserved hugepage is in use (\(list))",
-                                          fix: "inspect-memory setup --pages \(ByteCount.format(s.size)):\(s.total * 2)   (or free stale files: inspect-memory hugepages --clean)"))
-            } else if let s = reserved.first(where: { $0.free == 0 }) {
-                checks.append(DoctorCheck(name: "hugepages-free", status: .warn, detail: "no free \(ByteCount.format(s.size)) pages (\(list))",
-                                          fix: "inspect-memory setup --pages \(ByteCount.format(s.size)):\(s.total * 2)"))
+                                          fix: "inspect-memory setup --pages \(p.pageSize):\(p.total * 2)   (or free stale files: inspect-memory hugepages --clean)"))
+            } else if let p = reserved.first(where: { $0.free == 0 }) {
+                checks.append(DoctorCheck(name: "hugepages-free", status: .warn, detail: "no free \(p.pageSize) pages (\(list))",
+                                          fix: "inspect-memory setup --pages \(p.pageSize):\(p.total * 2)"))
             } else {
                 checks.append(DoctorCheck(name: "hugepages-free", status: .ok, detail: "free \(list)", fix: nil))
             }
         }
 
         // Mounts.
-        let mounts = StaleHugepageFiles.mounts(in: fs)
         for pool in reserved {
-            let mounted = mounts.filter { ($0.pageSize ?? defaultSize) == pool.size }
-            let name = "mount-\(ByteCount.format(pool.size))"
-            if let m = mounted.first {
-                checks.append(DoctorCheck(name: name, status: .ok, detail: "hugetlbfs for \(ByteCount.format(pool.size)) pages at \(m.path)", fix: nil))
+            let name = "mount-\(pool.pageSize)"
+            if let m = inventory.mounts(for: pool.pageSize).first {
+                checks.append(DoctorCheck(name: name, status: .ok, detail: "hugetlbfs for \(pool.pageSize) pages at \(m.path)", fix: nil))
             } else {
-                let dir = pool.size == defaultSize ? "/dev/hugepages" : "/dev/hugepages-\(ByteCount.format(pool.size))"
+                let dir = pool.pageSize == defaultSize ? "/dev/hugepages" : "/dev/hugepages-\(pool.pageSize)"
                 checks.append(DoctorCheck(name: name, status: .warn,
-                                          detail: "no hugetlbfs mounted for \(ByteCount.format(pool.size)) pages (needed for file-backed and multi-process memory)",
-                                          fix: "mkdir -p \(dir) && mount -t hugetlbfs -o pagesize=\(ByteCount.format(pool.size)) nodev \(dir)"))
+                                          detail: "no hugetlbfs mounted for \(pool.pageSize) pages (needed for file-backed and multi-process memory)",
+                                          fix: "mkdir -p \(dir) && mount -t hugetlbfs -o pagesize=\(pool.pageSize) nodev \(dir)"))
             }
         }
 
         // Memlock limit.
-        checks.append(memlockCheck(in: fs, neededBytes: reserved.reduce(0) { $0 + $1.total * $1.size }))
+        checks.append(memlockCheck(inventory, neededBytes: reserved.reduce(0) { $0 + $1.total * $1.pageSize.bytes }))
 
         // Physical addresses.
-        let visible: Bool
-        if fs.root == "/" || fs.root.isEmpty {
-            visible = PagemapReader.physicalAddressesVisible()
-        } else {
-            visible = hasCapability(21, in: fs)  // CAP_SYS_ADMIN
-        }
-        if visible {
+        if inventory.physicalAddressesVisible ?? inventory.capabilities.sysAdmin {
             checks.append(DoctorCheck(name: "physical-addresses", status: .ok, detail: "pagemap shows page frame numbers (CAP_SYS_ADMIN)", fix: nil))
         } else {
             checks.append(DoctorCheck(name: "physical-addresses", status: .warn,
@@ -98,8 +116,7 @@ public enum Doctor {
         }
 
         // THP.
-        if let thp = fs.textIfPresent("/sys/kernel/mm/transparent_hugepage/enabled"),
-           let mode = selectedMode(thp) {
+        if let mode = inventory.transparentHugepages.enabled {
             if mode == "always" {
                 checks.append(DoctorCheck(name: "thp", status: .warn,
                                           detail: "transparent hugepages: always (background compaction and khugepaged can stall and move pages)",
@@ -110,32 +127,31 @@ public enum Doctor {
         }
 
         // IOMMU / VFIO.
-        let iommus = fs.list("/sys/class/iommu")
-        let groups = fs.list("/sys/kernel/iommu_groups")
-        let vfio = fs.exists("/sys/module/vfio") || fs.exists("/dev/vfio")
-        if !iommus.isEmpty || !groups.isEmpty {
-            let vfioText = vfio ? "vfio loaded" : "vfio not loaded"
-            checks.append(DoctorCheck(name: "iommu", status: vfio ? .ok : .warn,
-                                      detail: "IOMMU present (\(groups.count) groups), \(vfioText)",
-                                      fix: vfio ? nil : "modprobe vfio-pci"))
+        let iommu = inventory.iommu
+        if iommu.groups > 0 {
+            checks.append(DoctorCheck(name: "iommu", status: iommu.vfio ? .ok : .warn,
+                                      detail: "IOMMU present (\(iommu.groups) groups), \(iommu.vfio ? "/dev/vfio present" : "vfio not loaded")",
+                                      fix: iommu.vfio ? nil : "modprobe vfio-pci"))
         } else {
             checks.append(DoctorCheck(name: "iommu", status: .warn,
-                                      detail: "no IOMMU: devices need physical addresses (no isolation, no IOVA)",
+                                      detail: "no IOMMU groups: devices need physical addresses (no isolation, no IOVA)",
                                       fix: "add intel_iommu=on iommu=pt (or amd_iommu=on) to the kernel command line and reboot"))
         }
 
         // Per-node balance.
+        let nodes = inventory.numa.nodes
         if nodes.count > 1 {
             for pool in reserved {
-                let perNode = nodes.map { (node: $0, total: count("nr_hugepages", pool.size, $0)) }
+                let perNode = nodes.map { node in
+                    (node: node.id, total: node.hugepages.first { $0.pageSize == pool.pageSize }?.total ?? 0)
+                }
+                let list = perNode.map { "node\($0.node)=\($0.total)" }.joined(separator: " ")
                 if let empty = perNode.first(where: { $0.total == 0 }) {
-                    let list = perNode.map { "node\($0.node)=\($0.total)" }.joined(separator: " ")
-                    checks.append(DoctorCheck(name: "numa-\(ByteCount.format(pool.size))", status: .warn,
-                                              detail: "\(ByteCount.format(pool.size)) pages unevenly spread (\(list))",
-                                              fix: "inspect-memory setup --pages \(ByteCount.format(pool.size)):\(max(1, pool.total / nodes.count)) --node \(empty.node)"))
+                    checks.append(DoctorCheck(name: "numa-\(pool.pageSize)", status: .warn,
+                                              detail: "\(pool.pageSize) pages unevenly spread (\(list))",
+                                              fix: "inspect-memory setup --pages \(pool.pageSize):\(max(1, pool.total / nodes.count)) --node \(empty.node)"))
                 } else {
-                    checks.append(DoctorCheck(name: "numa-\(ByteCount.format(pool.size))", status: .ok,
-                                              detail: perNode.map { "node\($0.node)=\($0.total)" }.joined(separator: " "), fix: nil))
+                    checks.append(DoctorCheck(name: "numa-\(pool.pageSize)", status: .ok, detail: list, fix: nil))
                 }
             }
         } else {
@@ -143,57 +159,30 @@ public enum Doctor {
         }
 
         // Stale files.
-        let stale = StaleHugepageFiles.find(in: fs)
         if stale.isEmpty {
             checks.append(DoctorCheck(name: "stale-files", status: .ok, detail: "no stale files on hugetlbfs mounts", fix: nil))
         } else {
             let bytes = stale.reduce(0) { $0 + $1.bytes }
             checks.append(DoctorCheck(name: "stale-files", status: .warn,
-                                      detail: "\(stale.count) stale file(s) on hugetlbfs pin \(bytes >> 20) MiB of hugepages",
+                                      detail: "\(stale.count) stale file(s) on hugetlbfs pin \(ByteCount.format(bytes)) of hugepages",
                                       fix: "inspect-memory hugepages --clean"))
         }
         return checks
     }
 
-    /// "always [madvise] never" → "madvise".
-    static func selectedMode(_ text: String) -> String? {
-        guard let open = text.firstIndex(of: "["), let close = text.firstIndex(of: "]"), open < close else { return nil }
-        return String(text[text.index(after: open)..<close])
-    }
-
-    /// Whether /proc/self/status `CapEff` has capability bit `bit`.
-    static func hasCapability(_ bit: Int, in fs: ProcFileSystem) -> Bool {
-        guard let status = fs.textIfPresent("/proc/self/status") else { return false }
-        for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
-            if let mask = UInt64(line.dropFirst("CapEff:".count).trimmingWhitespace(), radix: 16) {
-                return mask & (1 << UInt64(bit)) != 0
-            }
-        }
-        return false
-    }
-
-    /// `Max locked memory` of /proc/self/limits against the reserved hugepage bytes.
-    static func memlockCheck(in fs: ProcFileSystem, neededBytes: Int) -> DoctorCheck {
+    /// The memlock limit against the reserved hugepage bytes.
+    static func memlockCheck(_ inventory: SystemInventory, neededBytes: Int) -> DoctorCheck {
         let fix = "ulimit -l unlimited   (persistently: '* - memlock unlimited' in /etc/security/limits.conf, or LimitMEMLOCK=infinity for a systemd service)"
-        guard let limits = fs.textIfPresent("/proc/self/limits"),
-              let line = limits.split(separator: "\n").first(where: { $0.hasPrefix("Max locked memory") }) else {
-            return DoctorCheck(name: "memlock", status: .warn, detail: "cannot read /proc/self/limits", fix: fix)
-        }
-        let fields = line.dropFirst("Max locked memory".count).split(separator: " ")
-        guard let soft = fields.first else {
-            return DoctorCheck(name: "memlock", status: .warn, detail: "cannot parse Max locked memory", fix: fix)
-        }
-        if soft == "unlimited" {
+        guard let soft = inventory.memlockLimit.soft else {
             return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit unlimited", fix: nil)
         }
-        let bytes = Int(soft) ?? 0
-        if hasCapability(14, in: fs) {  // CAP_IPC_LOCK ignores the limit
-            return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit \(ByteCount.format(bytes)), but CAP_IPC_LOCK lifts it", fix: nil)
+        if inventory.capabilities.ipcLock {
+            return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit \(ByteCount.format(soft)), but CAP_IPC_LOCK lifts it", fix: nil)
         }
-        if bytes >= neededBytes && neededBytes > 0 {
-            return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit \(ByteCount.format(bytes)) covers the \(ByteCount.format(neededBytes)) reserved", fix: nil)
+        if neededBytes > 0 && soft >= neededBytes {
+            return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit \(ByteCount.format(soft)) covers the \(ByteCount.format(neededBytes)) reserved", fix: nil)
         }
         return DoctorCheck(name: "memlock", status: .warn,
-                           detail: "memlock limit \(ByteCount.format(bytes)) is below the \(ByteCount.format(neededBytes)) of reserved hugepages", fix: fix)
+                           detail: "memlock limit \(ByteCount.format(soft)) is below the \(ByteCount.format(neededBytes)) of reserved hugepages", fix: fix)
     }
 }

@@ -26,23 +26,17 @@ public struct HugepageGrant: Equatable, Sendable {
 /// Sizing the hugepage pools through sysfs and mounting hugetlbfs, like
 /// `dpdk-hugepages.py --setup`.
 public enum HugepageSetup {
-    /// The hugepage sizes this kernel offers (/sys/kernel/mm/hugepages/hugepages-<kB>kB), ascending.
+    /// The hugepage sizes this kernel offers (/sys/kernel/mm/hugepages, read
+    /// by the inventory), ascending.
     public static func availableSizes(in fs: ProcFileSystem = .live) -> [Int] {
-        fs.list("/sys/kernel/mm/hugepages").compactMap(pageSize(ofDirectory:)).sorted()
+        var warnings: [String] = []
+        return ((try? SystemInventory.readPools(SystemFiles(root: fs.root), warnings: &warnings)) ?? [])
+            .map(\.pageSize.bytes).sorted()
     }
 
-    /// The NUMA nodes (/sys/devices/system/node/node<N>), ascending.
+    /// The NUMA nodes (the inventory's topology), ascending.
     public static func nodes(in fs: ProcFileSystem = .live) -> [Int] {
-        fs.list("/sys/devices/system/node").compactMap { name in
-            name.hasPrefix("node") ? Int(name.dropFirst(4)) : nil
-        }.sorted()
-    }
-
-    /// "hugepages-2048kB" → 2 MiB.
-    static func pageSize(ofDirectory name: String) -> Int? {
-        guard name.hasPrefix("hugepages-"), name.hasSuffix("kB"),
-              let kb = Int(name.dropFirst("hugepages-".count).dropLast(2)) else { return nil }
-        return kb << 10
+        ((try? NUMATopology.read(root: fs.root))?.nodes.map(\.id) ?? []).sorted()
     }
 
     /// The sysfs directory of one pool: system-wide or one node's.
@@ -91,11 +85,13 @@ public enum HugepageSetup {
 
     /// MemTotal from /proc/meminfo in bytes.
     static func memoryTotal(in fs: ProcFileSystem) -> Int? {
-        guard let text = fs.textIfPresent("/proc/meminfo") else { return nil }
-        for line in text.split(separator: "\n") {
-            if let (name, bytes) = parseKilobyteField(line), name == "MemTotal" { return bytes }
-        }
-        return nil
+        meminfoValue("MemTotal", in: fs)
+    }
+
+    static func meminfoValue(_ key: String, in fs: ProcFileSystem) -> Int? {
+        let files = SystemFiles(root: fs.root)
+        guard let text = try? files.text("proc/meminfo") else { return nil }
+        return (try? InventoryParse.meminfoValue(text, key: key, path: files.path("proc/meminfo"))) ?? nil
     }
 
     /// Sets the pool of `request.pageSize` (on `node`, or system-wide) to
@@ -123,8 +119,7 @@ public enum HugepageSetup {
     /// unless a hugetlbfs of that size is already mounted there. Returns
     /// whether it mounted now. Calls `mount(2)`.
     public static func mount(at path: String, pageSize: Int, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> Bool {
-        let defaultSize = defaultPageSize(in: fs)
-        if StaleHugepageFiles.mounts(in: fs).contains(where: { $0.path == path && ($0.pageSize ?? defaultSize) == pageSize }) {
+        if StaleHugepageFiles.mounts(in: fs).contains(where: { $0.path == path && $0.pageSize.bytes == pageSize }) {
             return false
         }
         do {
@@ -147,11 +142,7 @@ public enum HugepageSetup {
 
     /// The default hugepage size (Hugepagesize of /proc/meminfo).
     public static func defaultPageSize(in fs: ProcFileSystem = .live) -> Int? {
-        guard let text = fs.textIfPresent("/proc/meminfo") else { return nil }
-        for line in text.split(separator: "\n") {
-            if let (name, bytes) = parseKilobyteField(line), name == "Hugepagesize" { return bytes }
-        }
-        return nil
+        meminfoValue("Hugepagesize", in: fs)
     }
 }
 

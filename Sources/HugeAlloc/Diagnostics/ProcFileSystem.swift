@@ -21,7 +21,7 @@ public struct ProcFileSystem: Sendable {
     /// The text of a file. Reads `path(absolute)` with `open(2)`/`read(2)`.
     public func text(_ absolute: String) throws(DiagnosticsError) -> String {
         do {
-            return String(decoding: try Sys.readFile(path(absolute)), as: UTF8.self)
+            return String(decoding: try Sys.readFile(atPath: path(absolute)), as: UTF8.self)
         } catch {
             throw .unreadable(path: absolute, error)
         }
@@ -32,19 +32,14 @@ public struct ProcFileSystem: Sendable {
         try? text(absolute)
     }
 
-    /// The raw bytes of a file, or nil when it cannot be read.
-    func bytesIfPresent(_ absolute: String) -> [UInt8]? {
-        try? Sys.readFile(path(absolute))
-    }
-
     /// The names in a directory; empty when it cannot be read.
     public func list(_ absolute: String) -> [String] {
-        (try? Sys.listDirectory(path(absolute))) ?? []
+        (try? Sys.directoryEntries(atPath: path(absolute))) ?? []
     }
 
     /// Whether the path exists below the root.
     public func exists(_ absolute: String) -> Bool {
-        (try? Sys.fileStatus(path(absolute))) != nil
+        Sys.fileExists(atPath: path(absolute))
     }
 
     /// Every process ID listed in /proc, ascending.

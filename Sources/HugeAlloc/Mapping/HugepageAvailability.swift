@@ -37,7 +37,7 @@ enum HugepageAvailability {
     }
 
     static func readCount(_ path: String) -> Int? {
-        guard let text = try? SysfsFile.read(path) else { return nil }
+        guard let text = try? Sys.readText(atPath: path) else { return nil }
         return Int(text.trimmingWhitespace())
     }
 
@@ -62,7 +62,7 @@ enum HugepageAvailability {
         if let path = unsafe hugetlbfs_find_path_for_size(size.bytes) {
             return unsafe String(cString: path)
         }
-        guard let mounts = try? SysfsFile.read("/proc/mounts") else { return nil }
+        guard let mounts = try? Sys.readText(atPath: "/proc/mounts") else { return nil }
         let defaultSize = defaultHugepageSize()
         for line in mounts.split(separator: "\n") {
             let fields = line.split(separator: " ")
@@ -78,7 +78,7 @@ enum HugepageAvailability {
 
     /// The default hugepage size (/proc/meminfo Hugepagesize).
     static func defaultHugepageSize() -> PageSize? {
-        guard let meminfo = try? SysfsFile.read("/proc/meminfo") else { return nil }
+        guard let meminfo = try? Sys.readText(atPath: "/proc/meminfo") else { return nil }
         for line in meminfo.split(separator: "\n") where line.hasPrefix("Hugepagesize:") {
             let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) }
             return kb.flatMap { PageSize(rawValue: $0 * 1024) }
@@ -88,7 +88,7 @@ enum HugepageAvailability {
 
     /// Bytes this process has locked already (/proc/self/status VmLck).
     static func lockedBytes() -> Int {
-        guard let status = try? SysfsFile.read("/proc/self/status") else { return 0 }
+        guard let status = try? Sys.readText(atPath: "/proc/self/status") else { return 0 }
         for line in status.split(separator: "\n") where line.hasPrefix("VmLck:") {
             return (line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) * 1024
         }
@@ -97,7 +97,7 @@ enum HugepageAvailability {
 
     /// Whether CAP_IPC_LOCK is effective (it lifts RLIMIT_MEMLOCK).
     static func hasIPCLock() -> Bool {
-        guard let status = try? SysfsFile.read("/proc/self/status") else { return false }
+        guard let status = try? Sys.readText(atPath: "/proc/self/status") else { return false }
         for line in status.split(separator: "\n") where line.hasPrefix("CapEff:") {
             let hex = line.split(separator: "\t").last.map(String.init) ?? ""
             return (UInt64(hex.trimmingWhitespace(), radix: 16) ?? 0) & (1 << 14) != 0

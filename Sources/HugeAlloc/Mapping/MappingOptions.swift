@@ -43,6 +43,10 @@ public struct MappingOptions: Sendable {
     /// Threads that prefault the pages; 0 picks one per online CPU for large
     /// mappings and 1 for small ones.
     public var prefaultThreads: Int
+    /// Base pages only: ask for transparent hugepages (`madvise(MADV_HUGEPAGE)`)
+    /// before the pages fault in, so each aligned 2 MiB stretch may come as
+    /// one physically contiguous block of base pages.
+    public var transparentHugepages: Bool
     /// How device-visible addresses are obtained.
     public var translation: TranslationMode
     /// Where the pages are placed; `mbind(2)` is applied before any page
@@ -57,6 +61,7 @@ public struct MappingOptions: Sendable {
         lock: Bool = false,
         dontFork: Bool = true,
         prefaultThreads: Int = 0,
+        transparentHugepages: Bool = false,
         translation: TranslationMode = .physical,
         numaPolicy: NUMAPolicy = .any
     ) {
@@ -67,6 +72,7 @@ public struct MappingOptions: Sendable {
         self.lock = lock
         self.dontFork = dontFork
         self.prefaultThreads = prefaultThreads
+        self.transparentHugepages = transparentHugepages
         self.translation = translation
         self.numaPolicy = numaPolicy
     }

@@ -25,6 +25,14 @@ struct MappedRegion: ~Copyable {
         if fd >= 0 { Sys.close(FileDescriptor(rawValue: fd)) }
     }
 
+    /// Gives up ownership without unmapping: the caller takes over the range
+    /// and the descriptor.
+    consuming func forget() -> (base: UnsafeMutableRawPointer, length: Int, fd: Int32) {
+        let parts = (unsafe self.base, self.length, self.fd)
+        discard self
+        return unsafe parts
+    }
+
     /// Unmaps and closes, reporting the first error.
     consuming func release() throws(SystemCallError) {
         let base = unsafe self.base, length = self.length, fd = self.fd
@@ -64,6 +72,10 @@ public struct MemoryMapping: ~Copyable {
     /// The NUMA node of every page, when the pages were populated and a
     /// placement was asked for (nil otherwise).
     public let pageNodes: [Int]?
+    /// How ``translation`` was built.
+    public let translationMode: TranslationMode
+    /// Whether `MADV_DONTFORK` applies.
+    public let dontFork: Bool
 
     // MARK: - accessors
 
@@ -117,6 +129,20 @@ public struct MemoryMapping: ~Copyable {
     /// of the requested size).
     public init(length: Int, options: MappingOptions = MappingOptions()) throws(MappingError) {
         let (pageSize, fallback) = try Self.choosePageSize(length: length, options: options)
+        if pageSize.isHuge, case .bind(let node) = options.numaPolicy {
+            // A bind must find its pages on that node: say so before mapping,
+            // instead of a SIGBUS at the first fault.
+            do {
+                try NUMAPlacement.checkFreeHugepages(node: node, pageSize: pageSize, needed: length / pageSize.bytes)
+            } catch {
+                if case let .notEnoughHugepages(node, size, needed, free, _) = error {
+                    throw .insufficientHugepages(pageSize: size, needed: needed, free: free, node: node,
+                                                 command: error.reserveCommand ?? "")
+                }
+                // Anything else (a node that does not exist) is reported
+                // precisely by the placement step below.
+            }
+        }
         let lock = options.lock || !pageSize.isHuge
         if lock { try Self.checkMemlock(length) }
 
@@ -124,6 +150,7 @@ public struct MemoryMapping: ~Copyable {
         let base = unsafe region.base
         do {
             if options.dontFork { try unsafe Sys.madvise(base, length: length, .dontFork) }
+            if options.transparentHugepages && !pageSize.isHuge { try unsafe Sys.madvise(base, length: length, .hugePage) }
         } catch { throw .system(error) }
         do {
             try unsafe NUMAPlacement.apply(options.numaPolicy, to: base, length: length)
@@ -171,6 +198,23 @@ public struct MemoryMapping: ~Copyable {
         self.isLocked = lock
         self._translation = translation
         self.pageNodes = nodes
+        self.translationMode = options.translation
+        self.dontFork = options.dontFork
+    }
+
+    /// Assembles a mapping from parts (used by ``remapped(keeping:)``).
+    init(region: consuming MappedRegion, pageSize: PageSize, backing: MappingOptions.Backing,
+         fallback: PageSizeFallback?, isLocked: Bool, translation: PhysicalTranslation?,
+         pageNodes: [Int]?, translationMode: TranslationMode, dontFork: Bool) {
+        self.region = region
+        self.pageSize = pageSize
+        self.backing = backing
+        self.fallback = fallback
+        self.isLocked = isLocked
+        self._translation = translation
+        self.pageNodes = pageNodes
+        self.translationMode = translationMode
+        self.dontFork = dontFork
     }
 
     /// Unmaps now and reports any error; the mapping is gone either way.

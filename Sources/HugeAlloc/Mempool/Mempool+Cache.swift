@@ -48,6 +48,21 @@ enum MempoolRecord {
         unsafe (record + slotsOffset).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
     }
 
+    /// Copies `n` object pointers with a plain loop: with a constant `n` the
+    /// compiler unrolls it into register or vector moves, where a call to
+    /// `memmove` would cost more than the copy.
+    @inlinable @inline(__always)
+    static func copy(
+        _ destination: UnsafeMutablePointer<UnsafeMutableRawPointer>,
+        from source: UnsafePointer<UnsafeMutableRawPointer>, count n: Int
+    ) {
+        var i = 0
+        while i < n {
+            unsafe destination[i] = source[i]
+            i &+= 1
+        }
+    }
+
     /// Adds to a counter only this thread writes: a relaxed load and store.
     @inlinable @inline(__always)
     static func bump(_ record: UnsafeMutableRawPointer, _ offset: Int, by n: Int) {
@@ -121,11 +136,12 @@ enum MempoolRegistry {
         let table = ha_tls_load(threadSlot)
         guard table != 0 else { return }
         let entries = unsafe UnsafeMutablePointer<UInt>(bitPattern: table)!
-        if unsafe entries[slot] != 0, let record = unsafe UnsafeMutableRawPointer(bitPattern: entries[slot]),
+        if unsafe entries[2 * slot] != 0, let record = unsafe UnsafeMutableRawPointer(bitPattern: entries[2 * slot]),
            unsafe record.load(as: UInt64.self) == id
         {
             unsafe record.deallocate()
-            unsafe entries[slot] = 0
+            unsafe entries[2 * slot] = 0
+            unsafe entries[2 * slot + 1] = 0
         }
     }
 
@@ -133,8 +149,8 @@ enum MempoolRegistry {
     static func currentTable() -> UnsafeMutablePointer<UInt> {
         let existing = ha_tls_load(threadSlot)
         if existing != 0 { return unsafe UnsafeMutablePointer<UInt>(bitPattern: existing)! }
-        let table = UnsafeMutablePointer<UInt>.allocate(capacity: maximumPools)
-        unsafe table.initialize(repeating: 0, count: maximumPools)
+        let table = UnsafeMutablePointer<UInt>.allocate(capacity: 2 * maximumPools)
+        unsafe table.initialize(repeating: 0, count: 2 * maximumPools)
         ha_tls_store(threadSlot, UInt(bitPattern: table))
         _ = unsafe ha_at_thread_exit({ argument in
             guard let argument = unsafe argument else { return }
@@ -146,15 +162,16 @@ enum MempoolRegistry {
     /// Registers a new record for `pool` in this thread's table.
     static func makeRecord(slot: Int, id: UInt64, capacity: Int) -> UnsafeMutableRawPointer {
         let table = unsafe currentTable()
-        if unsafe table[slot] != 0 {
+        if unsafe table[2 * slot] != 0 {
             // A record left by a destroyed pool that had the same slot.
-            unsafe UnsafeMutableRawPointer(bitPattern: table[slot])!.deallocate()
+            unsafe UnsafeMutableRawPointer(bitPattern: table[2 * slot])!.deallocate()
         }
         let record = unsafe MempoolRecord.allocate(id: id, capacity: capacity)
         state.withLock { s in
             if s.entries[slot]?.id == id { s.entries[slot]!.records.append(UInt(bitPattern: record)) }
         }
-        unsafe table[slot] = UInt(bitPattern: record)
+        unsafe table[2 * slot] = UInt(bitPattern: record)
+        unsafe table[2 * slot + 1] = UInt(id)
         return unsafe record
     }
 
@@ -180,7 +197,7 @@ enum MempoolRegistry {
     /// The pthread key destructor: flush every cache of the exiting thread.
     static func threadExited(table: UnsafeMutablePointer<UInt>) {
         for slot in 0..<maximumPools {
-            let bits = unsafe table[slot]
+            let bits = unsafe table[2 * slot]
             guard bits != 0, let record = unsafe UnsafeMutableRawPointer(bitPattern: bits) else { continue }
             let id = unsafe record.load(as: UInt64.self)
             state.withLock { s in
@@ -194,16 +211,16 @@ enum MempoolRegistry {
 }
 
 extension Mempool {
-    /// This thread's record for this pool: one thread-local load, one table
-    /// load and one id compare on the fast path.
+    /// This thread's record for this pool: one thread-local load, then the
+    /// table entry's record pointer and pool id (side by side, loaded in
+    /// parallel) and an id compare on the fast path.
     @inlinable @inline(__always)
     func threadRecord() -> UnsafeMutableRawPointer {
         let table = ha_tls_load(MempoolRegistry.threadSlot)
-        if table != 0 {
-            let bits = unsafe UnsafePointer<UInt>(bitPattern: table).unsafelyUnwrapped[slot]
-            if bits != 0 {
-                let record = unsafe UnsafeMutableRawPointer(bitPattern: bits).unsafelyUnwrapped
-                if unsafe record.load(as: UInt64.self) == id { return unsafe record }
+        if _fastPath(table != 0) {
+            let entry = unsafe UnsafePointer<UInt>(bitPattern: table).unsafelyUnwrapped + 2 &* slot
+            if _fastPath(unsafe entry[1] == UInt(truncatingIfNeeded: id)) {
+                return unsafe UnsafeMutableRawPointer(bitPattern: entry[0]).unsafelyUnwrapped
             }
         }
         return unsafe makeThreadRecord()
@@ -214,7 +231,7 @@ extension Mempool {
         unsafe MempoolRegistry.makeRecord(slot: slot, id: id, capacity: cacheCapacity)
     }
 
-    @inlinable
+    @inlinable @inline(__always)
     func cachedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let record = unsafe threadRecord()
         let countWord = unsafe MempoolRecord.counter(record, MempoolRecord.countOffset)
@@ -222,12 +239,9 @@ extension Mempool {
         if _slowPath(n > have) {
             return unsafe refillAndGet(record, into: objects, count: n)
         }
-        let slots = unsafe MempoolRecord.slots(record)
-        var i = 0
-        while i < n {
-            unsafe objects[i] = slots[have &- 1 &- i]
-            i &+= 1
-        }
+        // The top `n` of the cache, most recently put back first in bulk
+        // granularity: one forward copy the compiler turns into vector moves.
+        unsafe MempoolRecord.copy(objects, from: MempoolRecord.slots(record) + (have &- n), count: n)
         unsafe countWord.pointee.store(have &- n, ordering: .relaxed)
         if statisticsEnabled { unsafe MempoolRecord.bump(record, MempoolRecord.getsOffset, by: n) }
         return true
@@ -263,12 +277,12 @@ extension Mempool {
             unsafe MempoolRecord.bump(record, MempoolRecord.refillsOffset, by: 1)
             unsafe MempoolRecord.bump(record, MempoolRecord.getsOffset, by: n)
         }
-        for i in 0..<n { unsafe objects[i] = slots[have - 1 - i] }
+        unsafe objects.update(from: slots + (have - n), count: n)
         unsafe countWord.pointee.store(have - n, ordering: .relaxed)
         return true
     }
 
-    @inlinable
+    @inlinable @inline(__always)
     func cachedPut(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
         let record = unsafe threadRecord()
         let countWord = unsafe MempoolRecord.counter(record, MempoolRecord.countOffset)
@@ -277,12 +291,7 @@ extension Mempool {
             unsafe flushAndPut(record, objects, count: n)
             return
         }
-        let slots = unsafe MempoolRecord.slots(record) + have
-        var i = 0
-        while i < n {
-            unsafe slots[i] = objects[i]
-            i &+= 1
-        }
+        unsafe MempoolRecord.copy(MempoolRecord.slots(record) + have, from: objects, count: n)
         unsafe countWord.pointee.store(have &+ n, ordering: .relaxed)
         if statisticsEnabled { unsafe MempoolRecord.bump(record, MempoolRecord.putsOffset, by: n) }
     }
@@ -311,7 +320,7 @@ extension Mempool {
         guard usesThreadRecord else { return }
         let table = ha_tls_load(MempoolRegistry.threadSlot)
         guard table != 0 else { return }
-        let bits = unsafe UnsafePointer<UInt>(bitPattern: table)![slot]
+        let bits = unsafe UnsafePointer<UInt>(bitPattern: table)![2 * slot]
         guard bits != 0, let record = unsafe UnsafeMutableRawPointer(bitPattern: bits),
               unsafe record.load(as: UInt64.self) == id else { return }
         let slot = self.slot

@@ -284,13 +284,13 @@ public final class Mempool: @unchecked Sendable {
 
     // MARK: shared backend
 
-    @inlinable
+    @inlinable @inline(__always)
     func backendDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         if backendIsRing { return unsafe ring.dequeue(into: objects, count: n) }
         return unsafe stack.pop(into: objects, count: n, locked: !singleThread)
     }
 
-    @inlinable
+    @inlinable @inline(__always)
     func backendEnqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         if backendIsRing { return unsafe ring.enqueue(objects, count: n) }
         return unsafe stack.push(objects, count: n, locked: !singleThread)
@@ -310,7 +310,7 @@ public final class Mempool: @unchecked Sendable {
 
     /// Takes `n` objects into `objects`, all or none. Returns false (and takes
     /// nothing) when fewer than `n` are available.
-    @inlinable
+    @inlinable @inline(__always)
     public func get(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let ok: Bool
         if usesThreadRecord {
@@ -325,13 +325,13 @@ public final class Mempool: @unchecked Sendable {
     /// Puts `n` objects back. In checked mode a misuse stops the process with
     /// a message saying what went wrong; use ``putChecked(from:count:)`` to get
     /// it as an error instead.
-    @inlinable
+    @inlinable @inline(__always)
     public func put(from objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
         if checked { unsafe putCheckedOrDie(objects, count: n); return }
         unsafe putUnchecked(objects, count: n)
     }
 
-    @inlinable
+    @inlinable @inline(__always)
     func putUnchecked(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
         if usesThreadRecord {
             unsafe cachedPut(objects, count: n)
@@ -341,7 +341,7 @@ public final class Mempool: @unchecked Sendable {
     }
 
     /// Takes one object, or nil when the pool is empty.
-    @inlinable
+    @inlinable @inline(__always)
     public func get() -> UnsafeMutableRawPointer? {
         var object = unsafe UnsafeMutableRawPointer(bitPattern: 1)!
         return unsafe withUnsafeMutablePointer(to: &object) { p in
@@ -350,7 +350,7 @@ public final class Mempool: @unchecked Sendable {
     }
 
     /// Puts one object back.
-    @inlinable
+    @inlinable @inline(__always)
     public func put(_ object: UnsafeMutableRawPointer) {
         var object = unsafe object
         unsafe withUnsafePointer(to: &object) { p in unsafe put(from: p, count: 1) }

@@ -72,7 +72,7 @@ struct MempoolRing: @unchecked Sendable {
     }
 
     /// Adds `n` objects, all or none. Returns false when they do not fit.
-    @inlinable
+    @inlinable @inline(__always)
     func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let n32 = UInt32(truncatingIfNeeded: n)
         var head = unsafe producerHead.pointee.load(ordering: .acquiring)
@@ -88,7 +88,7 @@ struct MempoolRing: @unchecked Sendable {
         }
         let start = Int(head & mask)
         if _fastPath(start &+ n <= Int(mask) &+ 1) {
-            unsafe (slots + start).update(from: objects, count: n)
+            unsafe MempoolRecord.copy(slots + start, from: objects, count: n)
         } else {
             let first = Int(mask) &+ 1 &- start
             unsafe (slots + start).update(from: objects, count: first)
@@ -102,7 +102,7 @@ struct MempoolRing: @unchecked Sendable {
     }
 
     /// Removes `n` objects, all or none. Returns false when fewer are there.
-    @inlinable
+    @inlinable @inline(__always)
     func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let n32 = UInt32(truncatingIfNeeded: n)
         var head = unsafe consumerHead.pointee.load(ordering: .acquiring)
@@ -118,7 +118,7 @@ struct MempoolRing: @unchecked Sendable {
         }
         let start = Int(head & mask)
         if _fastPath(start &+ n <= Int(mask) &+ 1) {
-            unsafe objects.update(from: slots + start, count: n)
+            unsafe MempoolRecord.copy(objects, from: slots + start, count: n)
         } else {
             let first = Int(mask) &+ 1 &- start
             unsafe objects.update(from: slots + start, count: first)

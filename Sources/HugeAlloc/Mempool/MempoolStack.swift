@@ -55,7 +55,7 @@ struct MempoolStack: @unchecked Sendable {
     }
 
     /// Pushes `n` objects (they always fit: the stack holds every object).
-    @inlinable
+    @inlinable @inline(__always)
     func push(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
         if locked { lock() }
         let top = unsafe countWord.pointee.load(ordering: .relaxed)
@@ -70,7 +70,7 @@ struct MempoolStack: @unchecked Sendable {
     }
 
     /// Pops `n` objects, all or none; the most recently pushed come first.
-    @inlinable
+    @inlinable @inline(__always)
     func pop(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
         if locked { lock() }
         let top = unsafe countWord.pointee.load(ordering: .relaxed)

@@ -212,7 +212,7 @@ public enum NUMAPlacement {
 
     /// A small sysfs file holding one decimal number, or nil when absent or malformed.
     private static func readCount(_ path: String) -> Int? {
-        guard let text = try? SysfsFile.read(path) else { return nil }
+        guard let text = try? Sys.readText(atPath: path) else { return nil }
         return Int(text.trimmingWhitespace())
     }
 }

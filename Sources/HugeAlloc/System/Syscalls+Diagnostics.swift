@@ -4,8 +4,8 @@ import SystemPackage
 import Glibc
 #endif
 
-/// File-system calls used by the diagnostics layer: reading /proc and /sys,
-/// walking hugetlbfs mounts, removing stale files and mounting hugetlbfs.
+/// File-system calls used by the diagnostics layer beyond the inventory's
+/// reads: stat, readlink, unlink, mkdir, sysfs writes and hugetlbfs mounts.
 extension Sys {
     /// What ``fileStatus(_:followLinks:)`` reports about a path.
     struct FileStatus {
@@ -32,23 +32,6 @@ extension Sys {
             device: UInt64(st.deviceID.rawValue), inode: UInt64(st.inode.rawValue))
     }
 
-    /// The names in a directory, without "." and "..".
-    /// The corresponding C functions are `opendir(3)`, `readdir(3)` and `closedir(3)`.
-    static func listDirectory(_ path: String) throws(SystemCallError) -> [String] {
-        guard let dir = unsafe opendir(path) else {
-            throw SystemCallError(call: "opendir", errno: lastErrno, detail: path)
-        }
-        defer { _ = unsafe closedir(dir) }
-        var names: [String] = []
-        while let entry = unsafe readdir(dir) {
-            let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                unsafe String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
     /// The target of a symbolic link. The corresponding C function is `readlink(2)`.
     static func readLink(_ path: String) throws(SystemCallError) -> String {
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -67,26 +50,6 @@ extension Sys {
         } catch {
             throw SystemCallError(call: "open", errno: error as? Errno ?? .noSuchFileOrDirectory, detail: path)
         }
-    }
-
-    /// Reads a whole (small, pseudo-) file such as a /proc or /sys file.
-    /// The corresponding C functions are `open(2)` and `read(2)`.
-    static func readFile(_ path: String) throws(SystemCallError) -> [UInt8] {
-        let fd = try openReadOnly(path)
-        defer { close(fd) }
-        var result: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n: Int
-            do {
-                n = try unsafe chunk.withUnsafeMutableBytes { try unsafe fd.read(into: $0, retryOnInterrupt: true) }
-            } catch {
-                throw SystemCallError(call: "read", errno: error as? Errno ?? .ioError, detail: path)
-            }
-            if n == 0 { break }
-            result.append(contentsOf: chunk[..<n])
-        }
-        return result
     }
 
     /// Writes `text` to an existing file in one `write(2)`, as /sys knobs need.
@@ -126,10 +89,5 @@ extension Sys {
         _ = try retryingInterrupts("mount", detail: "hugetlbfs at \(path), \(options)") {
             unsafe Glibc.mount("nodev", path, "hugetlbfs", 0, options)
         }
-    }
-
-    /// Unmounts a file system. The corresponding C function is `umount2(2)`.
-    static func unmount(_ path: String) throws(SystemCallError) {
-        _ = try retryingInterrupts("umount", detail: path) { unsafe Glibc.umount2(path, 0) }
     }
 }

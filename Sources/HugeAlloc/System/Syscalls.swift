@@ -105,13 +105,14 @@ enum Sys {
 
     /// Advice for ``madvise(_:length:_:)``.
     enum Advice {
-        case dontFork, doFork, populateWrite, dontNeed
+        case dontFork, doFork, populateWrite, dontNeed, hugePage
         var rawValue: Int32 {
             switch self {
             case .dontFork: HA_MADV_DONTFORK
             case .doFork: HA_MADV_DOFORK
             case .populateWrite: HA_MADV_POPULATE_WRITE
             case .dontNeed: MADV_DONTNEED
+            case .hugePage: 14  // MADV_HUGEPAGE
             }
         }
     }
@@ -194,6 +195,15 @@ enum Sys {
     static func ftruncate(_ fd: FileDescriptor, length: Int) throws(SystemCallError) {
         _ = try retryingInterrupts("ftruncate", detail: "length \(length)") {
             Glibc.ftruncate(fd.rawValue, off_t(length))
+        }
+    }
+
+    /// Frees the pages behind `[offset, offset + length)` of a memfd or
+    /// hugetlbfs file at once, keeping the file size.
+    /// The corresponding C function is `fallocate(2)` with `FALLOC_FL_PUNCH_HOLE`.
+    static func punchHole(_ fd: FileDescriptor, offset: Int, length: Int) throws(SystemCallError) {
+        _ = try retryingInterrupts("fallocate", detail: "punch hole at \(offset), length \(length)") {
+            ha_punch_hole(fd.rawValue, off_t(offset), off_t(length))
         }
     }
 

@@ -2,7 +2,7 @@ import SystemPackage
 
 /// A system call that failed: which call, on what, and the kernel's `errno`.
 ///
-/// Every wrapper in ``Sys`` throws this type; layers above translate the
+/// Every wrapper in the internal `Sys` namespace throws this type; layers above translate the
 /// cases they can explain (too few hugepages, memlock limit) into their own
 /// typed errors and let the rest through unchanged.
 public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertible {

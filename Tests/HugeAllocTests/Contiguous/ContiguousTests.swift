@@ -1,0 +1,155 @@
+import Foundation
+import Testing
+@testable import HugeAlloc
+
+/// Physical address of every page of `[base, base+length)` from a fresh
+/// pagemap read, independent of the mapping's own tables.
+private func freshPhysical(_ base: UnsafeMutableRawPointer, length: Int, pageSize: Int) throws -> [UInt64] {
+    let entries = try PagemapReader().entries(startingAt: UInt(bitPattern: base), count: length / Sys.basePageSize)
+    let per = pageSize / Sys.basePageSize
+    return try (0..<(length / pageSize)).map { page in
+        let pfn = try #require(entries[page * per].pfn, "page \(page) not present")
+        return pfn * UInt64(Sys.basePageSize)
+    }
+}
+
+/// Checks that a mapping is one run, contiguous in both address spaces, by
+/// the kernel's word alone.
+private func expectOneRun(_ mapping: borrowing MemoryMapping, bytes: Int) throws {
+    let ps = mapping.pageSize.bytes
+    let length = mapping.length
+    #expect(length >= bytes && length < bytes + ps)
+    let physical = try freshPhysical(mapping.base, length: length, pageSize: ps)
+    for i in 1..<max(1, physical.count) {
+        #expect(physical[i] == physical[i - 1] + UInt64(ps), "page \(i) not physically adjacent to page \(i - 1)")
+    }
+    let base = mapping.base
+    #expect(UInt(bitPattern: base) % UInt(ps) == 0)
+    let runs = mapping.runs
+    #expect(runs.count == 1)
+}
+
+/// The largest block of 2 MiB pages the free pool can serve right now: the
+/// pool's layout is the machine's, so the tests ask for what it holds.
+private func largestFreeRunOf2MiBPages(cap: Int) throws -> Int {
+    let free = freeHugepages(.huge2M)
+    let probe = try MemoryMapping(length: free * (2 << 20), options: .init(backing: .memfd))
+    let largest = FragmentationReport(probe).largestRunBytes
+    return min(largest, cap)
+}
+
+@Suite(.serialized) struct ContiguousTests {
+    @Test(.enabled(if: isRoot && hasFree2M, "needs root (PFNs) and free 2 MiB hugepages"))
+    func allocatesOneRunOfHugepagesVerifiedByAFreshPagemapRead() throws {
+        let bytes = try largestFreeRunOf2MiBPages(cap: 64 << 20)
+        try #require(bytes >= 4 << 20, "the free pool holds no run of two 2 MiB pages (largest \(bytes))")
+        try expectNoLeak {
+            var stats = ContiguousStatistics()
+            let block = try ContiguousMemory.allocate(ContiguousRequest(bytes: bytes)) { stats = $0 }
+            try expectOneRun(block, bytes: bytes)
+            #expect(stats.attempts >= 1 && stats.bytesExamined >= bytes && stats.largestRunBytes >= bytes)
+            // The block is usable memory end to end.
+            memset(block.base, 0xa5, block.length)
+            let last = block.base.load(fromByteOffset: block.length - 1, as: UInt8.self)
+            #expect(last == 0xa5)
+        }
+    }
+
+    @Test(.enabled(if: isRoot && hasFree2M, "needs root (PFNs) and free 2 MiB hugepages"), arguments: ["anonymous", "memfd", "hugetlbfs"])
+    func assemblyKeepsEveryPagesBytesAndOrdersRunsPhysically(backing: String) throws {
+        try withHugetlbfsMount(pageSize: .huge2M) { mount in
+            try expectNoLeak {
+                let b: MappingOptions.Backing = backing == "anonymous" ? .anonymous : backing == "memfd" ? .memfd : .hugetlbfs(mount: mount)
+                let mapping = try MemoryMapping(length: 16 << 20, options: .init(backing: b))
+                // Tag each page with its own physical address.
+                for page in 0..<mapping.pageCount {
+                    let physical = mapping.physicalAddress(atOffset: page << 21)!.rawValue
+                    (mapping.base + (page << 21)).storeBytes(of: physical, as: UInt64.self)
+                    (mapping.base + (page << 21) + (2 << 20) - 8).storeBytes(of: ~physical, as: UInt64.self)
+                }
+                let assembled = try ContiguousMemory.assemble(mapping)
+                let physical = try freshPhysical(assembled.base, length: assembled.length, pageSize: 2 << 20)
+                #expect(physical == physical.sorted(), "pages are in physical order")
+                #expect(physical.count == 8)
+                for (page, address) in physical.enumerated() {
+                    let head = (assembled.base + (page << 21)).load(as: UInt64.self)
+                    let tail = (assembled.base + (page << 21) + (2 << 20) - 8).load(as: UInt64.self)
+                    #expect(head == address && tail == ~address, "page \(page) holds the bytes it held before")
+                }
+                // Every physical run is now virtually contiguous too.
+                let runs = assembled.runs, report = FragmentationReport(assembled)
+                #expect(runs.count == report.runs.count)
+            }
+        }
+    }
+
+    @Test(.enabled(if: isRoot, "needs root (PFNs)"), arguments: [2, 4, 8, 16])
+    func basePageRunsAreContiguousAndLocked(pages: Int) throws {
+        try expectNoLeak {
+            let lockedBefore = processLockedBytes()
+            let block = try ContiguousMemory.allocate(ContiguousRequest(bytes: pages * 4096, pageSize: .base))
+            try expectOneRun(block, bytes: pages * 4096)
+            let locked = block.isLocked
+            #expect(locked)
+            #expect(processLockedBytes() - lockedBefore == pages * 4096, "only the block stays locked")
+        }
+    }
+
+    @Test(.enabled(if: isRoot, "needs root (PFNs)"))
+    func trialTechniqueBookkeepingAndBudgetExhaustion() throws {
+        try expectNoLeak {
+            // 512 base pages cannot come from small batches of scattered pages
+            // within 4 MiB: the typed error reports what was seen and spent.
+            var stats = ContiguousStatistics()
+            do {
+                _ = try ContiguousMemory.allocate(ContiguousRequest(
+                    bytes: 2 << 20, pageSize: .base, budgetBytes: 4 << 20, maxAttempts: 3, useTransparentHugepage: false)) { stats = $0 }
+                Issue.record("512 physically contiguous base pages found by trial in 4 MiB: possible but not expected")
+            } catch let ContiguousError.notFound(needed, largest, examined, budget, attempts) {
+                #expect(needed == 2 << 20 && budget == 4 << 20)
+                #expect(examined <= budget && attempts == stats.attempts && attempts >= 1)
+                #expect(largest == stats.largestRunBytes && largest >= 4096 && largest < needed)
+            }
+        }
+    }
+
+    @Test(.enabled(if: isRoot && hasFree2M, "needs root and free 2 MiB hugepages"))
+    func impossibleRequestsAreTypedErrorsAndLeakNothing() throws {
+        try expectNoLeak {
+            let free = freeHugepages(.huge2M)
+            // More than the pool holds.
+            do {
+                _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: (free + 10) * (2 << 20)))
+                Issue.record("a block larger than the free pool was allocated")
+            } catch let ContiguousError.mapping(.insufficientHugepages(_, needed, _, _, command)) {
+                #expect(needed >= free + 10 && command.contains("nr_hugepages"))
+            } catch let ContiguousError.invalidRequest(reason) {
+                #expect(reason.contains("budget"))
+            }
+            // A budget that runs out: a 1 GiB-aligned block of 2 MiB pages.
+            do {
+                _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 8 << 20, physicalAlignment: 1 << 34, budgetBytes: 16 << 20))
+                Issue.record("a 16 GiB-aligned block was found within 16 MiB")
+            } catch let ContiguousError.notFound(needed, _, examined, budget, attempts) {
+                #expect(needed == 8 << 20 && budget == 16 << 20 && attempts >= 1 && examined >= 8 << 20)
+            }
+        }
+        #expect(throws: ContiguousError.invalidRequest("the size must be greater than zero (got 0)")) {
+            _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 0))
+        }
+        #expect(throws: ContiguousError.self) { _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 4 << 20, physicalAlignment: 3 << 20)) }
+        #expect(throws: ContiguousError.self) { _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: Int.max)) }
+    }
+
+    @Test func fragmentationReportGroupsRunsByPhysicalOrderAndNode() {
+        let ps = 2 << 20
+        let physical = [5, 1, 2, 9, 3, 10, 11, 20].map { PhysicalAddress(UInt64($0 * ps)) }
+        let nodes = [0, 0, 0, 1, 0, 1, 0, 1]
+        let report = FragmentationReport(physical: physical, nodes: nodes, pageSize: ps)
+        #expect(report.runs.map(\.pages) == [3, 1, 2, 1, 1])  // 1-3 | 5 | 9-10 | 11 (node 0) | 20
+        #expect(report.largestRunBytes == 3 * ps)
+        #expect(report.histogram.map(\.pages) == [1, 2, 3] && report.histogram.map(\.runs) == [3, 1, 1])
+        #expect(report.nodes.map(\.node) == [0, 1] && report.nodes.map(\.pages) == [5, 3])
+        #expect(report.pageCount == 8)
+    }
+}
