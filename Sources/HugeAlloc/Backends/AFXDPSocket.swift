@@ -103,11 +103,22 @@ public struct AFXDPSocket: ~Copyable {
         return addresses.prefix(Int(n)).compactMap { layout.buffer(atAddress: $0) }
     }
 
+    /// `sxdp_flags` of ``bind(interfaceIndex:queue:receiveRingEntries:flags:)``.
+    public struct BindFlags: OptionSet, Sendable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// `XDP_COPY`: copy mode even where the driver supports zero-copy.
+        public static var copy: BindFlags { BindFlags(rawValue: HA_XDP_COPY) }
+        /// `XDP_USE_NEED_WAKEUP`: the kernel may ask to be woken by `poll`/`sendto`.
+        public static var useNeedWakeup: BindFlags { BindFlags(rawValue: HA_XDP_USE_NEED_WAKEUP) }
+    }
+
     /// Maps an RX ring and binds to queue `queue` of interface
     /// `interfaceIndex` (`bind(2)` with `struct sockaddr_xdp`). Frames arrive
-    /// once an XDP program redirects them to this socket. `flags` are
-    /// `sxdp_flags` (`XDP_COPY` = 2 forces copy mode).
-    public func bind(interfaceIndex: UInt32, queue: UInt32 = 0, receiveRingEntries: Int = 2048, flags: UInt16 = 0) throws(AFXDPError) {
+    /// once an XDP program redirects them to this socket.
+    public func bind(
+        interfaceIndex: UInt32, queue: UInt32 = 0, receiveRingEntries: Int = 2048, flags: BindFlags = []
+    ) throws(AFXDPError) {
         guard receiveRingEntries > 0, receiveRingEntries & (receiveRingEntries - 1) == 0 else {
             throw .ringSizeNotPowerOfTwo(entries: receiveRingEntries)
         }
@@ -115,7 +126,7 @@ public struct AFXDPSocket: ~Copyable {
             if unsafe receiveRing.pointee.size == 0 {
                 try unsafe Sys.xdpMapRing(fileDescriptor, kind: HA_XSK_RX, entries: UInt32(receiveRingEntries), into: receiveRing)
             }
-            try Sys.xdpBind(fileDescriptor, interfaceIndex: interfaceIndex, queue: queue, flags: flags)
+            try Sys.xdpBind(fileDescriptor, interfaceIndex: interfaceIndex, queue: queue, flags: flags.rawValue)
         } catch { throw .system(error) }
     }
 
