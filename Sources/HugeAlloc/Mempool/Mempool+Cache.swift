@@ -57,7 +57,7 @@ enum MempoolRecord {
         _ destination: UnsafeMutablePointer<UnsafeMutableRawPointer>,
         from source: UnsafePointer<UnsafeMutableRawPointer>, count n: Int
     ) {
-        let to = unsafe UnsafeMutableRawPointer(destination)
+        let to = UnsafeMutableRawPointer(destination)
         let from = unsafe UnsafeRawPointer(source)
         var i = 0
         while i &+ 4 <= n {
