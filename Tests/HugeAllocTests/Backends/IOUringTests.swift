@@ -25,6 +25,15 @@ func withTemporaryFile<T>(in directory: String, contents bytes: [UInt8], _ body:
     return try body(path)
 }
 
+/// Bytes the kernel counts as pinned for this process (/proc/self/status VmPin).
+func processPinnedBytes() -> Int {
+    let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    for line in text.split(separator: "\n") where line.hasPrefix("VmPin:") {
+        return (Int(line.split(separator: " ")[1]) ?? 0) * 1024
+    }
+    return 0
+}
+
 func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 2654435761 &+ seed &* 40503) >> 7) }
 }
@@ -43,7 +52,11 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
                 let file = try FileDescriptor.open(path, .readOnly, options: [.init(rawValue: HA_O_DIRECT)])
                 defer { try? file.close() }
                 var ring = try IOUring(entries: 32)
+                let pinnedBefore = processPinnedBytes()
                 try ring.registerBuffers(of: pool)
+                // The kernel's count of pages io_uring pinned for us: the
+                // pool's memory lies in one 2 MiB hugepage, counted whole.
+                #expect(processPinnedBytes() - pinnedBefore == 2 << 20)
                 let registered = ring.fixedBuffers
                 let plan = try #require(registered)
                 #expect(plan.regions.count == 1, "a pool under 1 GiB is one region")
@@ -84,6 +97,7 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
                 }
                 other.free(stranger)
                 try ring.unregisterBuffers()
+                #expect(processPinnedBytes() == pinnedBefore, "unregistering unpins")
                 pool.free(buffers)
             }
         }

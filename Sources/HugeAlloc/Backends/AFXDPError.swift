@@ -1,0 +1,52 @@
+/// Why a packet pool cannot be an AF_XDP UMEM, or an AF_XDP call failed:
+/// the kernel's rule that was broken, the numbers, and the fix.
+public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A system call failed (`socket`, `setsockopt`, `getsockopt`, `mmap`, `bind`).
+    case system(SystemCallError)
+    /// The chunk size is not a power of two (required in aligned mode).
+    case chunkSizeNotPowerOfTwo(chunkSize: Int)
+    /// The chunk size is outside `XDP_UMEM_MIN_CHUNK_SIZE`...`PAGE_SIZE`.
+    case chunkSizeOutOfRange(chunkSize: Int, minimum: Int, maximum: Int)
+    /// The UMEM does not start on a page boundary.
+    case baseNotPageAligned(address: UInt, pageSize: Int)
+    /// The UMEM length is zero or not a whole number of chunks.
+    case lengthNotWholeChunks(length: Int, chunkSize: Int)
+    /// The UMEM headroom leaves no room for `XDP_PACKET_HEADROOM` and data.
+    case headroomTooLarge(headroom: Int, chunkSize: Int)
+    /// The pool's packet headroom is below the kernel's `XDP_PACKET_HEADROOM`.
+    case packetHeadroomTooSmall(headroom: Int, minimum: Int)
+    /// The pool's buffers are not laid out one per chunk.
+    case bufferNotChunk(bufferStride: Int, bufferSize: Int, chunkSize: Int)
+    /// A ring size that is not a power of two.
+    case ringSizeNotPowerOfTwo(entries: Int)
+    /// A UMEM address that lies outside the UMEM.
+    case addressOutsideUMEM(address: UInt64, length: Int)
+
+    public var description: String {
+        switch self {
+        case .system(let error):
+            return "AF_XDP: \(error)"
+        case .chunkSizeNotPowerOfTwo(let c):
+            return "AF_XDP chunk size \(c) is not a power of two, which aligned mode requires: use 2048 or 4096"
+        case .chunkSizeOutOfRange(let c, let lo, let hi):
+            return "AF_XDP chunk size \(c) is outside \(lo)...\(hi) (XDP_UMEM_MIN_CHUNK_SIZE...PAGE_SIZE): use 2048 or 4096"
+        case .baseNotPageAligned(let a, let p):
+            return "AF_XDP UMEM at 0x\(String(a, radix: 16)) is not aligned to the \(p)-byte page size: map the pool's memory with mmap"
+        case .lengthNotWholeChunks(let len, let c):
+            return "AF_XDP UMEM length \(len) is not a positive multiple of the chunk size \(c)"
+        case .headroomTooLarge(let h, let c):
+            return "AF_XDP UMEM headroom \(h) is more than the kernel allows for \(c)-byte chunks (\(AFXDPUMEMLayout.maximumHeadroom(chunkSize: c)): "
+                + "chunk size minus XDP_PACKET_HEADROOM, skb_shared_info and 128 bytes of data); use a smaller packet headroom or 4096-byte chunks"
+        case .packetHeadroomTooSmall(let h, let minimum):
+            return "the packet pool's headroom \(h) is below XDP_PACKET_HEADROOM (\(minimum)), which the kernel keeps before received data: "
+                + "create the pool with PacketPoolConfiguration.afXDP(count:chunkSize:)"
+        case .bufferNotChunk(let stride, let size, let c):
+            return "the packet pool's buffers (\(size) bytes every \(stride)) are not one per \(c)-byte chunk: "
+                + "create the pool with PacketPoolConfiguration.afXDP(count:chunkSize:)"
+        case .ringSizeNotPowerOfTwo(let n):
+            return "AF_XDP ring size \(n) is not a power of two: use 512, 1024, 2048 or 4096"
+        case .addressOutsideUMEM(let a, let len):
+            return "UMEM address 0x\(String(a, radix: 16)) is outside the \(len)-byte UMEM"
+        }
+    }
+}
