@@ -16,6 +16,9 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
     case objectLargerThanPage(elementSize: Int, pageSize: Int, contiguousBytesAvailable: Int)
     /// The memory holds fewer objects than asked for.
     case countDoesNotFit(requested: Int, fits: Int, elementSize: Int, memoryLength: Int)
+    /// Too few free hugepages (system-wide or on `node`) for `requested`
+    /// objects; `fits` objects would fit in the free pages.
+    case notEnoughHugepages(requested: Int, fits: Int, pagesNeeded: Int, pagesFree: Int, pageSize: PageSize, node: Int?, command: String)
     /// The pool needs more memory than the process may map or lock.
     case memoryUnavailable(neededBytes: Int, underlying: String)
     /// More pools are alive at once than the per-thread cache table holds.
@@ -52,6 +55,10 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
         case .countDoesNotFit(let n, let fits, let e, let len):
             return "\(n) mempool objects of \(e) bytes (element size) do not fit in \(len) bytes of memory: \(fits) would fit; "
                 + "ask for at most \(fits) objects or give the pool more memory"
+        case .notEnoughHugepages(let n, let fits, let needed, let free, let size, let node, let command):
+            let place = node.map { "on node \($0)" } ?? "system-wide"
+            return "\(n) mempool objects need \(needed) free \(size) hugepages but \(free) are free \(place): "
+                + "\(fits) objects would fit; ask for at most \(fits) or reserve more pages with: \(command)"
         case .memoryUnavailable(let bytes, let why):
             return "the mempool needs \(bytes) bytes of memory that could not be mapped: \(why)"
         case .tooManyPools(let max):

@@ -94,9 +94,11 @@ struct MempoolRing: @unchecked Sendable {
             unsafe (slots + start).update(from: objects, count: first)
             unsafe slots.update(from: objects + first, count: n &- first)
         }
-        // Publish in reservation order: wait for earlier producers.
+        // Publish in reservation order: wait for earlier producers. The load
+        // acquires, so each earlier producer's writes happen before this
+        // release and consumers that acquire our tail see all of them.
         var spins = 0
-        while unsafe producerTail.pointee.load(ordering: .relaxed) != head { Self.spinPause(&spins) }
+        while unsafe producerTail.pointee.load(ordering: .acquiring) != head { Self.spinPause(&spins) }
         unsafe producerTail.pointee.store(next, ordering: .releasing)
         return true
     }
@@ -124,8 +126,10 @@ struct MempoolRing: @unchecked Sendable {
             unsafe objects.update(from: slots + start, count: first)
             unsafe (objects + first).update(from: slots, count: n &- first)
         }
+        // Acquire the earlier consumers' tail too: their slot reads must
+        // happen before a producer that acquires our tail reuses the slots.
         var spins = 0
-        while unsafe consumerTail.pointee.load(ordering: .relaxed) != head { Self.spinPause(&spins) }
+        while unsafe consumerTail.pointee.load(ordering: .acquiring) != head { Self.spinPause(&spins) }
         unsafe consumerTail.pointee.store(next, ordering: .releasing)
         return true
     }

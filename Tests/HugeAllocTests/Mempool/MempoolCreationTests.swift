@@ -140,3 +140,24 @@ import Testing
         }
     }
 }
+
+@Suite struct MempoolHugepageShortageTests {
+    @Test(.enabled(if: isRoot, "needs the hugepage counters"))
+    func countBeyondTheFreeHugepagesSaysWhatWouldFit() throws {
+        // 2048-byte objects, 1024 per 2 MiB page: ask for far more pages than exist.
+        let free = freeHugepages(.huge2M)
+        let count = (free + 100_000) * 1024
+        do {
+            _ = try Mempool(configuration: MempoolConfiguration(count: count, objectSize: 2048))
+            Issue.record("\(count) objects were accepted")
+        } catch {
+            guard case .notEnoughHugepages(let requested, let fits, let needed, let pagesFree, _, _, let command) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(requested == count && needed >= free + 100_000)
+            #expect(fits == pagesFree * 1024)
+            #expect(!command.isEmpty && error.description.contains("would fit"))
+        }
+    }
+}
