@@ -25,15 +25,6 @@ func withTemporaryFile<T>(in directory: String, contents bytes: [UInt8], _ body:
     return try body(path)
 }
 
-/// Bytes the kernel counts as pinned for this process (/proc/self/status VmPin).
-func processPinnedBytes() -> Int {
-    let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-    for line in text.split(separator: "\n") where line.hasPrefix("VmPin:") {
-        return (Int(line.split(separator: " ")[1]) ?? 0) * 1024
-    }
-    return 0
-}
-
 func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 2654435761 &+ seed &* 40503) >> 7) }
 }
@@ -41,7 +32,7 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
 @Suite(.serialized) struct IOUringTests {
     @Test(.enabled(if: canMakePools && directIODirectory() != nil, "needs root, free 2 MiB hugepages and an O_DIRECT-capable directory"))
     func io_uringReadFixedFillsPacketBuffersFromAnODirectFile() throws {
-        try expectNoLeak {
+        try expectNoProcessLeak {
             // 4 KiB-aligned data starts, as O_DIRECT wants: 64 bytes of
             // metadata + 4032 bytes of headroom put the data 4096 bytes in.
             let pool = try PacketPool(configuration: PacketPoolConfiguration(

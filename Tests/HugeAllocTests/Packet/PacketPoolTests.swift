@@ -43,7 +43,7 @@ import Testing
 
     @Test(.enabled(if: canMakePools, "needs root (physical addresses) and free 2 MiB hugepages"))
     func freshBuffersHaveTheirLayoutAndPhysicalAddresses() throws {
-        try expectNoLeak {
+        try expectNoProcessLeak {
             let pool = try makePacketPool(count: 2000)
             #expect(pool.count == 2000 && pool.bufferSize == 64 + 128 + 2048)
             let buffers = try #require(pool.allocate(count: 2000))

@@ -27,3 +27,28 @@ func makePacketPool(
 }
 
 let canMakePools = isRoot && hasFree2M
+
+/// Bytes the kernel counts as pinned for this process (/proc/self/status VmPin).
+func processPinnedBytes() -> Int {
+    let text = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    for line in text.split(separator: "\n") where line.hasPrefix("VmPin:") {
+        return (Int(line.split(separator: " ")[1]) ?? 0) * 1024
+    }
+    return 0
+}
+
+/// Runs `body` and checks, from this process's own counters (immune to
+/// other engineers' processes), that afterwards it maps no more hugetlb
+/// memory and locks and pins no more bytes than before. The kernel releases
+/// some pins (closed AF_XDP sockets, io_uring rings) from a work queue, so a
+/// mismatch is re-read after a pause.
+func expectNoProcessLeak(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) rethrows {
+    func sample() -> [Int] { [processHugetlbBytes(), processLockedBytes(), processPinnedBytes()] }
+    let before = sample()
+    try body()
+    var after = sample()
+    if after != before { usleep(200_000); after = sample() }
+    #expect(after == before, "hugetlb, locked, pinned bytes before \(before), after \(after)", sourceLocation: sourceLocation)
+    // Give deferred kernel releases a moment, so a later test's global count is not disturbed.
+    usleep(50_000)
+}
