@@ -6,6 +6,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_link.h>
+#include <linux/if_packet.h>
 #include <linux/if_xdp.h>
 #include <linux/io_uring.h>
 #include <string.h>
@@ -250,4 +255,88 @@ int ha_xsk_bind(int fd, uint32_t ifindex, uint32_t queue_id, uint16_t flags) {
     sxdp.sxdp_ifindex = ifindex;
     sxdp.sxdp_queue_id = queue_id;
     return bind(fd, (struct sockaddr *)&sxdp, sizeof sxdp) == 0 ? 0 : -errno;
+}
+
+/* ---- XDP redirect to an AF_XDP socket ------------------------------------ */
+
+static long bpf_call(int cmd, union bpf_attr *attr) {
+    return syscall(__NR_bpf, cmd, attr, sizeof *attr);
+}
+
+int ha_xsk_map_create(uint32_t entries) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.map_type = BPF_MAP_TYPE_XSKMAP;
+    attr.key_size = 4;
+    attr.value_size = 4;
+    attr.max_entries = entries;
+    long fd = bpf_call(BPF_MAP_CREATE, &attr);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int ha_xsk_map_set(int map_fd, uint32_t key, int xsk_fd) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    uint32_t value = (uint32_t)xsk_fd;
+    attr.map_fd = (uint32_t)map_fd;
+    attr.key = (uint64_t)(uintptr_t)&key;
+    attr.value = (uint64_t)(uintptr_t)&value;
+    return bpf_call(BPF_MAP_UPDATE_ELEM, &attr) < 0 ? -errno : 0;
+}
+
+int ha_xdp_redirect_program(int map_fd, char *log, uint32_t log_size) {
+    struct bpf_insn insns[] = {
+        /* r2 = ctx->rx_queue_index */
+        {.code = BPF_LDX | BPF_MEM | BPF_W, .dst_reg = BPF_REG_2, .src_reg = BPF_REG_1,
+         .off = offsetof(struct xdp_md, rx_queue_index)},
+        /* r1 = the map (a 16-byte load of its fd) */
+        {.code = BPF_LD | BPF_DW | BPF_IMM, .dst_reg = BPF_REG_1, .src_reg = BPF_PSEUDO_MAP_FD, .imm = map_fd},
+        {0},
+        /* r3 = XDP_PASS: the action when the slot is empty */
+        {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_3, .imm = XDP_PASS},
+        {.code = BPF_JMP | BPF_CALL, .imm = BPF_FUNC_redirect_map},
+        {.code = BPF_JMP | BPF_EXIT},
+    };
+    static const char license[] = "GPL";
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.prog_type = BPF_PROG_TYPE_XDP;
+    attr.insns = (uint64_t)(uintptr_t)insns;
+    attr.insn_cnt = sizeof insns / sizeof insns[0];
+    attr.license = (uint64_t)(uintptr_t)license;
+    if (log && log_size) {
+        log[0] = 0;
+        attr.log_buf = (uint64_t)(uintptr_t)log;
+        attr.log_size = log_size;
+        attr.log_level = 1;
+    }
+    long fd = bpf_call(BPF_PROG_LOAD, &attr);
+    if (fd < 0 && log && log_size && errno != EINVAL) log[0] = 0;
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int ha_xdp_attach(int prog_fd, uint32_t ifindex, int skb_mode) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.link_create.prog_fd = (uint32_t)prog_fd;
+    attr.link_create.target_ifindex = ifindex;
+    attr.link_create.attach_type = BPF_XDP;
+    attr.link_create.flags = skb_mode ? XDP_FLAGS_SKB_MODE : 0;
+    long fd = bpf_call(BPF_LINK_CREATE, &attr);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+long ha_packet_send(uint32_t ifindex, const void *frame, size_t length) {
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+    if (fd < 0) return -errno;
+    struct sockaddr_ll to;
+    memset(&to, 0, sizeof to);
+    to.sll_family = AF_PACKET;
+    to.sll_ifindex = (int)ifindex;
+    to.sll_halen = ETH_ALEN;
+    memcpy(to.sll_addr, frame, ETH_ALEN);
+    long sent = sendto(fd, frame, length, 0, (struct sockaddr *)&to, sizeof to);
+    int e = errno;
+    close(fd);
+    return sent < 0 ? -e : sent;
 }

@@ -116,4 +116,26 @@ uint32_t ha_xsk_ring_pending(const struct ha_xsk_ring *ring);
 /* bind(2) to an interface queue with `struct sockaddr_xdp`. Returns 0 or -errno. */
 int ha_xsk_bind(int fd, uint32_t ifindex, uint32_t queue_id, uint16_t flags);
 
+/* ---- XDP redirect to an AF_XDP socket (bpf(2), no libbpf) ----------------- */
+
+/* An XSKMAP of `entries` slots. Returns the map fd or -errno. */
+int ha_xsk_map_create(uint32_t entries);
+/* Puts AF_XDP socket `xsk_fd` in slot `key` (the RX queue index). Returns 0 or -errno. */
+int ha_xsk_map_set(int map_fd, uint32_t key, int xsk_fd);
+/*
+ * Loads an XDP program that redirects every frame to the socket in `map_fd`
+ * at its RX queue's index (`bpf_redirect_map`), passing frames on when the
+ * slot is empty. Returns the program fd or -errno; the verifier's log goes
+ * to `log` when it refuses.
+ */
+int ha_xdp_redirect_program(int map_fd, char *log, uint32_t log_size);
+/* Attaches an XDP program to an interface with a BPF link (BPF_LINK_CREATE,
+ * BPF_XDP); `skb_mode` selects generic XDP. The program stays attached
+ * while the returned link fd is open. Returns the fd or -errno. */
+int ha_xdp_attach(int prog_fd, uint32_t ifindex, int skb_mode);
+
+/* Sends one raw Ethernet frame out of an interface (AF_PACKET, SOCK_RAW).
+ * Returns the bytes sent or -errno. */
+long ha_packet_send(uint32_t ifindex, const void *frame, size_t length);
+
 #endif

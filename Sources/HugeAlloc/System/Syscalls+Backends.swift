@@ -107,4 +107,49 @@ extension Sys {
             ha_xsk_bind(fd.rawValue, interfaceIndex, queue, flags)
         }
     }
+
+    // MARK: - XDP redirect program (bpf(2))
+
+    /// An XSKMAP. The corresponding system call is `bpf(BPF_MAP_CREATE)`.
+    static func xskMapCreate(entries: UInt32) throws(SystemCallError) -> FileDescriptor {
+        FileDescriptor(rawValue: try retryingNegativeErrno("bpf", detail: "BPF_MAP_CREATE XSKMAP \(entries)") {
+            ha_xsk_map_create(entries)
+        })
+    }
+
+    /// The corresponding system call is `bpf(BPF_MAP_UPDATE_ELEM)`.
+    static func xskMapSet(_ map: FileDescriptor, key: UInt32, socket: FileDescriptor) throws(SystemCallError) {
+        _ = try retryingNegativeErrno("bpf", detail: "BPF_MAP_UPDATE_ELEM XSKMAP[\(key)]") {
+            ha_xsk_map_set(map.rawValue, key, socket.rawValue)
+        }
+    }
+
+    /// Loads the redirect-to-XSKMAP program. The corresponding system call
+    /// is `bpf(BPF_PROG_LOAD)`; a refusal carries the verifier's log.
+    static func xdpRedirectProgram(map: FileDescriptor) throws(SystemCallError) -> FileDescriptor {
+        var log = [CChar](repeating: 0, count: 4096)
+        let fd = unsafe ha_xdp_redirect_program(map.rawValue, &log, UInt32(log.count))
+        if fd >= 0 { return FileDescriptor(rawValue: fd) }
+        let text = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        throw SystemCallError(call: "bpf", errno: Errno(rawValue: -fd), detail: "BPF_PROG_LOAD XDP" + (text.isEmpty ? "" : ": " + text))
+    }
+
+    /// The corresponding system call is `bpf(BPF_LINK_CREATE)` with `BPF_XDP`.
+    static func xdpAttach(program: FileDescriptor, interfaceIndex: UInt32, genericMode: Bool) throws(SystemCallError) -> FileDescriptor {
+        FileDescriptor(rawValue: try retryingNegativeErrno("bpf", detail: "BPF_LINK_CREATE XDP ifindex \(interfaceIndex)") {
+            ha_xdp_attach(program.rawValue, interfaceIndex, genericMode ? 1 : 0)
+        })
+    }
+
+    /// Sends one raw Ethernet frame. The corresponding C call is
+    /// `sendto(2)` on a `socket(AF_PACKET, SOCK_RAW)`.
+    static func packetSend(interfaceIndex: UInt32, frame: [UInt8]) throws(SystemCallError) -> Int {
+        while true {
+            let sent = unsafe frame.withUnsafeBytes { unsafe ha_packet_send(interfaceIndex, $0.baseAddress, $0.count) }
+            if sent >= 0 { return sent }
+            let code = Errno(rawValue: Int32(-sent))
+            if code == .interrupted { continue }
+            throw SystemCallError(call: "sendto", errno: code, detail: "AF_PACKET ifindex \(interfaceIndex)")
+        }
+    }
 }

@@ -11,6 +11,33 @@ let canOpenAFXDP: Bool = {
     return fd >= 0
 }()
 
+/// Runs `ip` with `arguments`; true when it exits 0.
+@discardableResult
+func runIP(_ arguments: [String]) -> Bool {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    guard (try? process.run()) != nil else { return false }
+    process.waitUntilExit()
+    return process.terminationStatus == 0
+}
+
+/// A veth pair that exists for `body`'s duration: (sender, receiver) interface indexes.
+func withVethPair(_ body: (UInt32, UInt32) throws -> Void) throws {
+    let a = "hax\(getpid() % 100_000)a", b = "hax\(getpid() % 100_000)b"
+    runIP(["link", "del", a])
+    try #require(runIP(["link", "add", a, "type", "veth", "peer", "name", b]), "ip link add \(a) type veth peer name \(b)")
+    defer { runIP(["link", "del", a]) }
+    try #require(runIP(["link", "set", a, "up"]) && runIP(["link", "set", b, "up"]))
+    let sender = if_nametoindex(a), receiver = if_nametoindex(b)
+    try #require(sender != 0 && receiver != 0)
+    try body(sender, receiver)
+}
+
+let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
+
 @Suite(.serialized) struct AFXDPTests {
     @Test(.enabled(if: canMakePools && canOpenAFXDP, "needs root, free 2 MiB hugepages and AF_XDP sockets"))
     func AF_XDPSocketRegistersAPacketPoolAsUMEMAndFillsItsRing() throws {
@@ -114,6 +141,52 @@ let canOpenAFXDP: Bool = {
         #expect(try AFXDPUMEMLayout(pool: exact).chunkSize == 2048)
         #expect(throws: AFXDPError.ringSizeNotPowerOfTwo(entries: 1000)) {
             _ = try AFXDPSocket(umemOf: exact, fillRingEntries: 1000)
+        }
+    }
+
+    @Test(.enabled(if: canMakePools && canOpenAFXDP && hasIPCommand, "needs root, free 2 MiB hugepages, AF_XDP and iproute2"))
+    func AF_XDPReceivesFramesSentOverAVethPairIntoPacketBuffers() throws {
+        try expectNoProcessLeak {
+            try withVethPair { sender, receiver in
+                let pool = try PacketPool(configuration: .afXDP(count: 2048, chunkSize: 2048))
+                let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 1024, completionRingEntries: 1024)
+                let filled = try #require(pool.allocate(count: 1024))
+                #expect(socket.fill(filled) == 1024)
+                try socket.bind(interfaceIndex: receiver, queue: 0, flags: .copy)
+                let redirect = try XDPRedirect(interfaceIndex: receiver)
+                try redirect.redirect(queue: 0, to: socket)
+
+                // Eight frames of an experimental EtherType, each a different length.
+                let frames = (0..<8).map { i -> [UInt8] in
+                    [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02, 0, 0, 0, 0, 1, 0x88, 0xB5]
+                        + patternBytes(100 + i * 50, seed: i)
+                }
+                for frame in frames { #expect(try Sys.packetSend(interfaceIndex: sender, frame: frame) == frame.count) }
+
+                var received: [PacketBuffer] = []
+                let deadline = Date().addingTimeInterval(2)
+                while received.count < frames.count && Date() < deadline {
+                    for b in socket.receive() {
+                        let bytes = b.contents
+                        // Other traffic (IPv6 neighbour discovery) lands too; all buffers are freed below.
+                        if bytes.count > 14 && bytes[12] == 0x88 && bytes[13] == 0xB5 { received.append(b) }
+                    }
+                    usleep(1000)
+                }
+                #expect(received.count == frames.count)
+                let filledSet = Set(filled)
+                for b in received {
+                    #expect(frames.contains(b.contents), "a frame arrived byte for byte")
+                    #expect(filledSet.contains(b), "into a buffer from the fill ring")
+                    #expect(b.data == b.metadata + 64 + 256, "where the buffer's data starts")
+                    #expect(b.length == b.packetLength && b.segmentCount == 1)
+                    #expect(b.dataPhysicalAddress?.rawValue == pagemapPhysicalAddress(UInt(bitPattern: b.data)))
+                }
+                #expect(socket.fillRingPending <= 1024 - frames.count)
+                _ = consume redirect
+                _ = consume socket
+                pool.free(filled)
+            }
         }
     }
 }
