@@ -81,6 +81,7 @@ public struct AFXDPSocket: ~Copyable {
     /// Hands buffers to the kernel to receive into: puts each one's chunk
     /// address on the fill ring. Returns how many fit; the rest stay the
     /// caller's. The buffers must be this socket's pool's.
+    @discardableResult
     public func fill(_ buffers: UnsafeBufferPointer<PacketBuffer>) -> Int {
         let n = min(buffers.count, fillRingEntries)
         guard n > 0 else { return 0 }
@@ -91,6 +92,7 @@ public struct AFXDPSocket: ~Copyable {
     }
 
     /// Hands buffers to the kernel; returns how many fit on the fill ring.
+    @discardableResult
     public func fill(_ buffers: [PacketBuffer]) -> Int {
         unsafe buffers.withUnsafeBufferPointer { unsafe fill($0) }
     }
