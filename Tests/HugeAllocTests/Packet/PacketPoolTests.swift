@@ -226,7 +226,7 @@ import Testing
         let boxes = (originals, clones)
         // Free originals and clones concurrently: each direct buffer's last
         // owner, whichever thread it is, returns it.
-        runPacketThreads(2) { t in
+        runOnThreads(2) { t in
             let list = t == 0 ? boxes.0 : boxes.1
             for b in list { pool.free(b) }
         }
@@ -252,27 +252,4 @@ import Testing
             }
         }
     }
-}
-
-/// Runs `body(i)` on `threads` POSIX threads and joins them (each thread's
-/// mempool cache is flushed when it exits).
-func runPacketThreads(_ threads: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Context: @unchecked Sendable {
-        let body: @Sendable (Int) -> Void
-        let index: Int
-        init(body: @escaping @Sendable (Int) -> Void, index: Int) { self.body = body; self.index = index }
-    }
-    var ids: [pthread_t] = []
-    for i in 0..<threads {
-        let context = Unmanaged.passRetained(Context(body: body, index: i)).toOpaque()
-        var id = pthread_t()
-        let rc = pthread_create(&id, nil, { raw in
-            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.body(context.index)
-            return nil
-        }, context)
-        precondition(rc == 0)
-        ids.append(id)
-    }
-    for id in ids { pthread_join(id, nil) }
 }
