@@ -134,12 +134,15 @@ public struct IOUring: ~Copyable {
     func queueFixed(
         _ opcode: UInt8, _ file: FileDescriptor, buffer: PacketBuffer, length: Int, fileOffset: Int, userData: UInt64
     ) throws(IOUringError) {
-        let address = UInt(bitPattern: unsafe buffer.metadata)
+        // The data's address decides: a clone's data lies in another buffer.
+        let address = UInt(bitPattern: unsafe buffer.data)
         guard let plan = fixedBuffers, let region = plan.regionIndex(containing: address) else {
             throw .bufferNotRegistered(address: address)
         }
         let room = buffer.bufferLength - buffer.dataOffset
         guard length >= 0, length <= room else { throw .lengthExceedsBuffer(length: length, room: room) }
+        let end = plan.regions[region].address + UInt(plan.regions[region].length)
+        guard address + UInt(length) <= end else { throw .bufferNotRegistered(address: address) }
         guard unsafe Sys.uringQueue(
             ring, opcode: opcode, fd: file.rawValue, address: buffer.data, length: UInt32(length),
             offset: UInt64(fileOffset), buffer: UInt16(region), flags: 0, userData: userData)

@@ -80,7 +80,7 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
                     offset: 0, buffer: 0, flags: 0, userData: 99))
                 let refused = try ring.completions(1)
                 #expect(refused[0].userData == 99 && refused[0].result == -EFAULT)
-                #expect(throws: IOUringError.bufferNotRegistered(address: UInt(bitPattern: stranger.metadata))) {
+                #expect(throws: IOUringError.bufferNotRegistered(address: UInt(bitPattern: stranger.data))) {
                     try ring.queueReadFixed(file, into: stranger, length: 100, fileOffset: 0, userData: 0)
                 }
                 #expect(throws: IOUringError.lengthExceedsBuffer(length: 4097, room: 4096)) {
@@ -150,6 +150,16 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
         var ring = try IOUring(entries: 4)
         try ring.registerBuffers(of: pool)
         #expect(throws: IOUringError.alreadyRegistered) { try ring.registerBuffers(of: pool) }
+        // A clone in the registered pool whose data lies in an unregistered one is refused.
+        let other = try makePacketPool(count: 8)
+        let outside = try #require(other.allocate())
+        let clone = try #require(pool.clone(outside))
+        #expect(throws: IOUringError.bufferNotRegistered(address: UInt(bitPattern: outside.data))) {
+            try ring.queueReadFixed(FileDescriptor(rawValue: 0), into: clone, length: 10, fileOffset: 0, userData: 0)
+        }
+        pool.free(clone)
+        other.free(outside)
+        #expect(other.availableCount == 8)
         #expect(throws: IOUringError.invalidRingEntries(requested: 3)) {
             try ring.registerProvidedBuffers([], from: pool, group: 1, entries: 3)
         }
