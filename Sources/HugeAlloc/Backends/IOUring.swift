@@ -342,15 +342,20 @@ public struct IOUringFixedBuffers: Sendable {
     /// Throws when pinning would pass RLIMIT_MEMLOCK (io_uring accounts the
     /// pages against it unless the process has CAP_IPC_LOCK).
     func checkMemlock() throws(IOUringError) {
-        if HugepageAvailability.hasIPCLock() { return }
-        guard let soft = (try? Sys.memlockLimit())?.soft else { return }
-        let needed = pinnedBytes
-        let locked = HugepageAvailability.lockedBytes()
-        if locked + needed > soft {
-            throw .memlockLimitTooLow(
-                needed: needed, limit: soft,
-                fix: "Raise it with `ulimit -l \((locked + needed + 1023) / 1024)` (kilobytes) or `ulimit -l unlimited` as root, "
-                    + "LimitMEMLOCK= for a systemd service, or grant CAP_IPC_LOCK (`setcap cap_ipc_lock+ep BINARY`).")
-        }
+        let soft = (try? Sys.memlockLimit())?.soft ?? nil
+        if let error = Self.memlockShortage(
+            needed: pinnedBytes, locked: HugepageAvailability.lockedBytes(), limit: soft,
+            hasIPCLock: HugepageAvailability.hasIPCLock())
+        { throw error }
+    }
+
+    /// The error for pinning `needed` bytes with `locked` already locked
+    /// under a soft RLIMIT_MEMLOCK of `limit` (nil: unlimited), or nil.
+    static func memlockShortage(needed: Int, locked: Int, limit: Int?, hasIPCLock: Bool) -> IOUringError? {
+        guard !hasIPCLock, let limit, locked + needed > limit else { return nil }
+        return .memlockLimitTooLow(
+            needed: needed, limit: limit,
+            fix: "Raise it with `ulimit -l \((locked + needed + 1023) / 1024)` (kilobytes) or `ulimit -l unlimited` as root, "
+                + "LimitMEMLOCK= for a systemd service, or grant CAP_IPC_LOCK (`setcap cap_ipc_lock+ep BINARY`).")
     }
 }

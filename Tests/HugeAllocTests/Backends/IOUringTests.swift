@@ -166,6 +166,17 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
         #expect(IOUringError.tooManyRegions(needed: 16385, maximum: 16384).description.contains("IORING_MAX_REG_BUFFERS"))
     }
 
+    @Test func io_uringMemlockShortageSaysHowToFixIt() throws {
+        #expect(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 0, limit: 8 << 20, hasIPCLock: false) == nil)
+        #expect(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 0, limit: 1 << 20, hasIPCLock: true) == nil)
+        #expect(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 0, limit: nil, hasIPCLock: false) == nil)
+        let error = try #require(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 1 << 20, limit: 2 << 20, hasIPCLock: false))
+        guard case .memlockLimitTooLow(let needed, let limit, let fix) = error else { Issue.record("\(error)"); return }
+        #expect(needed == 4 << 20 && limit == 2 << 20)
+        #expect(fix.contains("ulimit -l 5120") && fix.contains("CAP_IPC_LOCK"))
+        #expect(error.description.contains("RLIMIT_MEMLOCK"))
+    }
+
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringProvidedBufferRingHandsPacketBuffersToReads() throws {
         let pool = try makePacketPool(count: 64, cacheSize: 0)
