@@ -96,74 +96,78 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
 
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringRegionsSplitAtTheLimitAndEachServesItsBuffers() throws {
-        let pool = try makePacketPool(count: 3000, cacheSize: 0)
-        let limit = 1 << 20
-        let plan = try IOUringFixedBuffers(pool: pool, maximumRegionLength: limit)
-        #expect(plan.regions.count >= 6)
-        var next = 0
-        for r in plan.regions {
-            #expect(r.length <= limit && r.length >= pool.bufferSize)
-            #expect(r.firstBufferIndex == next, "regions hold consecutive buffers, each once")
-            let first = try #require(pool.buffer(at: r.firstBufferIndex))
-            let last = try #require(pool.buffer(at: r.firstBufferIndex + r.bufferCount - 1))
-            #expect(UInt(bitPattern: first.metadata) == r.address)
-            #expect(UInt(bitPattern: last.metadata) + UInt(pool.bufferSize) == r.address + UInt(r.length))
-            next += r.bufferCount
-        }
-        #expect(next == 3000)
+        try expectNoProcessLeak {
+            let pool = try makePacketPool(count: 3000, cacheSize: 0)
+            let limit = 1 << 20
+            let plan = try IOUringFixedBuffers(pool: pool, maximumRegionLength: limit)
+            #expect(plan.regions.count >= 6)
+            var next = 0
+            for r in plan.regions {
+                #expect(r.length <= limit && r.length >= pool.bufferSize)
+                #expect(r.firstBufferIndex == next, "regions hold consecutive buffers, each once")
+                let first = try #require(pool.buffer(at: r.firstBufferIndex))
+                let last = try #require(pool.buffer(at: r.firstBufferIndex + r.bufferCount - 1))
+                #expect(UInt(bitPattern: first.metadata) == r.address)
+                #expect(UInt(bitPattern: last.metadata) + UInt(pool.bufferSize) == r.address + UInt(r.length))
+                next += r.bufferCount
+            }
+            #expect(next == 3000)
 
-        let contents = patternBytes(3 * 1500, seed: 2)
-        try withTemporaryFile(in: NSTemporaryDirectory(), contents: contents) { path in
-            let file = try FileDescriptor.open(path, .readWrite)
-            defer { try? file.close() }
-            var ring = try IOUring(entries: 8)
-            try ring.registerBuffers(of: pool, maximumRegionLength: limit)
-            let chosen = [0, 1700, 2999].map { pool.buffer(at: $0)! }
-            #expect(Set(chosen.map { plan.regionIndex(of: $0)! }).count == 3, "three different regions")
-            for (i, b) in chosen.enumerated() {
-                try ring.queueReadFixed(file, into: b, length: 1500, fileOffset: i * 1500, userData: UInt64(i))
+            let contents = patternBytes(3 * 1500, seed: 2)
+            try withTemporaryFile(in: NSTemporaryDirectory(), contents: contents) { path in
+                let file = try FileDescriptor.open(path, .readWrite)
+                defer { try? file.close() }
+                var ring = try IOUring(entries: 8)
+                try ring.registerBuffers(of: pool, maximumRegionLength: limit)
+                let chosen = [0, 1700, 2999].map { pool.buffer(at: $0)! }
+                #expect(Set(chosen.map { plan.regionIndex(of: $0)! }).count == 3, "three different regions")
+                for (i, b) in chosen.enumerated() {
+                    try ring.queueReadFixed(file, into: b, length: 1500, fileOffset: i * 1500, userData: UInt64(i))
+                }
+                for c in try ring.completions(3) {
+                    #expect(c.result == 1500)
+                    let b = chosen[Int(c.userData)]
+                    b.length = 1500
+                    #expect(Array(b.bytes) == Array(contents[Int(c.userData) * 1500 ..< Int(c.userData + 1) * 1500]))
+                }
+                // WRITE_FIXED the last buffer's bytes back at the file's end.
+                try ring.queueWriteFixed(file, from: chosen[2], fileOffset: contents.count, userData: 7)
+                let written = try ring.completions(1)
+                #expect(written[0].result == 1500)
+                let after = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
+                #expect(Array(after[contents.count...]) == Array(contents[3000..<4500]))
             }
-            for c in try ring.completions(3) {
-                #expect(c.result == 1500)
-                let b = chosen[Int(c.userData)]
-                b.length = 1500
-                #expect(Array(b.bytes) == Array(contents[Int(c.userData) * 1500 ..< Int(c.userData + 1) * 1500]))
-            }
-            // WRITE_FIXED the last buffer's bytes back at the file's end.
-            try ring.queueWriteFixed(file, from: chosen[2], fileOffset: contents.count, userData: 7)
-            let written = try ring.completions(1)
-            #expect(written[0].result == 1500)
-            let after = try Array(Data(contentsOf: URL(fileURLWithPath: path)))
-            #expect(Array(after[contents.count...]) == Array(contents[3000..<4500]))
         }
     }
 
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringLimitsAreTypedErrors() throws {
-        let pool = try makePacketPool(count: 16385, cacheSize: 0)
-        #expect(throws: IOUringError.regionTooLarge(bytes: 2240, maximum: 2048)) {
-            _ = try IOUringFixedBuffers(pool: pool, maximumRegionLength: 2048)
+        try expectNoProcessLeak {
+            let pool = try makePacketPool(count: 16385, cacheSize: 0)
+            #expect(throws: IOUringError.regionTooLarge(bytes: 2240, maximum: 2048)) {
+                _ = try IOUringFixedBuffers(pool: pool, maximumRegionLength: 2048)
+            }
+            #expect(throws: IOUringError.tooManyRegions(needed: 16385, maximum: 16384)) {
+                _ = try IOUringFixedBuffers(pool: pool, maximumRegionLength: 2240)
+            }
+            var ring = try IOUring(entries: 4)
+            try ring.registerBuffers(of: pool)
+            #expect(throws: IOUringError.alreadyRegistered) { try ring.registerBuffers(of: pool) }
+            // A clone in the registered pool whose data lies in an unregistered one is refused.
+            let other = try makePacketPool(count: 8)
+            let outside = try #require(other.allocate())
+            let clone = try #require(pool.clone(outside))
+            #expect(throws: IOUringError.bufferNotRegistered(address: UInt(bitPattern: outside.data))) {
+                try ring.queueReadFixed(FileDescriptor(rawValue: 0), into: clone, length: 10, fileOffset: 0, userData: 0)
+            }
+            pool.free(clone)
+            other.free(outside)
+            #expect(other.availableCount == 8)
+            #expect(throws: IOUringError.invalidRingEntries(requested: 3)) {
+                try ring.registerProvidedBuffers([], from: pool, group: 1, entries: 3)
+            }
+            #expect(IOUringError.tooManyRegions(needed: 16385, maximum: 16384).description.contains("IORING_MAX_REG_BUFFERS"))
         }
-        #expect(throws: IOUringError.tooManyRegions(needed: 16385, maximum: 16384)) {
-            _ = try IOUringFixedBuffers(pool: pool, maximumRegionLength: 2240)
-        }
-        var ring = try IOUring(entries: 4)
-        try ring.registerBuffers(of: pool)
-        #expect(throws: IOUringError.alreadyRegistered) { try ring.registerBuffers(of: pool) }
-        // A clone in the registered pool whose data lies in an unregistered one is refused.
-        let other = try makePacketPool(count: 8)
-        let outside = try #require(other.allocate())
-        let clone = try #require(pool.clone(outside))
-        #expect(throws: IOUringError.bufferNotRegistered(address: UInt(bitPattern: outside.data))) {
-            try ring.queueReadFixed(FileDescriptor(rawValue: 0), into: clone, length: 10, fileOffset: 0, userData: 0)
-        }
-        pool.free(clone)
-        other.free(outside)
-        #expect(other.availableCount == 8)
-        #expect(throws: IOUringError.invalidRingEntries(requested: 3)) {
-            try ring.registerProvidedBuffers([], from: pool, group: 1, entries: 3)
-        }
-        #expect(IOUringError.tooManyRegions(needed: 16385, maximum: 16384).description.contains("IORING_MAX_REG_BUFFERS"))
     }
 
     @Test func io_uringMemlockShortageSaysHowToFixIt() throws {
@@ -179,39 +183,41 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
 
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringProvidedBufferRingHandsPacketBuffersToReads() throws {
-        let pool = try makePacketPool(count: 64, cacheSize: 0)
-        let contents = patternBytes(9 * 1000, seed: 3)
-        try withTemporaryFile(in: NSTemporaryDirectory(), contents: contents) { path in
-            let file = try FileDescriptor.open(path, .readOnly)
-            defer { try? file.close() }
-            var ring = try IOUring(entries: 16)
-            let provided = try #require(pool.allocate(count: 8))
-            try ring.registerProvidedBuffers(provided, from: pool, group: 7, entries: 8)
-            for i in 0..<8 { try ring.queueRead(file, group: 7, length: 1000, fileOffset: i * 1000, userData: UInt64(i)) }
-            var used: [PacketBuffer] = []
-            for c in try ring.completions(8) {
-                #expect(c.result == 1000)
-                let picked = ring.providedBuffer(for: c, group: 7)
-                let b = try #require(picked)
-                #expect(provided.contains(b), "the kernel picked one of the provided buffers")
-                #expect(b.length == 1000)
-                let i = Int(c.userData)
-                #expect(Array(b.bytes) == Array(contents[i * 1000 ..< (i + 1) * 1000]))
-                used.append(b)
-            }
-            #expect(Set(used).count == 8, "each buffer used once")
+        try expectNoProcessLeak {
+            let pool = try makePacketPool(count: 64, cacheSize: 0)
+            let contents = patternBytes(9 * 1000, seed: 3)
+            try withTemporaryFile(in: NSTemporaryDirectory(), contents: contents) { path in
+                let file = try FileDescriptor.open(path, .readOnly)
+                defer { try? file.close() }
+                var ring = try IOUring(entries: 16)
+                let provided = try #require(pool.allocate(count: 8))
+                try ring.registerProvidedBuffers(provided, from: pool, group: 7, entries: 8)
+                for i in 0..<8 { try ring.queueRead(file, group: 7, length: 1000, fileOffset: i * 1000, userData: UInt64(i)) }
+                var used: [PacketBuffer] = []
+                for c in try ring.completions(8) {
+                    #expect(c.result == 1000)
+                    let picked = ring.providedBuffer(for: c, group: 7)
+                    let b = try #require(picked)
+                    #expect(provided.contains(b), "the kernel picked one of the provided buffers")
+                    #expect(b.length == 1000)
+                    let i = Int(c.userData)
+                    #expect(Array(b.bytes) == Array(contents[i * 1000 ..< (i + 1) * 1000]))
+                    used.append(b)
+                }
+                #expect(Set(used).count == 8, "each buffer used once")
 
-            // The ring is empty now: the next read finds no buffer.
-            try ring.queueRead(file, group: 7, length: 1000, fileOffset: 8000, userData: 8)
-            let starved = try ring.completions(1)
-            #expect(starved[0].result == -ENOBUFS && starved[0].bufferID == nil)
-            // Give one back and the read goes through.
-            try ring.provide([used[3]], group: 7)
-            try ring.queueRead(file, group: 7, length: 1000, fileOffset: 8000, userData: 8)
-            let fed = try ring.completions(1)
-            #expect(fed[0].result == 1000 && fed[0].bufferID == UInt16(used[3].index))
-            #expect(Array(used[3].bytes) == Array(contents[8000..<9000]))
-            pool.free(provided)
+                // The ring is empty now: the next read finds no buffer.
+                try ring.queueRead(file, group: 7, length: 1000, fileOffset: 8000, userData: 8)
+                let starved = try ring.completions(1)
+                #expect(starved[0].result == -ENOBUFS && starved[0].bufferID == nil)
+                // Give one back and the read goes through.
+                try ring.provide([used[3]], group: 7)
+                try ring.queueRead(file, group: 7, length: 1000, fileOffset: 8000, userData: 8)
+                let fed = try ring.completions(1)
+                #expect(fed[0].result == 1000 && fed[0].bufferID == UInt16(used[3].index))
+                #expect(Array(used[3].bytes) == Array(contents[8000..<9000]))
+                pool.free(provided)
+            }
         }
     }
 }

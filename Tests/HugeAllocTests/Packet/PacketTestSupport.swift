@@ -41,14 +41,18 @@ func processPinnedBytes() -> Int {
 /// other engineers' processes), that afterwards it maps no more hugetlb
 /// memory and locks and pins no more bytes than before. The kernel releases
 /// some pins (closed AF_XDP sockets, io_uring rings) from a work queue, so a
-/// mismatch is re-read after a pause.
+/// mismatch is re-read for up to two seconds; this also keeps one test's
+/// deferred release from landing in the next test's counts.
 func expectNoProcessLeak(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) rethrows {
     func sample() -> [Int] { [processHugetlbBytes(), processLockedBytes(), processPinnedBytes()] }
     let before = sample()
     try body()
     var after = sample()
-    if after != before { usleep(200_000); after = sample() }
+    for _ in 0..<100 where after != before {
+        usleep(20_000)
+        after = sample()
+    }
     #expect(after == before, "hugetlb, locked, pinned bytes before \(before), after \(after)", sourceLocation: sourceLocation)
-    // Give deferred kernel releases a moment, so a later test's global count is not disturbed.
+    // Give deferred kernel releases not counted here (AF_XDP UMEM pins) a moment.
     usleep(50_000)
 }
