@@ -1,4 +1,5 @@
 import CHugeAllocShims
+import HugeAlloc
 import Synchronization
 
 #if canImport(Glibc)
@@ -54,7 +55,8 @@ enum Bench {
             self.threads = threads
         }
         func run(_ i: Int) {
-            _ = ha_pin_thread_to_cpu(Int32(i))
+            // Best effort: an unpinned thread still measures, only noisier.
+            try? NUMAPlacement.pinCurrentThread(toCPUs: [i])
             ready.add(1, ordering: .acquiringAndReleasing)
             while ready.load(ordering: .acquiring) < threads {}
             let sample = body(i)

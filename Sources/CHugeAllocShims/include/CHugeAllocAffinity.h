@@ -1,13 +1,8 @@
 #ifndef CHUGEALLOC_AFFINITY_H
 #define CHUGEALLOC_AFFINITY_H
 
-/*
- * Pins the calling thread to one CPU: sched_setaffinity(2) on the thread
- * (Glibc's overlay hides cpu_set_t's macros from Swift). Returns 0 or an errno.
- */
-int ha_pin_thread_to_cpu(int cpu);
 
-/* A spin-wait hint (x86 `pause`): lets the sibling hyperthread run and
+/* Header only. A spin-wait hint (x86 `pause`): lets the sibling hyperthread run and
  * saves power while a lock-free ring waits for another thread. */
 static inline void ha_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
