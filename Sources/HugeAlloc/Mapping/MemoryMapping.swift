@@ -282,9 +282,10 @@ public struct MemoryMapping: ~Copyable {
 
     static func memlockError(_ length: Int) -> MappingError {
         let limit = ((try? Sys.memlockLimit())?.soft ?? nil) ?? Int.max
-        let needed = length + HugepageAvailability.lockedBytes()
+        let locked = HugepageAvailability.lockedBytes()
+        let needed = length + locked
         return .memlockLimitTooLow(
-            needed: length, alreadyLocked: HugepageAvailability.lockedBytes(), limit: limit,
+            needed: length, alreadyLocked: locked, limit: limit,
             fix: "Raise it with `ulimit -l \((needed + 1023) / 1024)` (kilobytes) or `ulimit -l unlimited` as root, "
                 + "a memlock line in /etc/security/limits.conf, LimitMEMLOCK= for a systemd service, "
                 + "or grant CAP_IPC_LOCK (`setcap cap_ipc_lock+ep BINARY`).")
