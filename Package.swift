@@ -3,7 +3,6 @@ import PackageDescription
 
 let package = Package(
     name: "HugeAlloc",
-    platforms: [.macOS(.v15)],
     products: [
         .library(name: "HugeAlloc", targets: ["HugeAlloc"]),
         .executable(name: "inspect-memory", targets: ["inspect-memory"]),
@@ -38,16 +37,19 @@ let package = Package(
                 "CNuma", "CHugetlbfs", "CHugeAllocShims",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
-            swiftSettings: [
-                .strictMemorySafety(),
-                .define("HUGEALLOC_CHECKS", .when(configuration: .debug)),
-            ]
+            swiftSettings: [.strictMemorySafety()]
+        ),
+        // What inspect-memory diagnoses (holders, stale files, setup, doctor,
+        // kpageflags): a CLI concern, kept out of the library's public API.
+        .target(
+            name: "HugeAllocDiagnostics",
+            dependencies: ["HugeAlloc"]
         ),
         // The commands of inspect-memory, as a library so tests can drive them.
         .target(
             name: "InspectMemoryKit",
             dependencies: [
-                "HugeAlloc",
+                "HugeAlloc", "HugeAllocDiagnostics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -59,13 +61,13 @@ let package = Package(
         .executableTarget(
             name: "hugealloc-bench",
             dependencies: [
-                "HugeAlloc", "CHugeAllocShims",
+                "HugeAlloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
-        .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc", "CHugeAllocShims"]),
+        .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc"]),
         .testTarget(
             name: "HugeAllocTests",
             dependencies: [
@@ -76,7 +78,7 @@ let package = Package(
         ),
         .testTarget(
             name: "InspectMemoryTests",
-            dependencies: ["InspectMemoryKit", "HugeAlloc"],
+            dependencies: ["InspectMemoryKit", "HugeAllocDiagnostics", "HugeAlloc"],
             resources: [.copy("Fixtures")]
         ),
     ],

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// Options every diagnostic command takes.
 struct CommonOptions: ParsableArguments {
@@ -11,7 +12,7 @@ struct CommonOptions: ParsableArguments {
     @Option(help: .hidden)
     var root: String = "/"
 
-    var fs: ProcFileSystem { ProcFileSystem(root: root) }
+    var fs: KernelFiles { KernelFiles(root: root) }
 }
 
 /// A usage error: one line on stderr and exit status 64 (EX_USAGE).

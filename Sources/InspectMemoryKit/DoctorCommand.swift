@@ -1,5 +1,6 @@
 import ArgumentParser
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// `inspect-memory doctor`: can this machine serve DMA memory?
 struct DoctorCommand: ParsableCommand {

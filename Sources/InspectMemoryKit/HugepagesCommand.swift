@@ -1,5 +1,6 @@
 import ArgumentParser
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// `inspect-memory hugepages`: pools per size and node, mounts, holders and stale files.
 struct HugepagesCommand: ParsableCommand {
@@ -78,7 +79,7 @@ struct HugepagesCommand: ParsableCommand {
     /// Gathers the report: pools and mounts from the inventory
     /// (``SystemInventory``), holders from /proc/*/smaps, stale files from
     /// the mounts against /proc/*/fd and /proc/*/maps.
-    static func report(in fs: ProcFileSystem, mountPoint: String? = nil) throws -> Report {
+    static func report(in fs: KernelFiles, mountPoint: String? = nil) throws -> Report {
         let inventory: SystemInventory
         do {
             inventory = try SystemInventory.read(root: fs.root)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// The `inspect-memory` command. With no subcommand it runs ``SummaryCommand``.
 ///

@@ -1,5 +1,6 @@
 import ArgumentParser
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// `inspect-memory numa [--node N]`: like `numactl -H`, plus hugepages per node.
 struct NumaCommand: ParsableCommand {
@@ -18,7 +19,7 @@ struct NumaCommand: ParsableCommand {
         if let node {
             let nodes = HugepageSetup.nodes(in: options.fs)
             guard nodes.contains(node) else {
-                throw ValidationError(DiagnosticsError.noSuchNode(node, available: nodes).description)
+                throw ValidationError(DiagnosticsError.noSuchNode(UnknownNode(node: node, available: nodes)).description)
             }
         }
     }
@@ -48,7 +49,7 @@ struct NumaCommand: ParsableCommand {
     }
 
     /// The topology from the inventory (``NUMATopology``), one node or all.
-    static func report(node: Int?, in fs: ProcFileSystem) throws -> Report {
+    static func report(node: Int?, in fs: KernelFiles) throws -> Report {
         let topology: NUMATopology
         do {
             topology = try NUMATopology.read(root: fs.root)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// `inspect-memory process PID`: the hugepage and locked memory of one process.
 struct ProcessCommand: ParsableCommand {
@@ -70,7 +71,7 @@ struct ProcessCommand: ParsableCommand {
     }
 
     /// Gathers the report; runs are read from pagemap for hugetlb mappings.
-    static func report(pid: Int32, all: Bool, in fs: ProcFileSystem) throws -> Report {
+    static func report(pid: Int32, all: Bool, in fs: KernelFiles) throws -> Report {
         let mappings = try ProcessMemoryMap.read(pid: pid, in: fs)
         let shown = mappings.filter { all || $0.isHugetlb || $0.isLocked || $0.transparentHugeBytes > 0 }
         var result: [Mapping] = []

@@ -1,5 +1,6 @@
 import ArgumentParser
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// `inspect-memory setup --pages 2M:512[,1G:2] [--node N] [--mount PATH]`.
 struct SetupCommand: ParsableCommand {
@@ -36,7 +37,7 @@ struct SetupCommand: ParsableCommand {
         if let node {
             let nodes = HugepageSetup.nodes(in: fs)
             guard nodes.contains(node) else {
-                throw ValidationError(DiagnosticsError.noSuchNode(node, available: nodes).description)
+                throw ValidationError(DiagnosticsError.noSuchNode(UnknownNode(node: node, available: nodes)).description)
             }
         }
         if let mount, !mount.hasPrefix("/") {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import HugeAlloc
+import HugeAllocDiagnostics
 
 /// `inspect-memory translate --pid PID ADDR...`: virtual to physical, with page flags.
 struct TranslateCommand: ParsableCommand {
@@ -50,7 +51,7 @@ struct TranslateCommand: ParsableCommand {
         }
     }
 
-    static func entries(pid: Int32, addresses: [UInt], in fs: ProcFileSystem) throws -> [Entry] {
+    static func entries(pid: Int32, addresses: [UInt], in fs: KernelFiles) throws -> [Entry] {
         try ProcessTranslation.translate(pid: pid, addresses: addresses, in: fs).map {
             Entry(virtual: hex($0.virtual), present: $0.present, swapped: $0.swapped,
                   physical: $0.physical?.description, pfn: $0.pfn, pageSize: $0.pageSize,

@@ -1,4 +1,3 @@
-import CHugeAllocShims
 import HugeAlloc
 import Synchronization
 

@@ -81,7 +81,7 @@ func parseList(_ text: String) -> [Int] {
 }
 
 func hugepageFile(node: Int, _ name: String) -> String {
-    "\(NUMAPlacement.hugepageDirectory(node: node, pageSize: pageSize))/\(name)"
+    "\(HugepagePoolDirectory(pageSize, node: node).kernelPath)/\(name)"
 }
 
 func freeHugepages(node: Int) throws -> Int {
@@ -240,7 +240,8 @@ check("bind(0) with node 0 empty: checkFreeHugepages names node 0 and the comman
         try NUMAPlacement.checkFreeHugepages(node: 0, pageSize: pageSize, needed: 4)
         throw CheckFailure("no error though node 0 has \(try freeHugepages(node: 0)) free pages")
     } catch let error as NUMAError {
-        guard case .notEnoughHugepages(node: 0, pageSize: pageSize, needed: 4, free: 0, total: 0) = error else {
+        guard case .notEnoughHugepages(let shortage) = error,
+              shortage == HugepageShortage(pageSize: pageSize, node: 0, needed: 4, free: 0, total: 0) else {
             throw CheckFailure("wrong error: \(error)")
         }
         let command = "echo 4 > /sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
@@ -255,8 +256,9 @@ check("bind(0) with node 0 empty: fails with the typed error naming node 0 inste
         let mapping = try map(pages: 2, .bind(0))
         throw CheckFailure("mapping succeeded with pages on \(describe(try pageNodes(of: mapping)))")
     } catch let error as MappingError {
-        guard case .insufficientHugepages(pageSize: pageSize, needed: 2, free: 0, node: 0, let command) = error,
-              command.contains("/sys/devices/system/node/node0/hugepages/") else {
+        guard case .insufficientHugepages(let shortage) = error,
+              shortage.pageSize == pageSize, shortage.needed == 2, shortage.free == 0, shortage.node == 0,
+              shortage.command.contains("/sys/devices/system/node/node0/hugepages/") else {
             throw CheckFailure("expected the node-0 shortage error, got: \(error)")
         }
         return "\(error)"
@@ -288,7 +290,7 @@ check("bind(5): typed error naming node 5") {
     do {
         _ = try map(pages: 1, .bind(5))
     } catch let error as MappingError {
-        guard case .placement(.noSuchNode(node: 5, allowed: [0, 1])) = error else {
+        guard case .placement(.noSuchNode(UnknownNode(node: 5, available: [0, 1]))) = error else {
             throw CheckFailure("wrong error: \(error)")
         }
         return "\(error)"

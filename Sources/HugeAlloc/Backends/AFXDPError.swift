@@ -2,7 +2,7 @@
 /// the kernel's rule that was broken, the numbers, and the fix.
 public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A system call failed (`socket`, `setsockopt`, `getsockopt`, `mmap`, `bind`).
-    case system(SystemCallError)
+    case systemCall(SystemCallError)
     /// The chunk size is not a power of two (required in aligned mode).
     case chunkSizeNotPowerOfTwo(chunkSize: Int)
     /// The chunk size is outside `XDP_UMEM_MIN_CHUNK_SIZE`...`PAGE_SIZE`.
@@ -24,7 +24,7 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .system(let error):
+        case .systemCall(let error):
             return "AF_XDP: \(error)"
         case .chunkSizeNotPowerOfTwo(let c):
             return "AF_XDP chunk size \(c) is not a power of two, which aligned mode requires: use 2048 or 4096"

@@ -118,3 +118,24 @@ public struct AFXDPUMEMLayout: Sendable, Equatable {
     /// headroom + `XDP_PACKET_HEADROOM`.
     public var frameOffset: Int { headroom + AFXDPLimits.packetHeadroom }
 }
+
+/// The kernel's fixed AF_XDP numbers that UMEM layouts are planned with.
+public enum AFXDPLimits {
+    /// `XDP_PACKET_HEADROOM`: bytes the kernel keeps before received data.
+    public static let packetHeadroom = 256
+    /// `XDP_UMEM_MIN_CHUNK_SIZE`.
+    public static let minimumChunkSize = 2048
+}
+
+extension PacketPoolConfiguration {
+    /// Buffers laid out as AF_XDP UMEM chunks of `chunkSize` bytes (2048 or
+    /// 4096): each element is exactly one chunk, chunk-aligned, with the 64
+    /// metadata bytes in the UMEM's own headroom and 256 bytes of packet
+    /// headroom (`XDP_PACKET_HEADROOM`) before the data the kernel writes.
+    public static func afXDP(count: Int, chunkSize: Int = 2048, cacheSize: Int = 256) -> PacketPoolConfiguration {
+        let headroom = AFXDPLimits.packetHeadroom
+        return PacketPoolConfiguration(
+            count: count, headroom: headroom, dataRoom: chunkSize - PacketBuffer.metadataSize - headroom,
+            alignment: chunkSize, cacheSize: cacheSize)
+    }
+}

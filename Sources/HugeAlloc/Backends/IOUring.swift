@@ -58,7 +58,7 @@ public struct IOUring: ~Copyable {
             try unsafe Sys.uringOpen(ring, entries: UInt32(clamping: entries))
         } catch {
             unsafe ring.deallocate()
-            throw .system(error)
+            throw .systemCall(error)
         }
         unsafe self.ring = ring
     }
@@ -99,7 +99,7 @@ public struct IOUring: ~Copyable {
             try unsafe Sys.uringRegister(
                 ring, opcode: HA_IORING_REGISTER_BUFFERS, argument: UnsafeRawPointer(iovecs),
                 count: UInt32(n), detail: "IORING_REGISTER_BUFFERS, \(n) regions")
-        } catch { throw .system(error) }
+        } catch { throw .systemCall(error) }
         fixedBuffers = plan
         fixedPool = pool
     }
@@ -110,7 +110,7 @@ public struct IOUring: ~Copyable {
         do {
             try unsafe Sys.uringRegister(ring, opcode: HA_IORING_UNREGISTER_BUFFERS, argument: nil, count: 0,
                                          detail: "IORING_UNREGISTER_BUFFERS")
-        } catch { throw .system(error) }
+        } catch { throw .systemCall(error) }
         fixedBuffers = nil
         fixedPool = nil
     }
@@ -156,7 +156,7 @@ public struct IOUring: ~Copyable {
     /// call is `io_uring_enter(2)`.
     @discardableResult
     public func submit(waitingFor count: Int = 0) throws(IOUringError) -> Int {
-        do { return try unsafe Sys.uringSubmit(ring, wait: UInt32(clamping: count)) } catch { throw .system(error) }
+        do { return try unsafe Sys.uringSubmit(ring, wait: UInt32(clamping: count)) } catch { throw .systemCall(error) }
     }
 
     /// Takes the next completion, or nil when none is ready.
@@ -197,7 +197,7 @@ public struct IOUring: ~Copyable {
             try unsafe Sys.mmap(length: length, protection: .readWrite, flags: [.private, .anonymous, .populate])
         }
         guard case .success(let memory) = unsafe mapped else {
-            if case .failure(let error) = unsafe mapped { throw .system(error) }
+            if case .failure(let error) = unsafe mapped { throw .systemCall(error) }
             return
         }
         var registration = ha_uring_buf_reg(
@@ -210,7 +210,7 @@ public struct IOUring: ~Copyable {
             }
         } catch {
             try? unsafe Sys.munmap(memory, length: length)
-            throw .system(error)
+            throw .systemCall(error)
         }
         unsafe providedRings.append(ProvidedRing(
             group: group, memory: memory, memoryLength: length, entries: entries, tail: 0, pool: pool))
@@ -222,7 +222,7 @@ public struct IOUring: ~Copyable {
     @discardableResult
     public mutating func provide(_ buffers: [PacketBuffer], group: UInt16) throws(IOUringError) -> Int {
         guard let r = providedRings.firstIndex(where: { $0.group == group }) else {
-            throw .system(SystemCallError(call: "provide", errno: .noSuchFileOrDirectory, detail: "no ring for group \(group)"))
+            throw .systemCall(SystemCallError(call: "provide", errno: .noSuchFileOrDirectory, detail: "no ring for group \(group)"))
         }
         let ring = providedRings[r]
         var tail = ring.tail
@@ -342,20 +342,6 @@ public struct IOUringFixedBuffers: Sendable {
     /// Throws when pinning would pass RLIMIT_MEMLOCK (io_uring accounts the
     /// pages against it unless the process has CAP_IPC_LOCK).
     func checkMemlock() throws(IOUringError) {
-        let soft = (try? Sys.memlockLimit())?.soft ?? nil
-        if let error = Self.memlockShortage(
-            needed: pinnedBytes, locked: HugepageAvailability.lockedBytes(), limit: soft,
-            hasIPCLock: HugepageAvailability.hasIPCLock())
-        { throw error }
-    }
-
-    /// The error for pinning `needed` bytes with `locked` already locked
-    /// under a soft RLIMIT_MEMLOCK of `limit` (nil: unlimited), or nil.
-    static func memlockShortage(needed: Int, locked: Int, limit: Int?, hasIPCLock: Bool) -> IOUringError? {
-        guard !hasIPCLock, let limit, locked + needed > limit else { return nil }
-        return .memlockLimitTooLow(
-            needed: needed, limit: limit,
-            fix: "Raise it with `ulimit -l \((locked + needed + 1023) / 1024)` (kilobytes) or `ulimit -l unlimited` as root, "
-                + "LimitMEMLOCK= for a systemd service, or grant CAP_IPC_LOCK (`setcap cap_ipc_lock+ep BINARY`).")
+        if let shortage = MemlockCheck.shortage(needed: pinnedBytes) { throw .memlockLimitTooLow(shortage) }
     }
 }

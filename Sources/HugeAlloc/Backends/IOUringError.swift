@@ -2,13 +2,13 @@
 /// hit, the numbers, and how to fix it.
 public enum IOUringError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A system call failed (`io_uring_setup`, `io_uring_register`, `io_uring_enter`).
-    case system(SystemCallError)
+    case systemCall(SystemCallError)
     /// More fixed-buffer regions than the kernel accepts (`IORING_MAX_REG_BUFFERS`).
     case tooManyRegions(needed: Int, maximum: Int)
     /// One region (a packet buffer, with larger regions split) exceeds the 1 GiB per-iovec limit.
     case regionTooLarge(bytes: Int, maximum: Int)
     /// Registering would pin more memory than RLIMIT_MEMLOCK allows.
-    case memlockLimitTooLow(needed: Int, limit: Int, fix: String)
+    case memlockLimitTooLow(MemlockShortage)
     /// Buffers are already registered with this ring.
     case alreadyRegistered
     /// A packet buffer that lies in no registered region.
@@ -24,15 +24,16 @@ public enum IOUringError: Error, Equatable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .system(let error):
+        case .systemCall(let error):
             return "io_uring: \(error)"
         case .tooManyRegions(let needed, let maximum):
             return "the pool needs \(needed) fixed-buffer regions but io_uring accepts at most \(maximum) (IORING_MAX_REG_BUFFERS): "
                 + "register a smaller pool, or larger regions (up to 1 GiB each)"
         case .regionTooLarge(let bytes, let maximum):
             return "a fixed-buffer region of \(bytes) bytes exceeds io_uring's \(maximum)-byte limit per iovec: use a region length of at most \(maximum)"
-        case .memlockLimitTooLow(let needed, let limit, let fix):
-            return "registering \(needed) bytes of fixed buffers pins them, but RLIMIT_MEMLOCK is \(limit) bytes. \(fix)"
+        case .memlockLimitTooLow(let shortage):
+            return "registering \(shortage.needed) bytes of fixed buffers pins them, but RLIMIT_MEMLOCK is \(shortage.limit) bytes "
+                + "and \(shortage.alreadyLocked) are locked already. \(shortage.fix)"
         case .alreadyRegistered:
             return "this io_uring already has fixed buffers registered: unregister them first"
         case .bufferNotRegistered(let address):

@@ -98,19 +98,17 @@ public enum ContiguousMemory {
         let ordered = translation.pagesInPhysicalOrder
         let ps = translation.pageSize
         var largest = 0
-        var start = 0
-        while start < ordered.count {
-            var end = start + 1
-            while end < ordered.count, ordered[end].physical == ordered[end - 1].physical + ps { end += 1 }
-            largest = max(largest, (end - start) * ps)
+        let ranges = PhysicalRun.ranges(count: ordered.count) { ordered[$0].physical == ordered[$0 - 1].physical + ps }
+        for range in ranges {
+            largest = max(largest, range.count * ps)
             // The first aligned page inside this run.
-            let first = ordered[start].physical.rawValue
+            let first = ordered[range.lowerBound].physical.rawValue
             let aligned = (first + UInt64(alignment) - 1) & ~(UInt64(alignment) - 1)
             let skip = Int((aligned - first) / UInt64(ps))
-            if skip + count <= end - start {
-                return (ordered[(start + skip)..<(start + skip + count)].map(\.page), largest)
+            if skip + count <= range.count {
+                let start = range.lowerBound + skip
+                return (ordered[start..<(start + count)].map(\.page), largest)
             }
-            start = end
         }
         return (nil, largest)
     }
@@ -137,7 +135,7 @@ public enum ContiguousMemory {
         pages: Int, alignment: Int, request: ContiguousRequest, stats: inout ContiguousStatistics
     ) throws(ContiguousError) -> MemoryMapping {
         let ps = request.pageSize.bytes
-        let free = HugepageAvailability.available(request.pageSize)?.available ?? 0
+        let free = (try? HugepagePoolDirectory(request.pageSize).counters().available) ?? 0
         let extra = alignment / ps - 1  // pages an aligned window may need to skip
         let budgetPages = min(max(pages, free), (request.budgetBytes ?? max(pages, free) * ps) / ps)
         guard budgetPages >= pages else {

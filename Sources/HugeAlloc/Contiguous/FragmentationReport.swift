@@ -29,16 +29,12 @@ public struct FragmentationReport: Sendable, Equatable {
     public init(physical: [PhysicalAddress], nodes: [Int]? = nil, pageSize: Int) {
         self.pageSize = pageSize
         let order = physical.indices.sorted { physical[$0] < physical[$1] }
-        var runs: [Run] = []
-        for index in order {
-            let node = nodes?[index]
-            if var last = runs.last, last.physical + last.bytes == physical[index], last.node == node {
-                last.bytes += pageSize
-                last.pages += 1
-                runs[runs.count - 1] = last
-            } else {
-                runs.append(Run(physical: physical[index], bytes: pageSize, pages: 1, node: node))
-            }
+        let ranges = PhysicalRun.ranges(count: order.count) { i in
+            physical[order[i]] == physical[order[i - 1]] + pageSize && nodes?[order[i]] == nodes?[order[i - 1]]
+        }
+        let runs = ranges.map { range in
+            Run(physical: physical[order[range.lowerBound]], bytes: range.count * pageSize, pages: range.count,
+                node: nodes?[order[range.lowerBound]])
         }
         self.runs = runs
         var counts: [Int: Int] = [:]

@@ -24,7 +24,11 @@ public struct NUMATopology: Sendable, Equatable {
     /// `numa_node_to_cpus`, `numa_node_size64` and `numa_distance`.
     public static func read(root: String = "/") throws(InventoryError) -> NUMATopology {
         var warnings: [String] = []
-        return try read(SystemFiles(root: root), warnings: &warnings)
+        do {
+            return try read(KernelFiles(root: root), warnings: &warnings)
+        } catch {
+            throw InventoryError(error)
+        }
     }
 
     /// The node whose CPU list holds `cpu`, or nil.
@@ -46,7 +50,7 @@ public struct NUMATopology: Sendable, Equatable {
 
     /// Reads the topology; disagreements between libnuma and sysfs are
     /// appended to `warnings`.
-    static func read(_ files: SystemFiles, warnings: inout [String]) throws(InventoryError) -> NUMATopology {
+    static func read(_ files: KernelFiles, warnings: inout [String]) throws(KernelFileError) -> NUMATopology {
         let ids = (try files.entriesIfPresent(nodeDirectory) ?? []).compactMap { name -> Int? in
             guard name.hasPrefix("node") else { return nil }
             let digits = name.dropFirst(4)
@@ -77,14 +81,14 @@ public struct NUMATopology: Sendable, Equatable {
     }
 
     /// One node from sysfs.
-    static func readNode(_ id: Int, order: [Int], files: SystemFiles) throws(InventoryError) -> NUMANodeInfo {
+    static func readNode(_ id: Int, order: [Int], files: KernelFiles) throws(KernelFileError) -> NUMANodeInfo {
         let directory = "\(nodeDirectory)/node\(id)"
-        let cpus = try InventoryParse.cpuList(files.text("\(directory)/cpulist"),
+        let cpus = try KernelText.cpuList(files.text("\(directory)/cpulist"),
                                               path: files.path("\(directory)/cpulist"))
         let meminfoPath = files.path("\(directory)/meminfo")
         let meminfo = try files.text("\(directory)/meminfo")
-        func value(_ key: String) throws(InventoryError) -> Int {
-            guard let bytes = try InventoryParse.meminfoValue(meminfo, key: key, linePrefix: "Node \(id) ",
+        func value(_ key: String) throws(KernelFileError) -> Int {
+            guard let bytes = try KernelText.meminfoValue(meminfo, key: key, linePrefix: "Node \(id) ",
                                                               path: meminfoPath)
             else {
                 throw .malformed(path: meminfoPath, line: 0, text: "",
@@ -92,12 +96,12 @@ public struct NUMATopology: Sendable, Equatable {
             }
             return bytes
         }
-        let distances = try InventoryParse.integers(files.text("\(directory)/distance"),
+        let distances = try KernelText.integers(files.text("\(directory)/distance"),
                                                     path: files.path("\(directory)/distance"))
         var hugepages: [NodeHugepageCounts] = []
         for name in try files.entriesIfPresent("\(directory)/hugepages") ?? [] {
             let sizeDirectory = "\(directory)/hugepages/\(name)"
-            let size = try InventoryParse.hugepageDirectorySize(name, path: files.path(sizeDirectory))
+            let size = try KernelText.hugepageDirectorySize(name, path: files.path(sizeDirectory))
             hugepages.append(NodeHugepageCounts(
                 pageSize: size,
                 total: try files.integer("\(sizeDirectory)/nr_hugepages"),

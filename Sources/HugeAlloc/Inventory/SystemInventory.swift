@@ -53,19 +53,29 @@ public struct SystemInventory: Sendable, Equatable {
     /// libnuma, `getrlimit(RLIMIT_MEMLOCK)` and reads /proc/self/pagemap;
     /// for a fixture root the memlock limit comes from `<root>/proc/self/limits`.
     public static func read(root: String = "/") throws(InventoryError) -> SystemInventory {
-        let files = SystemFiles(root: root)
+        let files = KernelFiles(root: root)
+        var liveMemlock: MemlockLimit?
+        if files.isLive {
+            do {
+                let limit = try Sys.memlockLimit()
+                liveMemlock = MemlockLimit(soft: limit.soft, hard: limit.hard)
+            } catch {
+                throw .systemCall(error)
+            }
+        }
+        do {
+            return try read(files, liveMemlock: liveMemlock)
+        } catch {
+            throw InventoryError(error)
+        }
+    }
+
+    /// The inventory under `files`' root; `liveMemlock` is `getrlimit`'s answer on the live root.
+    static func read(_ files: KernelFiles, liveMemlock: MemlockLimit?) throws(KernelFileError) -> SystemInventory {
         var warnings: [String] = []
 
         let kernel = try files.text("proc/sys/kernel/osrelease").trimmingWhitespace()
-        let meminfo = try files.text("proc/meminfo")
-        var defaultSize: PageSize?
-        if let bytes = try InventoryParse.meminfoValue(meminfo, key: "Hugepagesize", path: files.path("proc/meminfo")) {
-            guard let size = PageSize(rawValue: bytes) else {
-                throw .malformed(path: files.path("proc/meminfo"), line: 0, text: "Hugepagesize: \(bytes / 1024) kB",
-                                 expected: "a power-of-two hugepage size")
-            }
-            defaultSize = size
-        }
+        let defaultSize = try HugepagePoolDirectory.defaultSize(in: files)
 
         let pools = try readPools(files, warnings: &warnings)
         if let defaultSize, !pools.isEmpty, !pools.contains(where: { $0.pageSize == defaultSize }) {
@@ -75,14 +85,16 @@ public struct SystemInventory: Sendable, Equatable {
         if files.isLive { crossCheckMounts(mounts, pools: pools, warnings: &warnings) }
 
         let thpDirectory = "sys/kernel/mm/transparent_hugepage"
-        func mode(_ name: String) throws(InventoryError) -> String? {
+        func mode(_ name: String) throws(KernelFileError) -> String? {
             guard let text = try files.textIfPresent("\(thpDirectory)/\(name)") else { return nil }
-            return try InventoryParse.bracketedChoice(text, path: files.path("\(thpDirectory)/\(name)"))
+            return try KernelText.bracketedChoice(text, path: files.path("\(thpDirectory)/\(name)"))
         }
         let thp = TransparentHugepageModes(enabled: try mode("enabled"), defrag: try mode("defrag"))
 
         let numa = try NUMATopology.read(files, warnings: &warnings)
         let iommuGroups = try files.entriesIfPresent("sys/kernel/iommu_groups")?.count ?? 0
+        let memlock: MemlockLimit
+        if let liveMemlock { memlock = liveMemlock } else { memlock = try readMemlock(files) }
 
         return SystemInventory(
             kernelRelease: String(kernel),
@@ -91,7 +103,7 @@ public struct SystemInventory: Sendable, Equatable {
             hugepagePools: pools,
             hugetlbfsMounts: mounts,
             transparentHugepages: thp,
-            memlockLimit: try readMemlock(files),
+            memlockLimit: memlock,
             capabilities: try readCapabilities(files),
             physicalAddressesVisible: files.isLive ? PagemapReader.physicalAddressesVisible() : nil,
             numa: numa,
@@ -211,22 +223,17 @@ public struct IOMMUSummary: Sendable, Equatable {
 // MARK: - readers
 
 extension SystemInventory {
-    static let hugepageDirectory = "sys/kernel/mm/hugepages"
-
     /// The pools of /sys/kernel/mm/hugepages; live, the sizes are
     /// cross-checked with libhugetlbfs `gethugepagesizes`.
-    static func readPools(_ files: SystemFiles, warnings: inout [String]) throws(InventoryError) -> [HugepagePool] {
+    static func readPools(_ files: KernelFiles, warnings: inout [String]) throws(KernelFileError) -> [HugepagePool] {
         var pools: [HugepagePool] = []
-        for name in try files.entriesIfPresent(hugepageDirectory) ?? [] {
-            let directory = "\(hugepageDirectory)/\(name)"
-            let size = try InventoryParse.hugepageDirectorySize(name, path: files.path(directory))
+        for name in try files.entriesIfPresent(HugepagePoolDirectory.systemDirectory) ?? [] {
+            let size = try KernelText.hugepageDirectorySize(
+                name, path: files.path("\(HugepagePoolDirectory.systemDirectory)/\(name)"))
+            let counters = try HugepagePoolDirectory(size).counters(in: files)
             pools.append(HugepagePool(
-                pageSize: size,
-                total: try files.integer("\(directory)/nr_hugepages"),
-                free: try files.integer("\(directory)/free_hugepages"),
-                reserved: try files.integer("\(directory)/resv_hugepages"),
-                surplus: try files.integer("\(directory)/surplus_hugepages"),
-                overcommit: try files.integer("\(directory)/nr_overcommit_hugepages")))
+                pageSize: size, total: counters.total, free: counters.free, reserved: counters.reserved,
+                surplus: counters.surplus, overcommit: counters.overcommit))
         }
         pools.sort { $0.pageSize < $1.pageSize }
 
@@ -246,10 +253,10 @@ extension SystemInventory {
     }
 
     /// The hugetlbfs lines of /proc/mounts.
-    static func readMounts(_ files: SystemFiles, defaultSize: PageSize?) throws(InventoryError) -> [HugetlbfsMount] {
+    package static func readMounts(_ files: KernelFiles, defaultSize: PageSize?) throws(KernelFileError) -> [HugetlbfsMount] {
         let path = files.path("proc/mounts")
         var mounts: [HugetlbfsMount] = []
-        for (number, line) in InventoryParse.lines(try files.text("proc/mounts")) {
+        for (number, line) in KernelText.lines(try files.text("proc/mounts")) {
             let fields = line.split(whereSeparator: \.isWhitespace)
             guard fields.count >= 4 else {
                 throw .malformed(path: path, line: number, text: String(line),
@@ -268,7 +275,7 @@ extension SystemInventory {
                 throw .malformed(path: path, line: number, text: String(line),
                                  expected: "a pagesize= option (/proc/meminfo has no Hugepagesize)")
             }
-            mounts.append(HugetlbfsMount(path: InventoryParse.unescapeMountField(fields[1]), pageSize: size))
+            mounts.append(HugetlbfsMount(path: KernelText.unescapeMountField(fields[1]), pageSize: size))
         }
         return mounts
     }
@@ -287,19 +294,11 @@ extension SystemInventory {
 
     /// RLIMIT_MEMLOCK: `getrlimit` live, the "Max locked memory" line of
     /// `<root>/proc/self/limits` for a fixture root.
-    static func readMemlock(_ files: SystemFiles) throws(InventoryError) -> MemlockLimit {
-        if files.isLive {
-            do {
-                let limit = try Sys.memlockLimit()
-                return MemlockLimit(soft: limit.soft, hard: limit.hard)
-            } catch {
-                throw .systemCall(error)
-            }
-        }
+    static func readMemlock(_ files: KernelFiles) throws(KernelFileError) -> MemlockLimit {
         let path = files.path("proc/self/limits")
         let label = "Max locked memory"
-        for (number, line) in InventoryParse.lines(try files.text("proc/self/limits")) where line.hasPrefix(label) {
-            let malformed = InventoryError.malformed(
+        for (number, line) in KernelText.lines(try files.text("proc/self/limits")) where line.hasPrefix(label) {
+            let malformed = KernelFileError.malformed(
                 path: path, line: number, text: String(line),
                 expected: "\"Max locked memory <soft> <hard> bytes\" with numbers or \"unlimited\"")
             let fields = line.dropFirst(label.count).split(whereSeparator: \.isWhitespace)
@@ -321,17 +320,9 @@ extension SystemInventory {
     }
 
     /// CapEff of /proc/self/status: CAP_SYS_ADMIN and CAP_IPC_LOCK.
-    static func readCapabilities(_ files: SystemFiles) throws(InventoryError) -> Capabilities {
-        let path = files.path("proc/self/status")
-        for (number, line) in InventoryParse.lines(try files.text("proc/self/status")) where line.hasPrefix("CapEff:") {
-            let hex = line.dropFirst("CapEff:".count).trimmingWhitespace()
-            guard !hex.isEmpty, hex.count <= 16, let mask = UInt64(hex, radix: 16) else {
-                throw .malformed(path: path, line: number, text: String(line),
-                                 expected: "\"CapEff:\" and a 64-bit hexadecimal mask")
-            }
-            return Capabilities(sysAdmin: mask & (1 << Capabilities.sysAdminBit) != 0,
-                                ipcLock: mask & (1 << Capabilities.ipcLockBit) != 0)
-        }
-        throw .malformed(path: path, line: 0, text: "", expected: "a \"CapEff:\" line")
+    static func readCapabilities(_ files: KernelFiles) throws(KernelFileError) -> Capabilities {
+        let mask = try MemlockCheck.effectiveCapabilities(in: files)
+        return Capabilities(sysAdmin: mask & (1 << Capabilities.sysAdminBit) != 0,
+                            ipcLock: mask & (1 << Capabilities.ipcLockBit) != 0)
     }
 }

@@ -4,11 +4,11 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The length is zero, overflows, or is not a multiple of the page size.
     case invalidLength(requested: Int, pageSize: PageSize, reason: String)
     /// The kernel does not offer this page size.
-    case unsupportedPageSize(requested: PageSize, offered: [PageSize])
-    /// Not enough free hugepages of this size (system-wide, or on `node`).
-    case insufficientHugepages(pageSize: PageSize, needed: Int, free: Int, node: Int?, command: String)
-    /// Locking `needed` bytes would pass RLIMIT_MEMLOCK (`limit`, bytes).
-    case memlockLimitTooLow(needed: Int, alreadyLocked: Int, limit: Int, fix: String)
+    case unsupportedPageSize(UnsupportedPageSize)
+    /// Not enough free hugepages of this size (system-wide, or on a node).
+    case insufficientHugepages(HugepageShortage)
+    /// Locking the mapping would pass RLIMIT_MEMLOCK.
+    case memlockLimitTooLow(MemlockShortage)
     /// The hugetlbfs mount's `size=` quota cannot hold `bytes` more (the
     /// system pool itself has enough free pages).
     case hugetlbfsQuotaExceeded(mount: String, bytes: Int, command: String)
@@ -22,19 +22,18 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A NUMA placement could not be applied or was not honoured.
     case placement(NUMAError)
     /// Any other failed system call.
-    case system(SystemCallError)
+    case systemCall(SystemCallError)
 
     public var description: String {
         switch self {
         case let .invalidLength(requested, pageSize, reason):
             return "invalid length \(requested) for \(pageSize) pages: \(reason)"
-        case let .unsupportedPageSize(requested, offered):
-            return "this kernel offers no \(requested) pages; offered: \(offered.map(\.description).joined(separator: ", "))"
-        case let .insufficientHugepages(pageSize, needed, free, node, command):
-            let place = node.map { "on node \($0)" } ?? "system-wide"
-            return "not enough free \(pageSize) hugepages \(place): needed \(needed), free \(free). Reserve more with: \(command)"
-        case let .memlockLimitTooLow(needed, locked, limit, fix):
-            return "locking \(needed) bytes exceeds RLIMIT_MEMLOCK: limit \(limit) bytes, \(locked) already locked. \(fix)"
+        case let .unsupportedPageSize(payload):
+            return payload.description
+        case let .insufficientHugepages(shortage):
+            return shortage.description
+        case let .memlockLimitTooLow(shortage):
+            return shortage.description
         case let .hugetlbfsQuotaExceeded(mount, bytes, command):
             return "the hugetlbfs mount \(mount) has no room for \(bytes) more bytes under its size= quota "
                 + "(the system pool has enough free pages). Raise the quota with: \(command)"
@@ -48,7 +47,7 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
             return "physical translation failed: \(error)"
         case let .placement(error):
             return "NUMA placement failed: \(error)"
-        case let .system(error):
+        case let .systemCall(error):
             return error.description
         }
     }

@@ -68,7 +68,7 @@ extension MemoryMapping {
             if locked && oldFD >= 0 { try unsafe Sys.mlock(target, length: pages.count * ps) }
         } catch {
             releaseAll()
-            throw .system(error)
+            throw .systemCall(error)
         }
         let newRegion = unsafe MappedRegion(base: newBase!, length: pages.count * ps, fd: oldFD)
         let translation = try unsafe Self.buildTranslation(mode: mode, base: newBase!, length: pages.count * ps, pageSize: pageSize)

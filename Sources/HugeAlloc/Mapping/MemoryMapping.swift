@@ -1,3 +1,4 @@
+import CHugetlbfs
 import SystemPackage
 
 #if canImport(Glibc)
@@ -135,23 +136,20 @@ public struct MemoryMapping: ~Copyable {
             do {
                 try NUMAPlacement.checkFreeHugepages(node: node, pageSize: pageSize, needed: length / pageSize.bytes)
             } catch {
-                if case let .notEnoughHugepages(node, size, needed, free, _) = error {
-                    throw .insufficientHugepages(pageSize: size, needed: needed, free: free, node: node,
-                                                 command: error.reserveCommand ?? "")
-                }
+                if case let .notEnoughHugepages(shortage) = error { throw .insufficientHugepages(shortage) }
                 // Anything else (a node that does not exist) is reported
                 // precisely by the placement step below.
             }
         }
         let lock = options.lock || !pageSize.isHuge
-        if lock { try Self.checkMemlock(length) }
+        if lock, let shortage = MemlockCheck.shortage(needed: length) { throw .memlockLimitTooLow(shortage) }
 
         let region = try Self.mapRegion(length: length, pageSize: pageSize, backing: options.backing)
         let base = unsafe region.base
         do {
             if options.dontFork { try unsafe Sys.madvise(base, length: length, .dontFork) }
             if options.transparentHugepages && !pageSize.isHuge { try unsafe Sys.madvise(base, length: length, .hugePage) }
-        } catch { throw .system(error) }
+        } catch { throw .systemCall(error) }
         do {
             try unsafe NUMAPlacement.apply(options.numaPolicy, to: base, length: length)
         } catch { throw .placement(error) }
@@ -163,7 +161,7 @@ public struct MemoryMapping: ~Copyable {
             let fault: Int?
             do {
                 fault = try unsafe Sys.guardedTouch(base, length: length, stride: pageSize.bytes, threads: threads)
-            } catch { throw .system(error) }
+            } catch { throw .systemCall(error) }
             if let fault { throw .prefaultFailed(offset: fault, pageSize: pageSize) }
         }
         if lock {
@@ -173,7 +171,7 @@ public struct MemoryMapping: ~Copyable {
                 if error.errno == .noMemory || error.errno == .notPermitted || error.errno == .resourceTemporarilyUnavailable {
                     throw Self.memlockError(length)
                 }
-                throw .system(error)
+                throw .systemCall(error)
             }
         }
 
@@ -220,7 +218,7 @@ public struct MemoryMapping: ~Copyable {
     /// Unmaps now and reports any error; the mapping is gone either way.
     /// The corresponding C functions are `munmap(2)` and `close(2)`.
     public consuming func unmap() throws(MappingError) {
-        do { try region.release() } catch { throw .system(error) }
+        do { try region.release() } catch { throw .systemCall(error) }
     }
 
     /// Builds (or rebuilds) the translation after the pages were touched by
@@ -246,13 +244,13 @@ public struct MemoryMapping: ~Copyable {
             throw .invalidLength(requested: length, pageSize: requested,
                                  reason: "not a multiple of the page size" + (rounded.map { "; use \($0)" } ?? ""))
         }
-        var offered = HugepageAvailability.offeredSizes()
+        var offered = HugepagePoolDirectory.offeredSizes()
         offered.insert(.base, at: 0)
         var candidates = offered.filter { $0 <= requested }.sorted(by: >)
         if options.pageSizePolicy == .exact || candidates.first != requested {
             if !offered.contains(requested) {
                 guard options.pageSizePolicy == .fallBackToSmaller, let chosen = candidates.first else {
-                    throw .unsupportedPageSize(requested: requested, offered: offered)
+                    throw .unsupportedPageSize(UnsupportedPageSize(requested: requested.bytes, offered: offered))
                 }
                 return (chosen, PageSizeFallback(requested: requested, chosen: chosen,
                                                  reason: "the kernel offers no \(requested) pages"))
@@ -266,10 +264,9 @@ public struct MemoryMapping: ~Copyable {
                 return (size, size == requested ? nil : PageSizeFallback(requested: requested, chosen: size, reason: reason))
             }
             let needed = length / size.bytes
-            if let (available, total) = HugepageAvailability.available(size), available < needed {
-                let error = MappingError.insufficientHugepages(
-                    pageSize: size, needed: needed, free: available, node: nil,
-                    command: HugepageAvailability.reserveCommand(size, needed: needed, available: available, total: total))
+            if let counters = try? HugepagePoolDirectory(size).counters(), counters.available < needed {
+                let error = MappingError.insufficientHugepages(HugepageShortage(
+                    pageSize: size, node: nil, needed: needed, free: counters.available, total: counters.total))
                 if options.pageSizePolicy == .exact { throw error }
                 if firstShortage == nil { firstShortage = error }
                 continue
@@ -277,25 +274,14 @@ public struct MemoryMapping: ~Copyable {
             return (size, size == requested ? nil : PageSizeFallback(requested: requested, chosen: size,
                                                                      reason: firstShortage.map { "\($0)" } ?? ""))
         }
-        throw firstShortage ?? .unsupportedPageSize(requested: requested, offered: offered)
+        throw firstShortage ?? .unsupportedPageSize(UnsupportedPageSize(requested: requested.bytes, offered: offered))
     }
 
+    /// The memlock error for a refused `mlock` of `length` bytes: the limit
+    /// the kernel applied, or what the process has locked already.
     static func memlockError(_ length: Int) -> MappingError {
         let limit = ((try? Sys.memlockLimit())?.soft ?? nil) ?? Int.max
-        let locked = HugepageAvailability.lockedBytes()
-        let needed = length + locked
-        return .memlockLimitTooLow(
-            needed: length, alreadyLocked: locked, limit: limit,
-            fix: "Raise it with `ulimit -l \((needed + 1023) / 1024)` (kilobytes) or `ulimit -l unlimited` as root, "
-                + "a memlock line in /etc/security/limits.conf, LimitMEMLOCK= for a systemd service, "
-                + "or grant CAP_IPC_LOCK (`setcap cap_ipc_lock+ep BINARY`).")
-    }
-
-    /// Fails early when locking `length` more bytes would pass RLIMIT_MEMLOCK.
-    static func checkMemlock(_ length: Int) throws(MappingError) {
-        if HugepageAvailability.hasIPCLock() { return }
-        guard let soft = (try? Sys.memlockLimit())?.soft else { return }
-        if HugepageAvailability.lockedBytes() + length > soft { throw memlockError(length) }
+        return .memlockLimitTooLow(MemlockShortage(needed: length, alreadyLocked: MemlockCheck.lockedBytes(), limit: limit))
     }
 
     /// Creates the backing and maps it.
@@ -318,13 +304,13 @@ public struct MemoryMapping: ~Copyable {
         case .memfd:
             do {
                 fd = try Sys.memfdCreate(name: "hugealloc", hugePageSize: pageSize.isHuge ? pageSize.bytes : nil)
-            } catch { throw .system(error) }
+            } catch { throw .systemCall(error) }
             flags = [.shared]
         case .hugetlbfs(let mount):
             guard pageSize.isHuge else {
-                throw .unsupportedPageSize(requested: pageSize, offered: HugepageAvailability.offeredSizes())
+                throw .unsupportedPageSize(UnsupportedPageSize(requested: pageSize.bytes, offered: HugepagePoolDirectory.offeredSizes()))
             }
-            guard let directory = mount ?? HugepageAvailability.mount(for: pageSize) else {
+            guard let directory = mount ?? Self.hugetlbfsMount(for: pageSize) else {
                 throw .noHugetlbfsMount(
                     pageSize: pageSize,
                     command: "mkdir -p /dev/hugepages-\(pageSize) && mount -t hugetlbfs -o pagesize=\(pageSize) nodev /dev/hugepages-\(pageSize)")
@@ -336,7 +322,7 @@ public struct MemoryMapping: ~Copyable {
                 } catch where error.errno == .notSupported || error.errno == .invalidArgument || error.errno == .isDirectory {
                     fd = try Sys.openUnlinkedFile(inDirectory: directory, prefix: "hugealloc.\(getpid()).")
                 }
-            } catch { throw .system(error) }
+            } catch { throw .systemCall(error) }
             flags = [.shared]
         }
         do {
@@ -345,19 +331,31 @@ public struct MemoryMapping: ~Copyable {
         } catch {
             if let fd { Sys.close(fd) }
             if pageSize.isHuge, error.errno == .noMemory || (error.call == "ftruncate" && error.errno == .invalidArgument),
-               let (available, total) = HugepageAvailability.available(pageSize) {
+               let counters = try? HugepagePoolDirectory(pageSize).counters() {
                 let needed = length / pageSize.bytes
-                if let mountPath, available >= needed {
+                if let mountPath, counters.available >= needed {
                     throw .hugetlbfsQuotaExceeded(
                         mount: mountPath, bytes: length,
                         command: "mount -o remount,size=<bytes> \(mountPath)  (or drop the size= option)")
                 }
-                throw .insufficientHugepages(
-                    pageSize: pageSize, needed: needed, free: available, node: nil,
-                    command: HugepageAvailability.reserveCommand(pageSize, needed: needed, available: available, total: total))
+                throw .insufficientHugepages(HugepageShortage(
+                    pageSize: pageSize, node: nil, needed: needed, free: counters.available, total: counters.total))
             }
-            throw .system(error)
+            throw .systemCall(error)
         }
+    }
+
+    /// A hugetlbfs mount of page size `size`: libhugetlbfs first
+    /// (`hugetlbfs_find_path_for_size`), then the inventory's reading of
+    /// /proc/mounts (libhugetlbfs reads the mount table once, when the
+    /// process starts).
+    static func hugetlbfsMount(for size: PageSize) -> String? {
+        if let path = unsafe hugetlbfs_find_path_for_size(size.bytes) {
+            return unsafe String(cString: path)
+        }
+        let files = KernelFiles.live
+        let mounts = try? SystemInventory.readMounts(files, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: files)) ?? nil)
+        return mounts?.first(where: { $0.pageSize == size })?.path
     }
 
     static func buildTranslation(

@@ -167,13 +167,11 @@ public final class Mempool: @unchecked Sendable {
         do {
             mapping = try MemoryMapping(length: bytes, options: options)
         } catch {
-            if case .insufficientHugepages(let size, let needed, let free, let node, let command) = error {
-                let fits = min(c.count, free * ((pageSize - sizes.span) / sizes.stride + 1))
-                throw .notEnoughHugepages(
-                    requested: c.count, fits: fits, pagesNeeded: needed, pagesFree: free, pageSize: size,
-                    node: node, command: command)
+            if case .insufficientHugepages(let shortage) = error {
+                let fits = min(c.count, shortage.free * ((pageSize - sizes.span) / sizes.stride + 1))
+                throw .notEnoughHugepages(requested: c.count, fits: fits, shortage: shortage)
             }
-            throw .memoryUnavailable(neededBytes: bytes, underlying: error.description)
+            throw .memoryUnavailable(neededBytes: bytes, underlying: error)
         }
         var physical = [UInt64](repeating: 0, count: mapping.pageCount)
         for p in 0..<mapping.pageCount {

@@ -16,11 +16,11 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
     case objectLargerThanPage(elementSize: Int, pageSize: Int, contiguousBytesAvailable: Int)
     /// The memory holds fewer objects than asked for.
     case countDoesNotFit(requested: Int, fits: Int, elementSize: Int, memoryLength: Int)
-    /// Too few free hugepages (system-wide or on `node`) for `requested`
+    /// Too few free hugepages (system-wide or on a node) for `requested`
     /// objects; `fits` objects would fit in the free pages.
-    case notEnoughHugepages(requested: Int, fits: Int, pagesNeeded: Int, pagesFree: Int, pageSize: PageSize, node: Int?, command: String)
-    /// The pool needs more memory than the process may map or lock.
-    case memoryUnavailable(neededBytes: Int, underlying: String)
+    case notEnoughHugepages(requested: Int, fits: Int, shortage: HugepageShortage)
+    /// The pool's memory (`neededBytes`) could not be mapped.
+    case memoryUnavailable(neededBytes: Int, underlying: MappingError)
     /// More pools are alive at once than the per-thread cache table holds.
     case tooManyPools(maximum: Int)
     /// A bulk get asked for more objects than are available right now.
@@ -55,10 +55,9 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
         case .countDoesNotFit(let n, let fits, let e, let len):
             return "\(n) mempool objects of \(e) bytes (element size) do not fit in \(len) bytes of memory: \(fits) would fit; "
                 + "ask for at most \(fits) objects or give the pool more memory"
-        case .notEnoughHugepages(let n, let fits, let needed, let free, let size, let node, let command):
-            let place = node.map { "on node \($0)" } ?? "system-wide"
-            return "\(n) mempool objects need \(needed) free \(size) hugepages but \(free) are free \(place): "
-                + "\(fits) objects would fit; ask for at most \(fits) or reserve more pages with: \(command)"
+        case .notEnoughHugepages(let n, let fits, let shortage):
+            return "\(n) mempool objects need \(shortage.needed) free \(shortage.pageSize) hugepages but \(shortage.free) are free "
+                + "\(shortage.place): \(fits) objects would fit; ask for at most \(fits) or reserve more pages with: \(shortage.command)"
         case .memoryUnavailable(let bytes, let why):
             return "the mempool needs \(bytes) bytes of memory that could not be mapped: \(why)"
         case .tooManyPools(let max):

@@ -2,7 +2,7 @@
 public enum NUMAError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A policy named a node this process cannot allocate on (not online,
     /// or outside its cpuset).
-    case noSuchNode(node: Int, allowed: [Int])
+    case noSuchNode(UnknownNode)
     /// `interleave` with an empty node list.
     case emptyNodeList
     /// An address not aligned to the base page, a length of zero or a page
@@ -14,7 +14,7 @@ public enum NUMAError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A page has not been faulted in, so it has no node yet.
     case pageNotPresent(page: Int)
     /// The node has fewer free hugepages of this size than needed.
-    case notEnoughHugepages(node: Int, pageSize: PageSize, needed: Int, free: Int, total: Int)
+    case notEnoughHugepages(HugepageShortage)
     /// The node has no pool of this hugepage size (the kernel does not
     /// support the size, or the node does not exist).
     case noHugepagePool(node: Int, pageSize: PageSize, path: String)
@@ -24,19 +24,10 @@ public enum NUMAError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A system call failed for a reason not explained above.
     case systemCall(SystemCallError)
 
-    /// The command that reserves enough hugepages on the node, for
-    /// ``notEnoughHugepages(node:pageSize:needed:free:total:)``.
-    public var reserveCommand: String? {
-        guard case .notEnoughHugepages(let node, let size, let needed, let free, let total) = self else {
-            return nil
-        }
-        return "echo \(total + needed - free) > \(NUMAPlacement.hugepageDirectory(node: node, pageSize: size))/nr_hugepages"
-    }
-
     public var description: String {
         switch self {
-        case .noSuchNode(let node, let allowed):
-            return "NUMA node \(node) is not available to this process (allowed nodes: \(allowed.map(String.init).joined(separator: ", "))); check /sys/devices/system/node/online and the cpuset"
+        case .noSuchNode(let unknown):
+            return unknown.description
         case .emptyNodeList:
             return "interleave needs at least one NUMA node"
         case .invalidRange(let what):
@@ -45,8 +36,8 @@ public enum NUMAError: Error, Equatable, Sendable, CustomStringConvertible {
             return "NUMA policy \(policy) not honoured: \(count) of \(total) pages are elsewhere (page \(first) is on node \(found))"
         case .pageNotPresent(let page):
             return "page \(page) is not faulted in, so it has no NUMA node yet; touch the memory before asking where it is"
-        case .notEnoughHugepages(let node, let size, let needed, let free, _):
-            return "NUMA node \(node) has \(free) free \(size) hugepages, \(needed) needed; reserve more with: \(reserveCommand!)"
+        case .notEnoughHugepages(let shortage):
+            return shortage.description
         case .noHugepagePool(let node, let size, let path):
             return "NUMA node \(node) has no \(size) hugepage pool (\(path) is missing); check that the node exists and the kernel supports \(size) pages"
         case .unexpressiblePolicy(let mode, let nodes):

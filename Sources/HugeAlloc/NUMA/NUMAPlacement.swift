@@ -117,14 +117,14 @@ public enum NUMAPlacement {
         node: Int, pageSize: PageSize, needed: Int, root: String = "/"
     ) throws(NUMAError) {
         guard needed > 0 else { return }
-        let directory = joined(root, hugepageDirectory(node: node, pageSize: pageSize))
-        guard let free = readCount(directory + "/free_hugepages"),
-              let total = readCount(directory + "/nr_hugepages")
-        else {
-            throw .noHugepagePool(node: node, pageSize: pageSize, path: directory)
+        let files = KernelFiles(root: root)
+        let directory = HugepagePoolDirectory(pageSize, node: node)
+        guard let counters = try? directory.counters(in: files) else {
+            throw .noHugepagePool(node: node, pageSize: pageSize, path: files.path(directory.kernelPath))
         }
-        if free < needed {
-            throw .notEnoughHugepages(node: node, pageSize: pageSize, needed: needed, free: free, total: total)
+        if counters.free < needed {
+            throw .notEnoughHugepages(HugepageShortage(
+                pageSize: pageSize, node: node, needed: needed, free: counters.free, total: counters.total))
         }
     }
 
@@ -179,11 +179,6 @@ public enum NUMAPlacement {
         nodes.reduce(into: [:]) { $0[$1, default: 0] += 1 }
     }
 
-    /// `/sys/devices/system/node/nodeN/hugepages/hugepages-<kB>kB`.
-    public static func hugepageDirectory(node: Int, pageSize: PageSize) -> String {
-        "/sys/devices/system/node/node\(node)/hugepages/hugepages-\(pageSize.bytes >> 10)kB"
-    }
-
     // MARK: - helpers
 
     private static func checkRange(_ address: UnsafeMutableRawPointer, length: Int) throws(NUMAError) {
@@ -202,18 +197,8 @@ public enum NUMAPlacement {
             throw .systemCall(error)
         }
         if let bad = nodes.first(where: { !allowed.contains($0) }) {
-            throw .noSuchNode(node: bad, allowed: allowed)
+            throw .noSuchNode(UnknownNode(node: bad, available: allowed))
         }
-    }
-
-    private static func joined(_ root: String, _ path: String) -> String {
-        root == "/" ? path : (root.hasSuffix("/") ? String(root.dropLast()) : root) + path
-    }
-
-    /// A small sysfs file holding one decimal number, or nil when absent or malformed.
-    private static func readCount(_ path: String) -> Int? {
-        guard let text = try? Sys.readText(atPath: path) else { return nil }
-        return Int(text.trimmingWhitespace())
     }
 }
 

@@ -1,19 +1,3 @@
-/// A stretch of a mapping that is contiguous in both address spaces:
-/// `pages` pages from byte `offset` of the mapping, starting at `physical`.
-public struct PhysicalRun: Hashable, Sendable {
-    public var physical: PhysicalAddress
-    public var offset: Int
-    public var bytes: Int
-    public var pages: Int
-
-    public init(physical: PhysicalAddress, offset: Int, bytes: Int, pages: Int) {
-        self.physical = physical
-        self.offset = offset
-        self.bytes = bytes
-        self.pages = pages
-    }
-}
-
 /// How a mapping's device-visible addresses are obtained.
 public enum TranslationMode: Sendable, Hashable {
     /// Physical addresses from `/proc/self/pagemap` (needs `CAP_SYS_ADMIN`).
@@ -75,15 +59,10 @@ public struct PhysicalTranslation: Sendable {
         self.hashPages = pages
         self.hashShift = 64 - bits
         var runEnd = [Int32](repeating: 0, count: pagePhysical.count)
-        var runs: [PhysicalRun] = []
-        var start = 0
-        while start < pagePhysical.count {
-            var end = start + 1
-            while end < pagePhysical.count, pagePhysical[end] == pagePhysical[end - 1] &+ UInt64(pageSize) { end += 1 }
-            for i in start..<end { runEnd[i] = Int32(end) }
-            runs.append(PhysicalRun(physical: PhysicalAddress(pagePhysical[start]), offset: start * pageSize,
-                                    bytes: (end - start) * pageSize, pages: end - start))
-            start = end
+        let runs = PhysicalRun.runs(pagePhysical: pagePhysical, pageSize: pageSize)
+        for run in runs {
+            let first = run.offset >> shift
+            for page in first..<(first + run.pages) { runEnd[page] = Int32(first + run.pages) }
         }
         self.runEnd = runEnd
         self.runs = runs

@@ -11,7 +11,7 @@ import Glibc
 /// `memfd_create` directly. Every wrapper turns `-1`/`errno` into a
 /// ``SystemCallError`` and retries `EINTR` in ``retryingInterrupts(_:)``.
 /// NUMA calls live in `Syscalls+NUMA.swift`.
-enum Sys {
+package enum Sys {
     /// Runs `body` until it returns something other than `-1` with `EINTR`.
     @inline(__always)
     static func retryingInterrupts<T: BinaryInteger>(
@@ -30,7 +30,7 @@ enum Sys {
     static var lastErrno: Errno { Errno(rawValue: Glibc.errno) }
 
     /// The kernel's base page size. The corresponding C call is `sysconf(_SC_PAGESIZE)`.
-    static let basePageSize: Int = Int(sysconf(Int32(_SC_PAGESIZE)))
+    package static let basePageSize: Int = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     // MARK: - mmap family
 
@@ -209,14 +209,14 @@ enum Sys {
 
     /// Closes a descriptor, ignoring errors (the descriptor is gone either way).
     /// The corresponding C function is `close(2)`.
-    static func close(_ fd: FileDescriptor) {
+    package static func close(_ fd: FileDescriptor) {
         _ = Glibc.close(fd.rawValue)
     }
 
     /// Reads up to `buffer.count` bytes at `offset`, retrying short reads
     /// until end of file. Returns the byte count read.
     /// The corresponding C function is `pread(2)`.
-    static func pread(
+    package static func pread(
         _ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, offset: Int
     ) throws(SystemCallError) -> Int {
         var done = 0

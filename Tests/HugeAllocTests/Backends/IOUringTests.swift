@@ -171,11 +171,12 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
     }
 
     @Test func io_uringMemlockShortageSaysHowToFixIt() throws {
-        #expect(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 0, limit: 8 << 20, hasIPCLock: false) == nil)
-        #expect(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 0, limit: 1 << 20, hasIPCLock: true) == nil)
-        #expect(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 0, limit: nil, hasIPCLock: false) == nil)
-        let error = try #require(IOUringFixedBuffers.memlockShortage(needed: 4 << 20, locked: 1 << 20, limit: 2 << 20, hasIPCLock: false))
-        guard case .memlockLimitTooLow(let needed, let limit, let fix) = error else { Issue.record("\(error)"); return }
+        #expect(MemlockCheck.shortage(needed: 4 << 20, alreadyLocked: 0, limit: 8 << 20, hasIPCLock: false) == nil)
+        #expect(MemlockCheck.shortage(needed: 4 << 20, alreadyLocked: 0, limit: 1 << 20, hasIPCLock: true) == nil)
+        #expect(MemlockCheck.shortage(needed: 4 << 20, alreadyLocked: 0, limit: nil, hasIPCLock: false) == nil)
+        let shortage = try #require(MemlockCheck.shortage(needed: 4 << 20, alreadyLocked: 1 << 20, limit: 2 << 20, hasIPCLock: false))
+        let error = IOUringError.memlockLimitTooLow(shortage)
+        let (needed, limit, fix) = (shortage.needed, shortage.limit, shortage.fix)
         #expect(needed == 4 << 20 && limit == 2 << 20)
         #expect(fix.contains("ulimit -l 5120") && fix.contains("CAP_IPC_LOCK"))
         #expect(error.description.contains("RLIMIT_MEMLOCK"))

@@ -121,8 +121,8 @@ private func largestFreeRunOf2MiBPages(cap: Int) throws -> Int {
             do {
                 _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: (free + 10) * (2 << 20)))
                 Issue.record("a block larger than the free pool was allocated")
-            } catch let ContiguousError.mapping(.insufficientHugepages(_, needed, _, _, command)) {
-                #expect(needed >= free + 10 && command.contains("nr_hugepages"))
+            } catch let ContiguousError.mapping(.insufficientHugepages(shortage)) {
+                #expect(shortage.needed >= free + 10 && shortage.command.contains("nr_hugepages"))
             } catch let ContiguousError.invalidRequest(reason) {
                 #expect(reason.contains("budget"))
             }

@@ -149,25 +149,25 @@ import Testing
     }
 
     @Test func cpuListParsing() throws {
-        #expect(try InventoryParse.cpuList("0-3,8-11\n", path: "p") == [0, 1, 2, 3, 8, 9, 10, 11])
-        #expect(try InventoryParse.cpuList("5\n", path: "p") == [5])
-        #expect(try InventoryParse.cpuList("\n", path: "p") == [])
-        #expect(try InventoryParse.cpuList("3,1-2,2", path: "p") == [1, 2, 3])
+        #expect(try KernelText.cpuList("0-3,8-11\n", path: "p") == [0, 1, 2, 3, 8, 9, 10, 11])
+        #expect(try KernelText.cpuList("5\n", path: "p") == [5])
+        #expect(try KernelText.cpuList("\n", path: "p") == [])
+        #expect(try KernelText.cpuList("3,1-2,2", path: "p") == [1, 2, 3])
         for bad in ["3-1", "0-", "-1", "a", "0,,1", "0-2-4", "0x1"] {
-            #expect(throws: InventoryError.malformed(path: "p", line: 1, text: bad,
-                                                     expected: "a CPU list such as \"0-3,8-11\"")) {
-                try InventoryParse.cpuList(bad, path: "p")
+            #expect(throws: KernelFileError.malformed(path: "p", line: 1, text: bad,
+                                                      expected: "a CPU list such as \"0-3,8-11\"")) {
+                try KernelText.cpuList(bad, path: "p")
             }
         }
     }
 
     @Test func modeAndMountFieldParsing() throws {
-        #expect(try InventoryParse.bracketedChoice("always defer defer+madvise [madvise] never\n", path: "p") == "madvise")
-        #expect(throws: InventoryError.self) { try InventoryParse.bracketedChoice("always madvise never", path: "p") }
-        #expect(throws: InventoryError.self) { try InventoryParse.bracketedChoice("[] never", path: "p") }
-        #expect(InventoryParse.unescapeMountField(#"/mnt/a\040b\011c"#) == "/mnt/a b\tc")
-        #expect(InventoryParse.unescapeMountField(#"/mnt/trailing\04"#) == #"/mnt/trailing\04"#)
-        #expect(try InventoryParse.hugepageDirectorySize("hugepages-1048576kB", path: "p") == gib1)
-        #expect(throws: InventoryError.self) { try InventoryParse.hugepageDirectorySize("hugepages-3000kB", path: "p") }
+        #expect(try KernelText.bracketedChoice("always defer defer+madvise [madvise] never\n", path: "p") == "madvise")
+        #expect(throws: KernelFileError.self) { try KernelText.bracketedChoice("always madvise never", path: "p") }
+        #expect(throws: KernelFileError.self) { try KernelText.bracketedChoice("[] never", path: "p") }
+        #expect(KernelText.unescapeMountField(#"/mnt/a\040b\011c"#) == "/mnt/a b\tc")
+        #expect(KernelText.unescapeMountField(#"/mnt/trailing\04"#) == #"/mnt/trailing\04"#)
+        #expect(try KernelText.hugepageDirectorySize("hugepages-1048576kB", path: "p") == gib1)
+        #expect(throws: KernelFileError.self) { try KernelText.hugepageDirectorySize("hugepages-3000kB", path: "p") }
     }
 }

@@ -55,7 +55,7 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
     func hugetlbfsMountFoundWithoutAPath() throws {
         // tools/test mounts hugetlbfs when the machine has none; otherwise
         // any 2 MiB mount present at process start serves.
-        guard HugepageAvailability.mount(for: .huge2M) != nil else {
+        guard MemoryMapping.hugetlbfsMount(for: .huge2M) != nil else {
             #expect(throws: MappingError.self) { _ = try MemoryMapping(length: 2 << 20, options: .init(backing: .hugetlbfs(mount: nil))) }
             return
         }
@@ -162,11 +162,12 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
 
     @Test func unofferedPageSizeIsATypedErrorOrAFallback() throws {
         let size64K = try #require(PageSize(rawValue: 64 << 10))
-        guard case let .unsupportedPageSize(requested, offered)? = mappingError(length: 64 << 10, options: .init(pageSize: size64K)) else {
+        guard case let .unsupportedPageSize(payload)? = mappingError(length: 64 << 10, options: .init(pageSize: size64K)) else {
             Issue.record("64K pages are not offered on x86-64"); return
         }
-        #expect(requested == size64K && offered.contains(.base))
-        #expect(Set(offered.dropFirst()) == Set(HugepageAvailability.offeredSizes()))
+        let (requested, offered) = (payload.requested, payload.offered)
+        #expect(requested == size64K.bytes && offered.contains(.base))
+        #expect(Set(offered.dropFirst()) == Set(HugepagePoolDirectory.offeredSizes()))
         if isRoot {
             let fallback = try MemoryMapping(length: 64 << 10, options: .init(pageSize: size64K, pageSizePolicy: .fallBackToSmaller))
             let (chosen, why) = (fallback.pageSize, fallback.fallback)
@@ -179,13 +180,14 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
     @Test func tooManyHugepagesNamesNeededFreeAndTheCommand() throws {
         let free = freeHugepages(.huge2M)
         let needed = free + 1000
-        guard case let .insufficientHugepages(pageSize, n, f, node, command)? = mappingError(length: needed * (2 << 20)) else {
+        guard case let .insufficientHugepages(shortage)? = mappingError(length: needed * (2 << 20)) else {
             Issue.record("mapping more pages than are free succeeded"); return
         }
+        let (pageSize, n, f, node, command) = (shortage.pageSize, shortage.needed, shortage.free, shortage.node, shortage.command)
         #expect(pageSize == .huge2M && n == needed && node == nil)
         #expect(abs(f - free) < 64, "free \(f) agrees with sysfs \(free)")
         #expect(command.contains("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"))
-        let message = "\(MappingError.insufficientHugepages(pageSize: pageSize, needed: n, free: f, node: node, command: command))"
+        let message = "\(MappingError.insufficientHugepages(shortage))"
         #expect(message.contains("needed \(n)") && message.contains("free \(f)") && message.contains("echo "))
     }
 
@@ -209,8 +211,8 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
     @Test(.enabled(if: hasFree2M, "needs free 2 MiB hugepages (tools/test reserves them)"))
     func missingHugetlbfsMountGivesTheMountCommand() throws {
         // The condition: a size with free pages but no hugetlbfs mount.
-        let candidates = HugepageAvailability.offeredSizes().filter { freeHugepages($0) >= 1 }
-        guard let size = candidates.first(where: { HugepageAvailability.mount(for: $0) == nil }) else {
+        let candidates = HugepagePoolDirectory.offeredSizes().filter { freeHugepages($0) >= 1 }
+        guard let size = candidates.first(where: { MemoryMapping.hugetlbfsMount(for: $0) == nil }) else {
             // Every size with free pages is mounted here: then the mount must be found.
             let size = try #require(candidates.first)
             let error = mappingError(length: size.bytes, options: .init(pageSize: size, backing: .hugetlbfs(mount: nil)))

@@ -151,10 +151,11 @@ import Testing
             _ = try Mempool(configuration: MempoolConfiguration(count: count, objectSize: 2048))
             Issue.record("\(count) objects were accepted")
         } catch {
-            guard case .notEnoughHugepages(let requested, let fits, let needed, let pagesFree, _, _, let command) = error else {
+            guard case .notEnoughHugepages(let requested, let fits, let shortage) = error else {
                 Issue.record("unexpected \(error)")
                 return
             }
+            let (needed, pagesFree, command) = (shortage.needed, shortage.free, shortage.command)
             #expect(requested == count && needed >= free + 100_000)
             #expect(fits == pagesFree * 1024)
             #expect(!command.isEmpty && error.description.contains("would fit"))

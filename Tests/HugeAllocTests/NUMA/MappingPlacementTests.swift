@@ -33,7 +33,7 @@ struct MappingPlacementTests {
           .enabled(if: hasFree2M, "needs 32 free 2 MiB hugepages"))
     func bindMissingNodeThroughMapping() throws {
         expectNoLeak {
-            #expect(throws: MappingError.placement(.noSuchNode(node: 7, allowed: [0]))) {
+            #expect(throws: MappingError.placement(.noSuchNode(UnknownNode(node: 7, available: [0])))) {
                 _ = try MemoryMapping(length: 2 * PageSize.huge2M.bytes, options: MappingOptions(numaPolicy: .bind(7)))
             }
         }

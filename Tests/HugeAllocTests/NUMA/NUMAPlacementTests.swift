@@ -85,16 +85,16 @@ struct NUMAPlacementTests {
         let mapping = try TestMapping(pages: 1, huge: false)
         let allowed = try NUMAPlacement.allowedNodes()
         #expect(allowed == [0])
-        #expect(throws: NUMAError.noSuchNode(node: 7, allowed: [0])) {
+        #expect(throws: NUMAError.noSuchNode(UnknownNode(node: 7, available: [0]))) {
             try NUMAPlacement.apply(.bind(7), to: mapping.base, length: mapping.length)
         }
-        #expect(throws: NUMAError.noSuchNode(node: 3, allowed: [0])) {
+        #expect(throws: NUMAError.noSuchNode(UnknownNode(node: 3, available: [0]))) {
             try NUMAPlacement.apply(.interleave([0, 3]), to: mapping.base, length: mapping.length)
         }
         #expect(throws: NUMAError.emptyNodeList) {
             try NUMAPlacement.apply(.interleave([]), to: mapping.base, length: mapping.length)
         }
-        let message = NUMAError.noSuchNode(node: 7, allowed: [0]).description
+        let message = NUMAError.noSuchNode(UnknownNode(node: 7, available: [0])).description
         #expect(message.contains("node 7") && message.contains("allowed nodes: 0"))
     }
 
@@ -130,13 +130,13 @@ struct NUMAPlacementTests {
     func checkFreeFixture() throws {
         let root = try #require(Bundle.module.url(forResource: "Fixtures", withExtension: nil)).path + "/numa-free-hugepages"
         try NUMAPlacement.checkFreeHugepages(node: 1, pageSize: .huge2M, needed: 3, root: root)
-        let error = NUMAError.notEnoughHugepages(node: 1, pageSize: .huge2M, needed: 4, free: 3, total: 5)
+        let error = NUMAError.notEnoughHugepages(HugepageShortage(pageSize: .huge2M, node: 1, needed: 4, free: 3, total: 5))
         #expect(throws: error) {
             try NUMAPlacement.checkFreeHugepages(node: 1, pageSize: .huge2M, needed: 4, root: root)
         }
         #expect(error.description ==
-            "NUMA node 1 has 3 free 2M hugepages, 4 needed; reserve more with: echo 6 > /sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages")
-        #expect(throws: NUMAError.notEnoughHugepages(node: 0, pageSize: .huge2M, needed: 1, free: 0, total: 0)) {
+            "not enough free 2M hugepages on node 1: needed 4, free 3. Reserve more with: echo 6 > /sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages")
+        #expect(throws: NUMAError.notEnoughHugepages(HugepageShortage(pageSize: .huge2M, node: 0, needed: 1, free: 0, total: 0))) {
             try NUMAPlacement.checkFreeHugepages(node: 0, pageSize: .huge2M, needed: 1, root: root)
         }
         #expect(throws: NUMAError.noHugepagePool(
@@ -155,12 +155,13 @@ struct NUMAPlacementTests {
             try NUMAPlacement.checkFreeHugepages(node: 0, pageSize: .huge2M, needed: needed)
             Issue.record("no error for \(needed) pages")
         } catch {
-            guard case .notEnoughHugepages(node: 0, pageSize: .huge2M, needed: needed, let seenFree, let total) = error else {
+            guard case .notEnoughHugepages(let shortage) = error, shortage.node == 0, shortage.pageSize == .huge2M,
+                  shortage.needed == needed else {
                 Issue.record("wrong error \(error)")
                 return
             }
-            let command = "echo \(total + needed - seenFree) > /sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
-            #expect(error.reserveCommand == command)
+            let command = "echo \(shortage.total + needed - shortage.free) > /sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
+            #expect(shortage.command == command)
             #expect(error.description.contains(command))
         }
     }

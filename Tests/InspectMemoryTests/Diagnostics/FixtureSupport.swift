@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import HugeAlloc
+@testable import HugeAllocDiagnostics
 
 /// The path of a fixture tree copied into the test bundle.
 func fixturePath(_ name: String) throws -> String {
@@ -11,7 +12,7 @@ func fixturePath(_ name: String) throws -> String {
 /// A private, writable copy of a fixture tree; removed by `remove()`.
 struct FixtureCopy {
     let root: String
-    var fs: ProcFileSystem { ProcFileSystem(root: root) }
+    var fs: KernelFiles { KernelFiles(root: root) }
 
     init(_ name: String) throws {
         root = NSTemporaryDirectory() + "inspect-memory-fixture-\(getpid())-\(UUID().uuidString)"

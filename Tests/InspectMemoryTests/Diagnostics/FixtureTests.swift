@@ -1,3 +1,4 @@
+@testable import HugeAllocDiagnostics
 import Foundation
 import Testing
 @testable import HugeAlloc
@@ -5,7 +6,7 @@ import Testing
 
 @Suite struct DiagnosticsFixtureTests {
     @Test func smapsAndNumaMapsDescribeEveryMapping() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         let maps = try ProcessMemoryMap.read(pid: 4242, in: fs)
         #expect(maps.count == 5)
         let rtemap = try #require(maps.first { $0.path == "/mnt/huge/rtemap_0" })
@@ -22,13 +23,13 @@ import Testing
     }
 
     @Test func missingProcessIsNamedNotCrashed() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         #expect(throws: DiagnosticsError.noSuchProcess(pid: 9999)) { try ProcessMemoryMap.read(pid: 9999, in: fs) }
         #expect(throws: DiagnosticsError.self) { try ProcessMemoryMap.parseSmaps("Rss: 4 kB\n") }
     }
 
     @Test func holdersSumPrivateAndSharedHugetlbPerSize() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         let holders = HugepageHolders.scan(in: fs)
         #expect(holders == [
             HugepageHolder(pid: 4242, command: "l2fwd", pageSize: 2 << 20, bytes: 8 << 20),
@@ -37,7 +38,7 @@ import Testing
     }
 
     @Test func mountsAreParsedWithPageSizeAndEscapes() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         #expect(StaleHugepageFiles.mounts(in: fs) == [
             HugetlbfsMount(path: "/mnt/huge", pageSize: .huge2M),
             HugetlbfsMount(path: "/mnt/huge 1g", pageSize: .huge1G),
@@ -89,7 +90,7 @@ import Testing
     }
 
     @Test func hugepagePoolsPerSizeAndNode() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         let report = try HugepagesCommand.report(in: fs)
         let all2M = try #require(report.pools.first { $0.pageSize == 2 << 20 && $0.node == nil })
         #expect(all2M.total == 512 && all2M.free == 508 && all2M.reserved == 0 && all2M.overcommit == 0)
@@ -101,7 +102,7 @@ import Testing
     }
 
     @Test func doctorWarnsWithFixCommands() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         let checks = Dictionary(uniqueKeysWithValues: Doctor.run(in: fs).map { ($0.name, $0) })
         #expect(checks["hugepages"]?.status == .ok)
         #expect(checks["hugepages-free"]?.status == .warn)  // no free 1G page
@@ -123,7 +124,7 @@ import Testing
     }
 
     @Test func numaReportHasNodesDistancesAndHugepages() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         let report = try NumaCommand.report(node: nil, in: fs)
         #expect(report.nodes.map(\.node) == [0, 1])
         let node1 = try #require(report.nodes.last)
@@ -134,7 +135,7 @@ import Testing
     }
 
     @Test func doctorFailsWithoutHugepages() throws {
-        let fs = ProcFileSystem(root: try fixturePath("no-hugepages"))
+        let fs = KernelFiles(root: try fixturePath("no-hugepages"))
         let checks = Dictionary(uniqueKeysWithValues: Doctor.run(in: fs).map { ($0.name, $0) })
         #expect(checks["hugepages"]?.status == .fail)
         #expect(checks["hugepages"]?.fix?.hasPrefix("inspect-memory setup --pages 2M:512") == true)
@@ -144,7 +145,7 @@ import Testing
     }
 
     @Test func pageRequestsAreValidated() throws {
-        let fs = ProcFileSystem(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: try fixturePath("two-nodes"))
         #expect(try HugepageSetup.parseRequests("2M:512,1G:2", in: fs) == [
             HugepageRequest(pageSize: 2 << 20, count: 512), HugepageRequest(pageSize: 1 << 30, count: 2),
         ])
@@ -161,7 +162,7 @@ import Testing
         #expect(grant == HugepageGrant(pageSize: 2 << 20, node: 1, previous: 0, requested: 256, granted: 256))
         let text = try String(contentsOfFile: copy.root + "/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages", encoding: .utf8)
         #expect(text == "256\n")
-        #expect(throws: DiagnosticsError.noSuchNode(5, available: [0, 1])) {
+        #expect(throws: DiagnosticsError.noSuchNode(UnknownNode(node: 5, available: [0, 1]))) {
             try HugepageSetup.reserve(HugepageRequest(pageSize: 2 << 20, count: 1), node: 5, in: copy.fs)
         }
     }

@@ -1,11 +1,13 @@
-/// A file on a hugetlbfs mount that no process has open or mapped.
-public struct StaleHugepageFile: Equatable, Sendable {
-    /// The file's path on the machine.
-    public var path: String
-    /// Bytes of hugepages the file pins (`st_blocks * 512`).
-    public var bytes: Int
+import HugeAlloc
 
-    public init(path: String, bytes: Int) {
+/// A file on a hugetlbfs mount that no process has open or mapped.
+package struct StaleHugepageFile: Equatable, Sendable {
+    /// The file's path on the machine.
+    package var path: String
+    /// Bytes of hugepages the file pins (`st_blocks * 512`).
+    package var bytes: Int
+
+    package init(path: String, bytes: Int) {
         self.path = path
         self.bytes = bytes
     }
@@ -13,22 +15,19 @@ public struct StaleHugepageFile: Equatable, Sendable {
 
 /// Files left on hugetlbfs mounts by processes that are gone (what a crashed
 /// DPDK application leaves behind): they keep their hugepages until removed.
-public enum StaleHugepageFiles {
+package enum StaleHugepageFiles {
     /// The hugetlbfs mounts listed in /proc/mounts below `fs`'s root (the
     /// inventory's reader); empty when /proc/mounts cannot be read.
-    public static func mounts(in fs: ProcFileSystem = .live) -> [HugetlbfsMount] {
-        let files = SystemFiles(root: fs.root)
-        let meminfo = try? files.text("proc/meminfo")
-        let defaultBytes = meminfo.flatMap { try? InventoryParse.meminfoValue($0, key: "Hugepagesize", path: "proc/meminfo") }
-        return (try? SystemInventory.readMounts(files, defaultSize: defaultBytes.flatMap { PageSize(rawValue: $0) })) ?? []
+    package static func mounts(in fs: KernelFiles = .live) -> [HugetlbfsMount] {
+        (try? SystemInventory.readMounts(fs, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: fs)) ?? nil)) ?? []
     }
 
     /// The files some process has open (/proc/*/fd links) or mapped
     /// (/proc/*/maps), by path and by device and inode number, so a file
     /// reached through another path (a bind mount, another mount namespace)
     /// still counts as in use.
-    public struct FilesInUse: Sendable {
-        public var paths: Set<String> = []
+    package struct FilesInUse: Sendable {
+        package var paths: Set<String> = []
         var inodes: Set<FileIdentity> = []
 
         struct FileIdentity: Hashable, Sendable {
@@ -43,17 +42,17 @@ public enum StaleHugepageFiles {
     }
 
     /// Reads every process's open descriptors and mappings below `fs`'s root.
-    public static func filesInUse(in fs: ProcFileSystem = .live) -> FilesInUse {
+    package static func filesInUse(in fs: KernelFiles = .live) -> FilesInUse {
         var used = FilesInUse()
         for pid in fs.processIDs() {
-            for fd in fs.list("/proc/\(pid)/fd") {
+            for fd in fs.entries("/proc/\(pid)/fd") {
                 let link = fs.path("/proc/\(pid)/fd/\(fd)")
                 if let target = try? Sys.readLink(link) { used.paths.insert(target) }
                 if let status = try? Sys.fileStatus(link) {
                     used.inodes.insert(.init(device: status.device, inode: status.inode))
                 }
             }
-            guard let maps = fs.textIfPresent("/proc/\(pid)/maps") else { continue }
+            guard let maps = fs.textIfReadable("/proc/\(pid)/maps") else { continue }
             for line in maps.split(separator: "\n") {
                 let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
                 guard f.count >= 5 else { continue }
@@ -78,7 +77,7 @@ public enum StaleHugepageFiles {
     /// has it open or mapped. Walks the mounts below `fs`'s root and compares
     /// against /proc/*/fd and /proc/*/maps. `mountPoint` limits the search
     /// to one mount.
-    public static func find(in fs: ProcFileSystem = .live, mountPoint: String? = nil) -> [StaleHugepageFile] {
+    package static func find(in fs: KernelFiles = .live, mountPoint: String? = nil) -> [StaleHugepageFile] {
         let used = filesInUse(in: fs)
         var result: [StaleHugepageFile] = []
         for mount in mounts(in: fs) where mountPoint == nil || mount.path == mountPoint {
@@ -94,7 +93,7 @@ public enum StaleHugepageFiles {
     /// Removes the given stale files, each only after checking again that no
     /// process has it open or mapped. Returns the files removed; a file that
     /// became busy is skipped, a failed `unlink(2)` throws.
-    public static func clean(_ files: [StaleHugepageFile], in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> [StaleHugepageFile] {
+    package static func clean(_ files: [StaleHugepageFile], in fs: KernelFiles = .live) throws(DiagnosticsError) -> [StaleHugepageFile] {
         let used = filesInUse(in: fs)
         var removed: [StaleHugepageFile] = []
         for file in files {
@@ -105,16 +104,16 @@ public enum StaleHugepageFiles {
                 try Sys.unlink(fs.path(file.path))
             } catch {
                 if error.errno == .noSuchFileOrDirectory { continue }
-                throw .operationFailed(what: "removing \(file.path)", error)
+                throw .systemCall(error)
             }
             removed.append(file)
         }
         return removed
     }
 
-    private static func walk(_ directory: String, fs: ProcFileSystem, depth: Int = 0, _ visit: (String, Sys.FileStatus) -> Void) {
+    private static func walk(_ directory: String, fs: KernelFiles, depth: Int = 0, _ visit: (String, Sys.FileStatus) -> Void) {
         guard depth < 16 else { return }
-        for name in fs.list(directory).sorted() {
+        for name in fs.entries(directory).sorted() {
             let path = directory == "/" ? "/" + name : directory + "/" + name
             guard let status = try? Sys.fileStatus(fs.path(path), followLinks: false) else { continue }
             if status.isDirectory {

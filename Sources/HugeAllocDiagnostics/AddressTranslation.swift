@@ -1,30 +1,32 @@
+import HugeAlloc
+
 /// What the kernel says about one virtual address of a process.
-public struct AddressTranslation: Equatable, Sendable {
-    public var virtual: UInt
+package struct AddressTranslation: Equatable, Sendable {
+    package var virtual: UInt
     /// A physical page backs the address (pagemap bit 63).
-    public var present: Bool
+    package var present: Bool
     /// The page is in swap (pagemap bit 62).
-    public var swapped: Bool
+    package var swapped: Bool
     /// The physical address, when present and the PFN is visible (root).
-    public var physical: PhysicalAddress?
+    package var physical: PhysicalAddress?
     /// The base-page frame number holding the address.
-    public var pfn: UInt64?
+    package var pfn: UInt64?
     /// The page size of the mapping holding the address (smaps `KernelPageSize`);
     /// nil when no mapping holds it.
-    public var pageSize: Int?
+    package var pageSize: Int?
     /// The NUMA node of the physical page, when known.
-    public var node: Int?
+    package var node: Int?
     /// The frame's /proc/kpageflags names ("HUGE", "COMPOUND_HEAD", ...).
-    public var flags: [String]
+    package var flags: [String]
 }
 
 /// Translating a process's virtual addresses and finding the physically
 /// contiguous runs of its hugepage mappings.
-public enum ProcessTranslation {
+package enum ProcessTranslation {
     /// Translates `addresses` of process `pid`: reads /proc/PID/smaps (page
     /// size), /proc/PID/pagemap (present, swapped, PFN), /proc/kpageflags
     /// (flags) and sysfs memory blocks (node), all below `fs`'s root.
-    public static func translate(pid: Int32, addresses: [UInt], in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> [AddressTranslation] {
+    package static func translate(pid: Int32, addresses: [UInt], in fs: KernelFiles = .live) throws(DiagnosticsError) -> [AddressTranslation] {
         let mappings = try ProcessMemoryMap.read(pid: pid, in: fs)
         let reader: PagemapReader
         do {
@@ -58,7 +60,7 @@ public enum ProcessTranslation {
 
     /// The physically contiguous runs of one hugepage mapping of process
     /// `pid`: one pagemap entry per hugepage, grouped into runs by ``PhysicalTranslation``; `offset` is from the mapping's start.
-    public static func runs(of mapping: ProcessMapping, pid: Int32, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> [PhysicalRun] {
+    package static func runs(of mapping: ProcessMapping, pid: Int32, in fs: KernelFiles = .live) throws(DiagnosticsError) -> [PhysicalRun] {
         let reader: PagemapReader
         do {
             reader = try PagemapReader(pid: pid, procRoot: fs.path("/proc"))

@@ -1,33 +1,35 @@
+import HugeAlloc
+
 /// The outcome of one ``Doctor`` check.
-public enum CheckStatus: String, Sendable, Equatable, Comparable {
+package enum CheckStatus: String, Sendable, Equatable, Comparable {
     case ok = "OK", warn = "WARN", fail = "FAIL"
 
     private var rank: Int {
         switch self { case .ok: 0; case .warn: 1; case .fail: 2 }
     }
-    public static func < (a: Self, b: Self) -> Bool { a.rank < b.rank }
+    package static func < (a: Self, b: Self) -> Bool { a.rank < b.rank }
 }
 
 /// One check of whether this machine can serve DMA memory.
-public struct DoctorCheck: Equatable, Sendable {
+package struct DoctorCheck: Equatable, Sendable {
     /// Short name: "hugepages", "mount", "memlock", ...
-    public var name: String
-    public var status: CheckStatus
+    package var name: String
+    package var status: CheckStatus
     /// What was found.
-    public var detail: String
+    package var detail: String
     /// The exact command that fixes a WARN or FAIL; nil when OK.
-    public var fix: String?
+    package var fix: String?
 }
 
 /// Checks that this machine can serve DMA memory: hugepages reserved and
 /// free, hugetlbfs mounts, the memlock limit, access to physical addresses,
 /// THP mode, IOMMU/VFIO, per-node balance and stale hugetlbfs files.
-public enum Doctor {
+package enum Doctor {
     /// Runs every check against the inventory of the files below `fs`'s
     /// root (``SystemInventory``), plus the stale-file scan. On the live
     /// machine, physical-address access is a real read of this process's
     /// pagemap; on a fixture tree it is judged from `CapEff` (CAP_SYS_ADMIN).
-    public static func run(in fs: ProcFileSystem = .live) -> [DoctorCheck] {
+    package static func run(in fs: KernelFiles = .live) -> [DoctorCheck] {
         let inventory: SystemInventory
         do {
             inventory = try SystemInventory.read(root: fs.root)
@@ -36,7 +38,7 @@ public enum Doctor {
                                 fix: "run as root on a Linux kernel with /proc and /sys mounted")]
         }
         var checks = run(inventory, stale: StaleHugepageFiles.find(in: fs))
-        if let check = compactionCheck(fs.textIfPresent("/proc/sys/vm/compact_unevictable_allowed")) {
+        if let check = compactionCheck(fs.textIfReadable("/proc/sys/vm/compact_unevictable_allowed")) {
             checks.append(check)
         }
         return checks
@@ -58,11 +60,11 @@ public enum Doctor {
     }
 
     /// The checks for an inventory and the stale files found on its mounts.
-    public static func run(_ inventory: SystemInventory, stale: [StaleHugepageFile]) -> [DoctorCheck] {
+    package static func run(_ inventory: SystemInventory, stale: [StaleHugepageFile]) -> [DoctorCheck] {
         var checks: [DoctorCheck] = []
         let reserved = inventory.hugepagePools.filter { $0.total > 0 }
         let defaultSize = inventory.defaultHugepageSize ?? inventory.hugepagePools.first?.pageSize ?? .huge2M
-        let setupFix = "inspect-memory setup --pages \(defaultSize):512   (or: echo 512 > \(HugepageSetup.directory(pageSize: defaultSize.bytes, node: nil))/nr_hugepages)"
+        let setupFix = "inspect-memory setup --pages \(defaultSize):512   (or: echo 512 > \(HugepagePoolDirectory(defaultSize).countFile))"
 
         // Hugepages reserved.
         if inventory.hugepagePools.isEmpty {
@@ -170,19 +172,21 @@ public enum Doctor {
         return checks
     }
 
-    /// The memlock limit against the reserved hugepage bytes.
+    /// The memlock limit against the reserved hugepage bytes (the shared
+    /// memlock check, with nothing locked yet).
     static func memlockCheck(_ inventory: SystemInventory, neededBytes: Int) -> DoctorCheck {
-        let fix = "ulimit -l unlimited   (persistently: '* - memlock unlimited' in /etc/security/limits.conf, or LimitMEMLOCK=infinity for a systemd service)"
         guard let soft = inventory.memlockLimit.soft else {
             return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit unlimited", fix: nil)
         }
         if inventory.capabilities.ipcLock {
             return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit \(ByteCount.format(soft)), but CAP_IPC_LOCK lifts it", fix: nil)
         }
-        if neededBytes > 0 && soft >= neededBytes {
+        let shortage = MemlockCheck.shortage(needed: neededBytes, alreadyLocked: 0, limit: soft, hasIPCLock: false)
+        if neededBytes > 0 && shortage == nil {
             return DoctorCheck(name: "memlock", status: .ok, detail: "memlock limit \(ByteCount.format(soft)) covers the \(ByteCount.format(neededBytes)) reserved", fix: nil)
         }
         return DoctorCheck(name: "memlock", status: .warn,
-                           detail: "memlock limit \(ByteCount.format(soft)) is below the \(ByteCount.format(neededBytes)) of reserved hugepages", fix: fix)
+                           detail: "memlock limit \(ByteCount.format(soft)) is below the \(ByteCount.format(neededBytes)) of reserved hugepages",
+                           fix: (shortage ?? MemlockShortage(needed: neededBytes, alreadyLocked: 0, limit: soft)).fix)
     }
 }

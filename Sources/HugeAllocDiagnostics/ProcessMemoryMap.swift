@@ -1,54 +1,56 @@
+import HugeAlloc
+
 /// One mapping of a process, as /proc/PID/smaps and /proc/PID/numa_maps describe it.
-public struct ProcessMapping: Equatable, Sendable {
+package struct ProcessMapping: Equatable, Sendable {
     /// First virtual address of the mapping.
-    public var start: UInt
+    package var start: UInt
     /// One past the last virtual address.
-    public var end: UInt
+    package var end: UInt
     /// "rw-p" and the like.
-    public var permissions: String
+    package var permissions: String
     /// The mapped file, "[heap]", "[stack]", or nil for anonymous memory.
-    public var path: String?
+    package var path: String?
     /// The page size the kernel backs the mapping with (`KernelPageSize`).
-    public var pageSize: Int
+    package var pageSize: Int
     /// Resident bytes (`Rss`).
-    public var residentBytes: Int
+    package var residentBytes: Int
     /// Bytes of hugetlb pages mapped (`Private_Hugetlb` + `Shared_Hugetlb`).
-    public var hugetlbBytes: Int
+    package var hugetlbBytes: Int
     /// Bytes of transparent hugepages (`AnonHugePages`).
-    public var transparentHugeBytes: Int
+    package var transparentHugeBytes: Int
     /// Bytes locked in memory (`Locked`).
-    public var lockedBytes: Int
+    package var lockedBytes: Int
     /// The mapping flags (`VmFlags`: "rd", "wr", "lo", "ht", ...).
-    public var flags: [String]
+    package var flags: [String]
     /// NUMA nodes that hold the mapping's pages, from numa_maps `N<node>=` entries.
-    public var nodes: [Int]
+    package var nodes: [Int]
 
     /// Length in bytes.
-    public var bytes: Int { Int(end - start) }
+    package var bytes: Int { Int(end - start) }
     /// A hugetlb mapping (`VmFlags` `ht`, or a hugepage `KernelPageSize`).
-    public var isHugetlb: Bool { flags.contains("ht") || pageSize > Sys.basePageSize }
+    package var isHugetlb: Bool { flags.contains("ht") || pageSize > Sys.basePageSize }
     /// Locked with `mlock`/`MAP_LOCKED` (`VmFlags` `lo`) or holding locked bytes.
-    public var isLocked: Bool { flags.contains("lo") || lockedBytes > 0 }
+    package var isLocked: Bool { flags.contains("lo") || lockedBytes > 0 }
 }
 
 /// The memory map of one process.
-public enum ProcessMemoryMap {
+package enum ProcessMemoryMap {
     /// Reads /proc/PID/smaps and /proc/PID/numa_maps below `fs`'s root.
     ///
     /// Throws ``DiagnosticsError/noSuchProcess(pid:)`` when the process does
-    /// not exist and ``DiagnosticsError/unreadable(path:_:)`` when smaps
+    /// not exist and ``DiagnosticsError/unreadable(_:)`` when smaps
     /// cannot be read (another user's process without root).
-    public static func read(pid: Int32, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> [ProcessMapping] {
+    package static func read(pid: Int32, in fs: KernelFiles = .live) throws(DiagnosticsError) -> [ProcessMapping] {
         guard pid > 0, fs.exists("/proc/\(pid)") else { throw .noSuchProcess(pid: pid) }
         let smaps: String
         do {
             smaps = try fs.text("/proc/\(pid)/smaps")
         } catch {
             if !fs.exists("/proc/\(pid)") { throw .noSuchProcess(pid: pid) }
-            throw error
+            throw DiagnosticsError(error)
         }
         var mappings = try parseSmaps(smaps, path: "/proc/\(pid)/smaps")
-        if let numa = fs.textIfPresent("/proc/\(pid)/numa_maps") {
+        if let numa = fs.textIfReadable("/proc/\(pid)/numa_maps") {
             let nodes = parseNumaMaps(numa)
             for i in mappings.indices {
                 mappings[i].nodes = nodes[mappings[i].start] ?? []
@@ -58,7 +60,7 @@ public enum ProcessMemoryMap {
     }
 
     /// Parses the text of an smaps file.
-    public static func parseSmaps(_ text: String, path: String = "smaps") throws(DiagnosticsError) -> [ProcessMapping] {
+    package static func parseSmaps(_ text: String, path: String = "smaps") throws(DiagnosticsError) -> [ProcessMapping] {
         var result: [ProcessMapping] = []
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
             if let header = parseHeader(line) {
@@ -66,14 +68,14 @@ public enum ProcessMemoryMap {
                 continue
             }
             guard !result.isEmpty else {
-                throw .malformed(path: path, detail: "expected a mapping line, found \"\(line)\"")
+                throw .malformed(MalformedFile(path: path, line: 0, text: String(line), expected: "a mapping line \"start-end perms offset dev inode [path]\""))
             }
             if line.hasPrefix("VmFlags:") {
                 result[result.count - 1].flags = line.dropFirst("VmFlags:".count)
                     .split(separator: " ").map(String.init)
                 continue
             }
-            guard let (name, bytes) = parseKilobyteField(line) else { continue }
+            guard let (name, bytes) = KernelText.kilobyteLine(line) else { continue }
             switch name {
             case "KernelPageSize": result[result.count - 1].pageSize = bytes
             case "Rss": result[result.count - 1].residentBytes = bytes
@@ -102,7 +104,7 @@ public enum ProcessMemoryMap {
     }
 
     /// Parses numa_maps: start address → nodes holding pages (`N<node>=<pages>`).
-    public static func parseNumaMaps(_ text: String) -> [UInt: [Int]] {
+    package static func parseNumaMaps(_ text: String) -> [UInt: [Int]] {
         var result: [UInt: [Int]] = [:]
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ")

@@ -1,23 +1,25 @@
+import HugeAlloc
+
 /// A process that maps hugetlb pages of one size.
-public struct HugepageHolder: Equatable, Sendable {
-    public var pid: Int32
+package struct HugepageHolder: Equatable, Sendable {
+    package var pid: Int32
     /// The command name (/proc/PID/comm).
-    public var command: String
+    package var command: String
     /// The hugepage size in bytes.
-    public var pageSize: Int
+    package var pageSize: Int
     /// Hugetlb bytes the process maps (`Private_Hugetlb` + `Shared_Hugetlb`).
-    public var bytes: Int
+    package var bytes: Int
 }
 
 /// Every process that maps hugetlb pages.
-public enum HugepageHolders {
+package enum HugepageHolders {
     /// Scans /proc/*/smaps below `fs`'s root and sums `Private_Hugetlb` and
     /// `Shared_Hugetlb` per process and page size. Processes that exit during
     /// the scan or whose smaps cannot be read are left out.
-    public static func scan(in fs: ProcFileSystem = .live) -> [HugepageHolder] {
+    package static func scan(in fs: KernelFiles = .live) -> [HugepageHolder] {
         var result: [HugepageHolder] = []
         for pid in fs.processIDs() {
-            guard let smaps = fs.textIfPresent("/proc/\(pid)/smaps"),
+            guard let smaps = fs.textIfReadable("/proc/\(pid)/smaps"),
                   let mappings = try? ProcessMemoryMap.parseSmaps(smaps) else { continue }
             var perSize: [Int: Int] = [:]
             for m in mappings where m.hugetlbBytes > 0 {

@@ -8,18 +8,18 @@ import Glibc
 /// reads: stat, readlink, unlink, mkdir, sysfs writes and hugetlbfs mounts.
 extension Sys {
     /// What ``fileStatus(_:followLinks:)`` reports about a path.
-    struct FileStatus {
-        var isRegular: Bool
-        var isDirectory: Bool
-        var size: Int
+    package struct FileStatus {
+        package var isRegular: Bool
+        package var isDirectory: Bool
+        package var size: Int
         /// Bytes the file occupies (`st_blocks * 512`); on hugetlbfs, the hugepages it pins.
-        var allocatedBytes: Int
-        var device: UInt64
-        var inode: UInt64
+        package var allocatedBytes: Int
+        package var device: UInt64
+        package var inode: UInt64
     }
 
     /// The corresponding C function is `stat(2)` (or `lstat(2)` when not following links).
-    static func fileStatus(_ path: String, followLinks: Bool = true) throws(SystemCallError) -> FileStatus {
+    package static func fileStatus(_ path: String, followLinks: Bool = true) throws(SystemCallError) -> FileStatus {
         let st: Stat
         do {
             st = try Stat(FilePath(path), followTargetSymlink: followLinks)
@@ -33,7 +33,7 @@ extension Sys {
     }
 
     /// The target of a symbolic link. The corresponding C function is `readlink(2)`.
-    static func readLink(_ path: String) throws(SystemCallError) -> String {
+    package static func readLink(_ path: String) throws(SystemCallError) -> String {
         var buffer = [UInt8](repeating: 0, count: 4096)
         let count = try retryingInterrupts("readlink", detail: path) {
             unsafe buffer.withUnsafeMutableBufferPointer { b in
@@ -44,7 +44,7 @@ extension Sys {
     }
 
     /// Opens a file for reading. The corresponding C function is `open(2)`.
-    static func openReadOnly(_ path: String) throws(SystemCallError) -> FileDescriptor {
+    package static func openReadOnly(_ path: String) throws(SystemCallError) -> FileDescriptor {
         do {
             return try unsafe FileDescriptor.open(path, .readOnly, options: .closeOnExec)
         } catch {
@@ -54,7 +54,7 @@ extension Sys {
 
     /// Writes `text` to an existing file in one `write(2)`, as /sys knobs need.
     /// The corresponding C functions are `open(2)` and `write(2)`.
-    static func writeFile(_ path: String, _ text: String) throws(SystemCallError) {
+    package static func writeFile(_ path: String, _ text: String) throws(SystemCallError) {
         let fd: FileDescriptor
         do {
             fd = try unsafe FileDescriptor.open(path, .writeOnly, options: [.closeOnExec, .truncate])
@@ -70,12 +70,12 @@ extension Sys {
     }
 
     /// The corresponding C function is `unlink(2)`.
-    static func unlink(_ path: String) throws(SystemCallError) {
+    package static func unlink(_ path: String) throws(SystemCallError) {
         _ = try retryingInterrupts("unlink", detail: path) { unsafe Glibc.unlink(path) }
     }
 
     /// Creates a directory; an existing one is fine. The corresponding C function is `mkdir(2)`.
-    static func makeDirectory(_ path: String) throws(SystemCallError) {
+    package static func makeDirectory(_ path: String) throws(SystemCallError) {
         if unsafe Glibc.mkdir(path, 0o755) == 0 { return }
         let code = lastErrno
         if code == .fileExists { return }
@@ -84,7 +84,7 @@ extension Sys {
 
     /// Mounts a hugetlbfs with the given page size at `path`.
     /// The corresponding C function is `mount(2)` with type `hugetlbfs`.
-    static func mountHugetlbfs(at path: String, pageSize: Int) throws(SystemCallError) {
+    package static func mountHugetlbfs(at path: String, pageSize: Int) throws(SystemCallError) {
         let options = "pagesize=\(pageSize >> 10)K"
         _ = try retryingInterrupts("mount", detail: "hugetlbfs at \(path), \(options)") {
             unsafe Glibc.mount("nodev", path, "hugetlbfs", 0, options)

@@ -1,76 +1,8 @@
-import SystemPackage
-
-/// The /proc and /sys files under one file-system root, read as text.
-///
-/// The live machine is root "/"; tests pass a fixture tree laid out the same
-/// way (`<root>/proc/meminfo`, `<root>/sys/kernel/mm/hugepages/...`).
-struct SystemFiles {
-    /// The root with no trailing slash ("" for the live root "/").
-    let prefix: String
-    /// Whether this is the running machine (root "/"), so libraries and
-    /// system calls may be consulted as well as files.
-    let isLive: Bool
-
-    init(root: String) {
-        var trimmed = Substring(root)
-        while trimmed.hasSuffix("/") { trimmed.removeLast() }
-        prefix = String(trimmed)
-        isLive = trimmed.isEmpty
-    }
-
-    /// The absolute path of `relative` ("proc/meminfo") under the root.
-    func path(_ relative: String) -> String { prefix + "/" + relative }
-
-    /// The whole text of a file that must exist.
-    func text(_ relative: String) throws(InventoryError) -> String {
-        let full = path(relative)
-        do {
-            return String(decoding: try Sys.readFile(atPath: full), as: UTF8.self)
-        } catch {
-            throw .unreadable(path: full, errno: error.errno)
-        }
-    }
-
-    /// The text of a file, or nil if it does not exist (the feature is absent).
-    func textIfPresent(_ relative: String) throws(InventoryError) -> String? {
-        do {
-            return try text(relative)
-        } catch .unreadable(_, .noSuchFileOrDirectory) {
-            return nil
-        }
-    }
-
-    /// The names in a directory, sorted, or nil if it does not exist.
-    func entriesIfPresent(_ relative: String) throws(InventoryError) -> [String]? {
-        let full = path(relative)
-        do {
-            return try Sys.directoryEntries(atPath: full).sorted()
-        } catch where error.errno == .noSuchFileOrDirectory || error.errno == .notDirectory {
-            return nil
-        } catch {
-            throw .unreadable(path: full, errno: error.errno)
-        }
-    }
-
-    func exists(_ relative: String) -> Bool { Sys.fileExists(atPath: path(relative)) }
-
-    /// A file holding one non-negative decimal integer (sysfs counters).
-    func integer(_ relative: String) throws(InventoryError) -> Int {
-        let content = try text(relative)
-        let line = content.split(separator: "\n", omittingEmptySubsequences: false).first ?? ""
-        guard let value = Int(line.trimmingWhitespace()), value >= 0 else {
-            throw .malformed(path: path(relative), line: 1, text: String(line),
-                             expected: "one non-negative decimal integer")
-        }
-        return value
-    }
-}
-
 /// Parsers for the line formats of /proc and /sys. Each takes the file's
 /// path only to name it in errors.
-enum InventoryParse {
+package enum KernelText {
     /// Lines of `text`, numbered from 1, without the trailing empty line.
-    static func lines(_ text: String) -> [(number: Int, text: Substring)] {
+    package static func lines(_ text: String) -> [(number: Int, text: Substring)] {
         var result: [(Int, Substring)] = []
         for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             result.append((index + 1, line))
@@ -83,36 +15,40 @@ enum InventoryParse {
     /// "Hugepagesize:    2048 kB", "Node 0 MemTotal:  6908108 kB"), in
     /// bytes when the line has a "kB" unit. `linePrefix` is "Node 0 " for
     /// node meminfo files. Nil when the key is absent.
-    static func meminfoValue(
+    package static func meminfoValue(
         _ text: String, key: String, linePrefix: String = "", path: String
-    ) throws(InventoryError) -> Int? {
+    ) throws(KernelFileError) -> Int? {
         let label = linePrefix + key + ":"
         for (number, line) in lines(text) where line.hasPrefix(label) {
-            let fields = line.dropFirst(label.count).split(whereSeparator: \.isWhitespace)
-            let ok = fields.count == 1 || (fields.count == 2 && fields[1] == "kB")
-            guard ok, let value = Int(fields[0]), value >= 0 else {
+            guard let field = kilobyteLine(line) else {
                 throw .malformed(path: path, line: number, text: String(line),
                                  expected: "\"\(label) <count>\" or \"\(label) <number> kB\"")
             }
-            if fields.count == 2 {
-                let (bytes, overflow) = value.multipliedReportingOverflow(by: 1024)
-                if overflow {
-                    throw .malformed(path: path, line: number, text: String(line),
-                                     expected: "a kB count that fits in 64 bits")
-                }
-                return bytes
-            }
-            return value
+            return field.value
         }
         return nil
     }
 
+    /// Splits a "Name:   value" or "Name:   value kB" line of /proc/meminfo,
+    /// /proc/PID/status or smaps into the name and the value, in bytes when
+    /// the unit is kB. Nil when the line has another shape or the value does
+    /// not fit in 64 bits.
+    package static func kilobyteLine(_ line: Substring) -> (name: Substring, value: Int)? {
+        guard let colon = line.firstIndex(of: ":") else { return nil }
+        let fields = line[line.index(after: colon)...].split(whereSeparator: \.isWhitespace)
+        guard fields.count == 1 || (fields.count == 2 && fields[1] == "kB"),
+              let value = Int(fields[0]), value >= 0 else { return nil }
+        if fields.count == 1 { return (line[..<colon], value) }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: 1024)
+        return overflow ? nil : (line[..<colon], bytes)
+    }
+
     /// A CPU or node list such as "0-3,8-11" (sysfs `cpulist`); empty text is
     /// an empty list (a memory-only node).
-    static func cpuList(_ text: String, path: String) throws(InventoryError) -> [Int] {
+    package static func cpuList(_ text: String, path: String) throws(KernelFileError) -> [Int] {
         let line = text.trimmingWhitespace()
         if line.isEmpty { return [] }
-        let bad = InventoryError.malformed(path: path, line: 1, text: String(line),
+        let bad = KernelFileError.malformed(path: path, line: 1, text: String(line),
                                            expected: "a CPU list such as \"0-3,8-11\"")
         var cpus: [Int] = []
         for part in line.split(separator: ",", omittingEmptySubsequences: false) {
@@ -128,7 +64,7 @@ enum InventoryParse {
     }
 
     /// Whitespace-separated non-negative integers on the first line (sysfs `distance`).
-    static func integers(_ text: String, path: String) throws(InventoryError) -> [Int] {
+    package static func integers(_ text: String, path: String) throws(KernelFileError) -> [Int] {
         let line = lines(text).first?.text ?? ""
         var values: [Int] = []
         for field in line.split(whereSeparator: \.isWhitespace) {
@@ -142,7 +78,7 @@ enum InventoryParse {
     }
 
     /// The bracketed choice of a sysfs mode file: "always [madvise] never" → "madvise".
-    static func bracketedChoice(_ text: String, path: String) throws(InventoryError) -> String {
+    package static func bracketedChoice(_ text: String, path: String) throws(KernelFileError) -> String {
         let line = lines(text).first?.text ?? ""
         guard let open = line.firstIndex(of: "["), let close = line[open...].firstIndex(of: "]"),
               line.index(after: open) < close
@@ -154,7 +90,7 @@ enum InventoryParse {
     }
 
     /// A size directory name of /sys/kernel/mm/hugepages: "hugepages-2048kB" → 2 MiB.
-    static func hugepageDirectorySize(_ name: String, path: String) throws(InventoryError) -> PageSize {
+    package static func hugepageDirectorySize(_ name: String, path: String) throws(KernelFileError) -> PageSize {
         let digits = name.dropFirst("hugepages-".count).dropLast("kB".count)
         guard name.hasPrefix("hugepages-"), name.hasSuffix("kB"), !digits.isEmpty,
               digits.allSatisfy(\.isASCIIDigit), let kilobytes = Int(digits),
@@ -167,7 +103,7 @@ enum InventoryParse {
     }
 
     /// Undoes the octal escapes of /proc/mounts fields ("\040" is a space).
-    static func unescapeMountField(_ field: Substring) -> String {
+    package static func unescapeMountField(_ field: Substring) -> String {
         var bytes: [UInt8] = []
         let utf8 = Array(field.utf8)
         var index = 0

@@ -62,11 +62,11 @@ public enum ByteCount {
 }
 
 extension Character {
-    var isASCIIDigit: Bool { isASCII && isNumber }
+    package var isASCIIDigit: Bool { isASCII && isNumber }
 }
 
 extension StringProtocol {
-    func trimmingWhitespace() -> Substring {
+    package func trimmingWhitespace() -> Substring {
         var s = Substring(self)
         while let f = s.first, f.isWhitespace { s.removeFirst() }
         while let l = s.last, l.isWhitespace { s.removeLast() }

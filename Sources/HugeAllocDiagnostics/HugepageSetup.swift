@@ -1,65 +1,60 @@
-/// A request for a hugepage pool of one size: "2M:512".
-public struct HugepageRequest: Equatable, Sendable {
-    public var pageSize: Int
-    public var count: Int
+import HugeAlloc
 
-    public init(pageSize: Int, count: Int) {
+/// A request for a hugepage pool of one size: "2M:512".
+package struct HugepageRequest: Equatable, Sendable {
+    package var pageSize: Int
+    package var count: Int
+
+    package init(pageSize: Int, count: Int) {
         self.pageSize = pageSize
         self.count = count
     }
 }
 
 /// What the kernel granted for one ``HugepageRequest``.
-public struct HugepageGrant: Equatable, Sendable {
-    public var pageSize: Int
+package struct HugepageGrant: Equatable, Sendable {
+    package var pageSize: Int
     /// The node the pool belongs to, nil for the system-wide pool.
-    public var node: Int?
+    package var node: Int?
     /// The pool size before the change.
-    public var previous: Int
-    public var requested: Int
+    package var previous: Int
+    package var requested: Int
     /// The pool size the kernel reports after the change.
-    public var granted: Int
+    package var granted: Int
 
-    public var isComplete: Bool { granted >= requested }
+    package var isComplete: Bool { granted >= requested }
 }
 
 /// Sizing the hugepage pools through sysfs and mounting hugetlbfs, like
 /// `dpdk-hugepages.py --setup`.
-public enum HugepageSetup {
+package enum HugepageSetup {
     /// The hugepage sizes this kernel offers (/sys/kernel/mm/hugepages, read
     /// by the inventory), ascending.
-    public static func availableSizes(in fs: ProcFileSystem = .live) -> [Int] {
-        var warnings: [String] = []
-        return ((try? SystemInventory.readPools(SystemFiles(root: fs.root), warnings: &warnings)) ?? [])
-            .map(\.pageSize.bytes).sorted()
+    package static func availableSizes(in fs: KernelFiles = .live) -> [Int] {
+        HugepagePoolDirectory.offeredSizes(in: fs).map(\.bytes)
     }
 
     /// The NUMA nodes (the inventory's topology), ascending.
-    public static func nodes(in fs: ProcFileSystem = .live) -> [Int] {
+    package static func nodes(in fs: KernelFiles = .live) -> [Int] {
         ((try? NUMATopology.read(root: fs.root))?.nodes.map(\.id) ?? []).sorted()
     }
 
-    /// The sysfs directory of one pool: system-wide or one node's.
-    public static func directory(pageSize: Int, node: Int?) -> String {
-        let leaf = "hugepages-\(pageSize >> 10)kB"
-        if let node { return "/sys/devices/system/node/node\(node)/hugepages/\(leaf)" }
-        return "/sys/kernel/mm/hugepages/\(leaf)"
-    }
-
     /// Reads one counter of a pool ("nr_hugepages", "free_hugepages", "surplus_hugepages", ...).
-    public static func counter(_ name: String, pageSize: Int, node: Int?, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> Int {
-        let path = directory(pageSize: pageSize, node: node) + "/" + name
-        let text = try fs.text(path)
-        guard let value = Int(text.trimmingWhitespace()) else {
-            throw .malformed(path: path, detail: "expected a number, found \"\(text.trimmingWhitespace())\"")
+    package static func counter(_ name: String, pageSize: Int, node: Int?, in fs: KernelFiles = .live) throws(DiagnosticsError) -> Int {
+        guard let size = PageSize(rawValue: pageSize) else {
+            throw .unsupportedPageSize(UnsupportedPageSize(requested: pageSize, offered: HugepagePoolDirectory.offeredSizes(in: fs)))
         }
-        return value
+        do {
+            return try fs.integer(HugepagePoolDirectory(size, node: node).kernelPath + "/" + name)
+        } catch {
+            throw DiagnosticsError(error)
+        }
     }
 
     /// Parses "2M:512,1G:2": each size must be one this kernel offers, each
     /// count a positive number whose pages fit in the machine's memory
     /// (MemTotal of /proc/meminfo).
-    public static func parseRequests(_ text: String, in fs: ProcFileSystem = .live) throws(HugepageRequestError) -> [HugepageRequest] {
+    package static func parseRequests(_ text: String, in fs: KernelFiles = .live) throws(HugepageRequestError) -> [HugepageRequest] {
         let sizes = availableSizes(in: fs)
         let memTotal = memoryTotal(in: fs)
         var result: [HugepageRequest] = []
@@ -84,31 +79,29 @@ public enum HugepageSetup {
     }
 
     /// MemTotal from /proc/meminfo in bytes.
-    static func memoryTotal(in fs: ProcFileSystem) -> Int? {
+    static func memoryTotal(in fs: KernelFiles) -> Int? {
         meminfoValue("MemTotal", in: fs)
     }
 
-    static func meminfoValue(_ key: String, in fs: ProcFileSystem) -> Int? {
-        let files = SystemFiles(root: fs.root)
-        guard let text = try? files.text("proc/meminfo") else { return nil }
-        return (try? InventoryParse.meminfoValue(text, key: key, path: files.path("proc/meminfo"))) ?? nil
+    static func meminfoValue(_ key: String, in fs: KernelFiles) -> Int? {
+        fs.kilobyteField("/proc/meminfo", key: key)
     }
 
     /// Sets the pool of `request.pageSize` (on `node`, or system-wide) to
     /// `request.count` pages by writing `nr_hugepages` in sysfs, and reads
     /// back what the kernel granted.
-    public static func reserve(_ request: HugepageRequest, node: Int?, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> HugepageGrant {
-        if let node, !nodes(in: fs).contains(node) { throw .noSuchNode(node, available: nodes(in: fs)) }
-        guard availableSizes(in: fs).contains(request.pageSize) else {
-            throw .unsupportedPageSize(bytes: request.pageSize, available: availableSizes(in: fs))
+    package static func reserve(_ request: HugepageRequest, node: Int?, in fs: KernelFiles = .live) throws(DiagnosticsError) -> HugepageGrant {
+        if let node, !nodes(in: fs).contains(node) { throw .noSuchNode(UnknownNode(node: node, available: nodes(in: fs))) }
+        let offered = HugepagePoolDirectory.offeredSizes(in: fs)
+        guard let size = PageSize(rawValue: request.pageSize), offered.contains(size) else {
+            throw .unsupportedPageSize(UnsupportedPageSize(requested: request.pageSize, offered: offered))
         }
         let previous = try counter("nr_hugepages", pageSize: request.pageSize, node: node, in: fs)
-        let path = directory(pageSize: request.pageSize, node: node) + "/nr_hugepages"
         do {
-            try Sys.writeFile(fs.path(path), "\(request.count)\n")
+            try Sys.writeFile(fs.path(HugepagePoolDirectory(size, node: node).countFile), "\(request.count)\n")
         } catch {
             // The kernel answers a partial grant with success; a failure is a refusal.
-            throw .operationFailed(what: "writing \(request.count) to \(path)", error)
+            throw .systemCall(error)
         }
         let granted = try counter("nr_hugepages", pageSize: request.pageSize, node: node, in: fs)
         return HugepageGrant(pageSize: request.pageSize, node: node, previous: previous,
@@ -118,7 +111,7 @@ public enum HugepageSetup {
     /// Mounts hugetlbfs with `pageSize` at `path` (creating the directory),
     /// unless a hugetlbfs of that size is already mounted there. Returns
     /// whether it mounted now. Calls `mount(2)`.
-    public static func mount(at path: String, pageSize: Int, in fs: ProcFileSystem = .live) throws(DiagnosticsError) -> Bool {
+    package static func mount(at path: String, pageSize: Int, in fs: KernelFiles = .live) throws(DiagnosticsError) -> Bool {
         if StaleHugepageFiles.mounts(in: fs).contains(where: { $0.path == path && $0.pageSize.bytes == pageSize }) {
             return false
         }
@@ -126,33 +119,33 @@ public enum HugepageSetup {
             try Sys.makeDirectory(fs.path(path))
             try Sys.mountHugetlbfs(at: fs.path(path), pageSize: pageSize)
         } catch {
-            throw .operationFailed(what: "mounting hugetlbfs (pagesize=\(ByteCount.format(pageSize))) at \(path)", error)
+            throw .systemCall(error)
         }
         return true
     }
 
     /// Creates a directory below `fs`'s root (an existing one is fine). Calls `mkdir(2)`.
-    public static func makeDirectory(_ path: String, in fs: ProcFileSystem = .live) throws(DiagnosticsError) {
+    package static func makeDirectory(_ path: String, in fs: KernelFiles = .live) throws(DiagnosticsError) {
         do {
             try Sys.makeDirectory(fs.path(path))
         } catch {
-            throw .operationFailed(what: "creating \(path)", error)
+            throw .systemCall(error)
         }
     }
 
     /// The default hugepage size (Hugepagesize of /proc/meminfo).
-    public static func defaultPageSize(in fs: ProcFileSystem = .live) -> Int? {
-        meminfoValue("Hugepagesize", in: fs)
+    package static func defaultPageSize(in fs: KernelFiles = .live) -> Int? {
+        ((try? HugepagePoolDirectory.defaultSize(in: fs)) ?? nil)?.bytes
     }
 }
 
 /// Why a "2M:512,1G:2" page request was rejected (a usage error).
-public enum HugepageRequestError: Error, Equatable, Sendable, CustomStringConvertible {
+package enum HugepageRequestError: Error, Equatable, Sendable, CustomStringConvertible {
     case malformed(String)
     case unsupportedSize(String, available: [Int])
     case badCount(String, reason: String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .malformed(let item):
             return "malformed page request \"\(item)\": expected SIZE:COUNT such as 2M:512 or 1G:2"

@@ -10,7 +10,7 @@ extension Sys {
     /// Reads a whole file, until end of file. Files under /proc and /sys
     /// report a size of 0 or 4096 whatever they hold, so the size from `stat`
     /// is never trusted. The corresponding C functions are `open(2)` and `read(2)`.
-    static func readFile(atPath path: String) throws(SystemCallError) -> [UInt8] {
+    package static func readFile(atPath path: String) throws(SystemCallError) -> [UInt8] {
         let fd = try retryingInterrupts("open", detail: path) {
             unsafe Glibc.open(path, O_RDONLY | O_CLOEXEC)
         }
@@ -28,13 +28,13 @@ extension Sys {
     }
 
     /// A small /proc or /sys file as UTF-8 text (see ``readFile(atPath:)``).
-    static func readText(atPath path: String) throws(SystemCallError) -> String {
+    package static func readText(atPath path: String) throws(SystemCallError) -> String {
         String(decoding: try readFile(atPath: path), as: UTF8.self)
     }
 
     /// The names in a directory, without "." and "..", unsorted.
     /// The corresponding C functions are `opendir(3)` and `readdir(3)`.
-    static func directoryEntries(atPath path: String) throws(SystemCallError) -> [String] {
+    package static func directoryEntries(atPath path: String) throws(SystemCallError) -> [String] {
         guard let directory = unsafe opendir(path) else {
             throw SystemCallError(call: "opendir", errno: lastErrno, detail: path)
         }
@@ -51,7 +51,7 @@ extension Sys {
 
     /// Whether anything exists at `path` (a dangling symbolic link does not count).
     /// The corresponding C function is `access(2)` with `F_OK`.
-    static func fileExists(atPath path: String) -> Bool {
+    package static func fileExists(atPath path: String) -> Bool {
         unsafe Glibc.access(path, F_OK) == 0
     }
 }

@@ -1,19 +1,21 @@
+import HugeAlloc
+
 /// Which NUMA node a physical address belongs to, from the memory blocks
 /// each node lists in sysfs (/sys/devices/system/node/nodeN/memoryM, blocks
 /// of /sys/devices/system/memory/block_size_bytes).
-public struct PhysicalMemoryNodes: Sendable {
+package struct PhysicalMemoryNodes: Sendable {
     let blockSize: UInt64
     let nodeOfBlock: [UInt64: Int]
 
     /// Reads the block size and every node's memory blocks below `fs`'s root.
     /// With no memory-block information every lookup answers nil.
-    public init(in fs: ProcFileSystem = .live) {
-        let text = fs.textIfPresent("/sys/devices/system/memory/block_size_bytes") ?? ""
+    package init(in fs: KernelFiles = .live) {
+        let text = fs.textIfReadable("/sys/devices/system/memory/block_size_bytes") ?? ""
         blockSize = UInt64(text.trimmingWhitespace(), radix: 16) ?? 0
         var map: [UInt64: Int] = [:]
-        for entry in fs.list("/sys/devices/system/node") where entry.hasPrefix("node") {
+        for entry in fs.entries("/sys/devices/system/node") where entry.hasPrefix("node") {
             guard let node = Int(entry.dropFirst(4)) else { continue }
-            for block in fs.list("/sys/devices/system/node/\(entry)") where block.hasPrefix("memory") {
+            for block in fs.entries("/sys/devices/system/node/\(entry)") where block.hasPrefix("memory") {
                 if let index = UInt64(block.dropFirst(6)) { map[index] = node }
             }
         }
@@ -21,7 +23,7 @@ public struct PhysicalMemoryNodes: Sendable {
     }
 
     /// The node holding `address`, or nil when unknown.
-    public func node(of address: PhysicalAddress) -> Int? {
+    package func node(of address: PhysicalAddress) -> Int? {
         guard blockSize > 0 else { return nil }
         return nodeOfBlock[address.rawValue / blockSize]
     }
