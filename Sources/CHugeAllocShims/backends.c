@@ -49,7 +49,7 @@ int ha_uring_open(struct ha_uring *r, unsigned entries) {
     memset(r, 0, sizeof *r);
     r->fd = -1;
     int fd = (int)syscall(__NR_io_uring_setup, entries, &p);
-    if (fd < 0) return -errno;
+    if (fd < 0) return -1;
     r->fd = fd;
     r->sq_map_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
     r->cq_map_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
@@ -82,7 +82,8 @@ int ha_uring_open(struct ha_uring *r, unsigned entries) {
 fail:;
     int e = errno;
     ha_uring_close(r);
-    return -e;
+    errno = e;
+    return -1;
 }
 
 void ha_uring_close(struct ha_uring *r) {
@@ -96,13 +97,13 @@ void ha_uring_close(struct ha_uring *r) {
 
 int ha_uring_register(struct ha_uring *r, unsigned opcode, const void *arg, unsigned nr_args) {
     int ret = (int)syscall(__NR_io_uring_register, r->fd, opcode, arg, nr_args);
-    return ret < 0 ? -errno : ret;
+    return ret < 0 ? -1 : ret;
 }
 
 int ha_uring_queue_rw(struct ha_uring *r, unsigned char opcode, int fd, void *addr, unsigned len,
                       uint64_t offset, uint16_t buf, unsigned char sqe_flags, uint64_t user_data) {
     unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
-    if (r->sq_local_tail - head >= r->sq_entries) return -EBUSY;
+    if (r->sq_local_tail - head >= r->sq_entries) { errno = EBUSY; return -1; }
     unsigned index = r->sq_local_tail & *r->sq_mask;
     struct io_uring_sqe *sqe = (struct io_uring_sqe *)r->sqes + index;
     memset(sqe, 0, sizeof *sqe);
@@ -124,7 +125,7 @@ int ha_uring_submit(struct ha_uring *r, unsigned wait_nr) {
     unsigned pending = r->sq_local_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
     int ret = (int)syscall(__NR_io_uring_enter, r->fd, pending, wait_nr,
                            wait_nr ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
-    return ret < 0 ? -errno : ret;
+    return ret < 0 ? -1 : ret;
 }
 
 int ha_uring_reap(struct ha_uring *r, uint64_t *user_data, int32_t *res, uint32_t *flags) {
@@ -162,7 +163,7 @@ const uint16_t HA_XDP_USE_NEED_WAKEUP = XDP_USE_NEED_WAKEUP;
 
 int ha_xsk_socket(void) {
     int fd = socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0);
-    return fd < 0 ? -errno : fd;
+    return fd < 0 ? -1 : fd;
 }
 
 int ha_xsk_register_umem(int fd, void *addr, uint64_t len, uint32_t chunk_size, uint32_t headroom, uint32_t flags) {
@@ -173,7 +174,7 @@ int ha_xsk_register_umem(int fd, void *addr, uint64_t len, uint32_t chunk_size, 
     reg.chunk_size = chunk_size;
     reg.headroom = headroom;
     reg.flags = flags;
-    return setsockopt(fd, SOL_XDP, XDP_UMEM_REG, &reg, sizeof reg) == 0 ? 0 : -errno;
+    return setsockopt(fd, SOL_XDP, XDP_UMEM_REG, &reg, sizeof reg) == 0 ? 0 : -1;
 }
 
 int ha_xsk_map_ring(int fd, enum ha_xsk_ring_kind kind, uint32_t entries, struct ha_xsk_ring *ring) {
@@ -181,18 +182,18 @@ int ha_xsk_map_ring(int fd, enum ha_xsk_ring_kind kind, uint32_t entries, struct
     static const uint64_t offsets[] = {XDP_UMEM_PGOFF_FILL_RING, XDP_UMEM_PGOFF_COMPLETION_RING,
                                        XDP_PGOFF_RX_RING, XDP_PGOFF_TX_RING};
     memset(ring, 0, sizeof *ring);
-    if ((unsigned)kind > HA_XSK_TX) return -EINVAL;
-    if (setsockopt(fd, SOL_XDP, options[kind], &entries, sizeof entries) != 0) return -errno;
+    if ((unsigned)kind > HA_XSK_TX) { errno = EINVAL; return -1; }
+    if (setsockopt(fd, SOL_XDP, options[kind], &entries, sizeof entries) != 0) return -1;
     struct xdp_mmap_offsets off;
     socklen_t optlen = sizeof off;
-    if (getsockopt(fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &optlen) != 0) return -errno;
+    if (getsockopt(fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &optlen) != 0) return -1;
     const struct xdp_ring_offset *ro = kind == HA_XSK_FILL ? &off.fr
                                      : kind == HA_XSK_COMPLETION ? &off.cr
                                      : kind == HA_XSK_RX ? &off.rx : &off.tx;
     size_t desc_size = kind <= HA_XSK_COMPLETION ? sizeof(uint64_t) : sizeof(struct xdp_desc);
     size_t length = ro->desc + entries * desc_size;
     void *map = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, (off_t)offsets[kind]);
-    if (map == MAP_FAILED) return -errno;
+    if (map == MAP_FAILED) return -1;
     ring->map = map;
     ring->map_len = length;
     ring->producer = (uint32_t *)((char *)map + ro->producer);
@@ -254,7 +255,7 @@ int ha_xsk_bind(int fd, uint32_t ifindex, uint32_t queue_id, uint16_t flags) {
     sxdp.sxdp_flags = flags;
     sxdp.sxdp_ifindex = ifindex;
     sxdp.sxdp_queue_id = queue_id;
-    return bind(fd, (struct sockaddr *)&sxdp, sizeof sxdp) == 0 ? 0 : -errno;
+    return bind(fd, (struct sockaddr *)&sxdp, sizeof sxdp) == 0 ? 0 : -1;
 }
 
 /* ---- XDP redirect to an AF_XDP socket ------------------------------------ */
@@ -271,7 +272,7 @@ int ha_xsk_map_create(uint32_t entries) {
     attr.value_size = 4;
     attr.max_entries = entries;
     long fd = bpf_call(BPF_MAP_CREATE, &attr);
-    return fd < 0 ? -errno : (int)fd;
+    return fd < 0 ? -1 : (int)fd;
 }
 
 int ha_xsk_map_set(int map_fd, uint32_t key, int xsk_fd) {
@@ -281,7 +282,7 @@ int ha_xsk_map_set(int map_fd, uint32_t key, int xsk_fd) {
     attr.map_fd = (uint32_t)map_fd;
     attr.key = (uint64_t)(uintptr_t)&key;
     attr.value = (uint64_t)(uintptr_t)&value;
-    return bpf_call(BPF_MAP_UPDATE_ELEM, &attr) < 0 ? -errno : 0;
+    return bpf_call(BPF_MAP_UPDATE_ELEM, &attr) < 0 ? -1 : 0;
 }
 
 int ha_xdp_redirect_program(int map_fd, char *log, uint32_t log_size) {
@@ -312,7 +313,7 @@ int ha_xdp_redirect_program(int map_fd, char *log, uint32_t log_size) {
     }
     long fd = bpf_call(BPF_PROG_LOAD, &attr);
     if (fd < 0 && log && log_size && errno != EINVAL) log[0] = 0;
-    return fd < 0 ? -errno : (int)fd;
+    return fd < 0 ? -1 : (int)fd;
 }
 
 int ha_xdp_attach(int prog_fd, uint32_t ifindex, int skb_mode) {
@@ -323,12 +324,12 @@ int ha_xdp_attach(int prog_fd, uint32_t ifindex, int skb_mode) {
     attr.link_create.attach_type = BPF_XDP;
     attr.link_create.flags = skb_mode ? XDP_FLAGS_SKB_MODE : 0;
     long fd = bpf_call(BPF_LINK_CREATE, &attr);
-    return fd < 0 ? -errno : (int)fd;
+    return fd < 0 ? -1 : (int)fd;
 }
 
 long ha_packet_send(uint32_t ifindex, const void *frame, size_t length) {
     int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
-    if (fd < 0) return -errno;
+    if (fd < 0) return -1;
     struct sockaddr_ll to;
     memset(&to, 0, sizeof to);
     to.sll_family = AF_PACKET;
@@ -338,5 +339,6 @@ long ha_packet_send(uint32_t ifindex, const void *frame, size_t length) {
     long sent = sendto(fd, frame, length, 0, (struct sockaddr *)&to, sizeof to);
     int e = errno;
     close(fd);
-    return sent < 0 ? -e : sent;
+    errno = e;
+    return sent < 0 ? -1 : sent;
 }

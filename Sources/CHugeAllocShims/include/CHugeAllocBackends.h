@@ -4,7 +4,8 @@
 /*
  * io_uring and AF_XDP rings, by raw system calls: the ring layouts and the
  * acquire/release order of their head and tail indices live here, in C;
- * Swift sees opaque pointers, plain integers and -errno results.
+ * Swift sees opaque pointers and plain integers; every call reports failure as
+ * the C library does, -1 with errno set (the one convention of CHugeAllocShims).
  */
 
 #include <stddef.h>
@@ -41,21 +42,21 @@ extern const unsigned HA_IORING_CQE_BUFFER_SHIFT;
 /* IORING_MAX_REG_BUFFERS (kernel-internal, io_uring/rsrc.c). */
 extern const unsigned HA_IORING_MAX_REG_BUFFERS;
 
-/* io_uring_setup(2) and the ring mappings. Returns 0 or -errno. */
+/* io_uring_setup(2) and the ring mappings. Returns 0 or -1 with errno set. */
 int ha_uring_open(struct ha_uring *ring, unsigned entries);
 /* Unmaps the rings and closes the fd. */
 void ha_uring_close(struct ha_uring *ring);
-/* io_uring_register(2). Returns the call's result or -errno. */
+/* io_uring_register(2). Returns the call's result or -1 with errno set. */
 int ha_uring_register(struct ha_uring *ring, unsigned opcode, const void *arg, unsigned nr_args);
 /*
  * Queues one read/write SQE. `buf` is buf_index for *_FIXED opcodes and the
- * buffer group for IOSQE_BUFFER_SELECT. Returns 0, or -EBUSY when the
+ * buffer group for IOSQE_BUFFER_SELECT. Returns 0, or -1 with errno EBUSY when the
  * submission ring is full.
  */
 int ha_uring_queue_rw(struct ha_uring *ring, unsigned char opcode, int fd, void *addr, unsigned len,
                       uint64_t offset, uint16_t buf, unsigned char sqe_flags, uint64_t user_data);
 /* io_uring_enter(2): submits what was queued and waits for `wait_nr`
- * completions. Returns the number submitted or -errno. */
+ * completions. Returns the number submitted or -1 with errno set. */
 int ha_uring_submit(struct ha_uring *ring, unsigned wait_nr);
 /* Takes one completion: 1 and its fields, or 0 when none is ready. */
 int ha_uring_reap(struct ha_uring *ring, uint64_t *user_data, int32_t *res, uint32_t *flags);
@@ -97,12 +98,12 @@ struct ha_xsk_ring {
     size_t map_len;
 };
 
-/* socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0). Returns the fd or -errno. */
+/* socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0). Returns the fd or -1 with errno set. */
 int ha_xsk_socket(void);
-/* setsockopt(SOL_XDP, XDP_UMEM_REG). Returns 0 or -errno. */
+/* setsockopt(SOL_XDP, XDP_UMEM_REG). Returns 0 or -1 with errno set. */
 int ha_xsk_register_umem(int fd, void *addr, uint64_t len, uint32_t chunk_size, uint32_t headroom, uint32_t flags);
 /* setsockopt of the ring's size, getsockopt(XDP_MMAP_OFFSETS), mmap of the
- * ring at its page offset. Returns 0 or -errno. */
+ * ring at its page offset. Returns 0 or -1 with errno set. */
 int ha_xsk_map_ring(int fd, enum ha_xsk_ring_kind kind, uint32_t entries, struct ha_xsk_ring *ring);
 void ha_xsk_unmap_ring(struct ha_xsk_ring *ring);
 /* Puts up to `n` UMEM addresses on a fill ring; returns how many fit. */
@@ -113,29 +114,29 @@ uint32_t ha_xsk_complete(struct ha_xsk_ring *ring, uint64_t *addrs, uint32_t n);
 uint32_t ha_xsk_receive(struct ha_xsk_ring *ring, uint64_t *addrs, uint32_t *lengths, uint32_t n);
 /* Entries a producer has published and the consumer not yet taken. */
 uint32_t ha_xsk_ring_pending(const struct ha_xsk_ring *ring);
-/* bind(2) to an interface queue with `struct sockaddr_xdp`. Returns 0 or -errno. */
+/* bind(2) to an interface queue with `struct sockaddr_xdp`. Returns 0 or -1 with errno set. */
 int ha_xsk_bind(int fd, uint32_t ifindex, uint32_t queue_id, uint16_t flags);
 
 /* ---- XDP redirect to an AF_XDP socket (bpf(2), no libbpf) ----------------- */
 
-/* An XSKMAP of `entries` slots. Returns the map fd or -errno. */
+/* An XSKMAP of `entries` slots. Returns the map fd or -1 with errno set. */
 int ha_xsk_map_create(uint32_t entries);
-/* Puts AF_XDP socket `xsk_fd` in slot `key` (the RX queue index). Returns 0 or -errno. */
+/* Puts AF_XDP socket `xsk_fd` in slot `key` (the RX queue index). Returns 0 or -1 with errno set. */
 int ha_xsk_map_set(int map_fd, uint32_t key, int xsk_fd);
 /*
  * Loads an XDP program that redirects every frame to the socket in `map_fd`
  * at its RX queue's index (`bpf_redirect_map`), passing frames on when the
- * slot is empty. Returns the program fd or -errno; the verifier's log goes
+ * slot is empty. Returns the program fd or -1 with errno set; the verifier's log goes
  * to `log` when it refuses.
  */
 int ha_xdp_redirect_program(int map_fd, char *log, uint32_t log_size);
 /* Attaches an XDP program to an interface with a BPF link (BPF_LINK_CREATE,
  * BPF_XDP); `skb_mode` selects generic XDP. The program stays attached
- * while the returned link fd is open. Returns the fd or -errno. */
+ * while the returned link fd is open. Returns the fd or -1 with errno set. */
 int ha_xdp_attach(int prog_fd, uint32_t ifindex, int skb_mode);
 
 /* Sends one raw Ethernet frame out of an interface (AF_PACKET, SOCK_RAW).
- * Returns the bytes sent or -errno. */
+ * Returns the bytes sent or -1 with errno set. */
 long ha_packet_send(uint32_t ifindex, const void *frame, size_t length);
 
 #endif

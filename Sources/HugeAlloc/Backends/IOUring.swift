@@ -39,15 +39,25 @@ public struct IOUring: ~Copyable {
     var providedRings: [ProvidedRing] = []
 
     /// A provided-buffer ring: page-aligned memory the kernel reads buffer
-    /// addresses from, and the pool the buffers come from.
+    /// addresses from (owned by a ``MappedRegion``, unmapped when the ring
+    /// goes), and the pool the buffers come from. One object per ring, not
+    /// per buffer.
     @safe
-    struct ProvidedRing {
-        var group: UInt16
-        var memory: UnsafeMutableRawPointer
-        var memoryLength: Int
-        var entries: Int
-        var tail: UInt16
-        var pool: PacketPool
+    final class ProvidedRing {
+        let group: UInt16
+        let region: MappedRegion
+        let entries: Int
+        var tail: UInt16 = 0
+        let pool: PacketPool
+
+        init(group: UInt16, region: consuming MappedRegion, entries: Int, pool: PacketPool) {
+            self.group = group
+            self.region = region
+            self.entries = entries
+            self.pool = pool
+        }
+
+        var memory: UnsafeMutableRawPointer { unsafe region.base }
     }
 
     /// Creates an io_uring with `entries` submission slots (rounded up to a
@@ -66,7 +76,7 @@ public struct IOUring: ~Copyable {
     deinit {
         unsafe Sys.uringClose(ring)
         unsafe ring.deallocate()
-        for r in providedRings { try? unsafe Sys.munmap(r.memory, length: r.memoryLength) }
+        // The provided rings' memory is unmapped when `providedRings` goes, after the close.
     }
 
     /// Submission queue slots.
@@ -200,6 +210,7 @@ public struct IOUring: ~Copyable {
             if case .failure(let error) = unsafe mapped { throw .systemCall(error) }
             return
         }
+        let region = unsafe MappedRegion(base: memory, length: length, fd: -1)
         var registration = ha_uring_buf_reg(
             ring_addr: UInt64(UInt(bitPattern: memory)), ring_entries: UInt32(entries), bgid: group, flags: 0,
             resv: (0, 0, 0))
@@ -209,11 +220,10 @@ public struct IOUring: ~Copyable {
                                              count: 1, detail: "IORING_REGISTER_PBUF_RING, group \(group), \(entries) entries")
             }
         } catch {
-            try? unsafe Sys.munmap(memory, length: length)
+            _ = consume region
             throw .systemCall(error)
         }
-        unsafe providedRings.append(ProvidedRing(
-            group: group, memory: memory, memoryLength: length, entries: entries, tail: 0, pool: pool))
+        providedRings.append(ProvidedRing(group: group, region: region, entries: entries, pool: pool))
         try provide(buffers, group: group)
     }
 
@@ -235,7 +245,7 @@ public struct IOUring: ~Copyable {
             given += 1
         }
         unsafe ha_uring_buf_ring_publish(ring.memory, tail)
-        providedRings[r].tail = tail
+        ring.tail = tail
         return given
     }
 

@@ -1,5 +1,3 @@
-import CNuma
-
 /// The machine's NUMA nodes: CPUs, memory, distances and hugepage pools.
 ///
 /// On the live machine (root "/") the node facts come from libnuma when
@@ -58,7 +56,7 @@ public struct NUMATopology: Sendable, Equatable {
             return Int(digits)
         }.sorted()
 
-        let available = files.isLive ? numa_available() >= 0 : !ids.isEmpty
+        let available = files.isLive ? Sys.numaAvailable : !ids.isEmpty
         guard available else {
             guard ids.contains(0) else { return NUMATopology(available: false, nodes: []) }
             let node0 = try readNode(0, order: [0], files: files)
@@ -72,7 +70,7 @@ public struct NUMATopology: Sendable, Equatable {
             nodes.append(node)
         }
         if files.isLive {
-            let maxNode = Int(numa_max_node())
+            let maxNode = Sys.highestNode
             if maxNode != (ids.last ?? 0) {
                 warnings.append("libnuma numa_max_node() is \(maxNode) but sysfs lists nodes \(ids)")
             }
@@ -117,31 +115,24 @@ public struct NUMATopology: Sendable, Equatable {
     /// CPUs and distances against sysfs, keeping sysfs where they differ.
     /// Calls `numa_node_size64`, `numa_node_to_cpus` and `numa_distance`.
     static func crossCheckWithLibnuma(_ node: inout NUMANodeInfo, order: [Int], warnings: inout [String]) {
-        var free: Int64 = 0
-        let total = unsafe numa_node_size64(Int32(node.id), &free)
-        if total >= 0 {
+        if let size = Sys.nodeMemory(node.id) {
             // Memory moves between reads (and with ballooning, MemTotal too),
             // so libnuma's later reading replaces the sysfs one.
-            node.memTotalBytes = Int(total)
-            node.memFreeBytes = Int(free)
+            node.memTotalBytes = size.total
+            node.memFreeBytes = size.free
         } else {
             warnings.append("libnuma numa_node_size64(\(node.id)) failed; memory figures are from sysfs")
         }
 
-        if let mask = unsafe numa_allocate_cpumask() {
-            defer { unsafe numa_free_cpumask(mask) }
-            if unsafe numa_node_to_cpus(Int32(node.id), mask) == 0 {
-                let possible = Int(numa_num_possible_cpus())
-                let cpus = (0..<max(possible, 0)).filter { unsafe numa_bitmask_isbitset(mask, UInt32($0)) != 0 }
-                if cpus != node.cpus {
-                    warnings.append("node \(node.id): libnuma CPUs \(cpus) differ from sysfs cpulist \(node.cpus); using sysfs")
-                }
-            } else {
-                warnings.append("libnuma numa_node_to_cpus(\(node.id)) failed; CPUs are from sysfs")
+        if let cpus = Sys.cpusOfNode(node.id) {
+            if cpus != node.cpus {
+                warnings.append("node \(node.id): libnuma CPUs \(cpus) differ from sysfs cpulist \(node.cpus); using sysfs")
             }
+        } else {
+            warnings.append("libnuma numa_node_to_cpus(\(node.id)) failed; CPUs are from sysfs")
         }
 
-        let distances = order.map { Int(numa_distance(Int32(node.id), Int32($0))) }
+        let distances = order.map { Sys.nodeDistance(node.id, $0) ?? 0 }
         if distances != node.distances {
             warnings.append("node \(node.id): libnuma distances \(distances) differ from sysfs \(node.distances); using sysfs")
         }

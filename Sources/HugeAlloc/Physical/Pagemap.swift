@@ -98,9 +98,9 @@ public struct PagemapReader: ~Copyable {
     public init(pid: Int32? = nil, procRoot: String = "/proc") throws(PagemapError) {
         let path = pid.map { "\(procRoot)/\($0)/pagemap" } ?? "\(procRoot)/self/pagemap"
         do {
-            self.fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+            self.fd = try Sys.openReadOnly(path)
         } catch {
-            throw .cannotOpen(path: path, errno: error as? Errno ?? .ioError)
+            throw .cannotOpen(path: path, errno: error.errno)
         }
         self.pid = pid
         self.path = path

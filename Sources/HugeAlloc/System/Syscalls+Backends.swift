@@ -3,29 +3,15 @@ import SystemPackage
 
 /// io_uring and AF_XDP system calls for the I/O backend exports
 /// (`Backends/`). The ring layouts live in `CHugeAllocShims/backends.c`,
-/// which returns `-errno`; these wrappers turn that into ``SystemCallError``
-/// and retry `EINTR`.
+/// which fails as the C library does (-1 and `errno`); these wrappers turn
+/// that into ``SystemCallError`` and retry `EINTR` in ``retryingInterrupts(_:detail:_:)``.
 extension Sys {
-    /// Runs a shim call that returns a value `>= 0` or `-errno`.
-    @inline(__always)
-    static func retryingNegativeErrno(
-        _ call: String, detail: @autoclosure () -> String? = nil, _ body: () -> Int32
-    ) throws(SystemCallError) -> Int32 {
-        while true {
-            let result = body()
-            if result >= 0 { return result }
-            let code = Errno(rawValue: -result)
-            if code == .interrupted { continue }
-            throw SystemCallError(call: call, errno: code, detail: detail())
-        }
-    }
-
     // MARK: - io_uring
 
     /// Creates an io_uring instance and maps its rings.
     /// The corresponding system call is `io_uring_setup(2)`, then `mmap(2)`.
     static func uringOpen(_ ring: UnsafeMutablePointer<ha_uring>, entries: UInt32) throws(SystemCallError) {
-        _ = try retryingNegativeErrno("io_uring_setup", detail: "\(entries) entries") {
+        _ = try retryingInterrupts("io_uring_setup", detail: "\(entries) entries") {
             unsafe ha_uring_open(ring, entries)
         }
     }
@@ -41,7 +27,7 @@ extension Sys {
         _ ring: UnsafeMutablePointer<ha_uring>, opcode: UInt32, argument: UnsafeRawPointer?, count: UInt32,
         detail: String
     ) throws(SystemCallError) -> Int32 {
-        try retryingNegativeErrno("io_uring_register", detail: detail) {
+        try retryingInterrupts("io_uring_register", detail: detail) {
             unsafe ha_uring_register(ring, opcode, argument, count)
         }
     }
@@ -57,7 +43,7 @@ extension Sys {
     /// Submits the queued entries and waits for `wait` completions.
     /// The corresponding system call is `io_uring_enter(2)`.
     static func uringSubmit(_ ring: UnsafeMutablePointer<ha_uring>, wait: UInt32) throws(SystemCallError) -> Int {
-        Int(try retryingNegativeErrno("io_uring_enter", detail: "wait \(wait)") { unsafe ha_uring_submit(ring, wait) })
+        Int(try retryingInterrupts("io_uring_enter", detail: "wait \(wait)") { unsafe ha_uring_submit(ring, wait) })
     }
 
     /// Takes one completion queue entry, if any.
@@ -71,14 +57,14 @@ extension Sys {
 
     /// The corresponding C call is `socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0)`.
     static func xdpSocket() throws(SystemCallError) -> FileDescriptor {
-        FileDescriptor(rawValue: try retryingNegativeErrno("socket", detail: "AF_XDP, SOCK_RAW") { ha_xsk_socket() })
+        FileDescriptor(rawValue: try retryingInterrupts("socket", detail: "AF_XDP, SOCK_RAW") { ha_xsk_socket() })
     }
 
     /// The corresponding C call is `setsockopt(SOL_XDP, XDP_UMEM_REG)`.
     static func xdpRegisterUMEM(
         _ fd: FileDescriptor, base: UnsafeMutableRawPointer, length: Int, chunkSize: Int, headroom: Int, flags: UInt32
     ) throws(SystemCallError) {
-        _ = try retryingNegativeErrno(
+        _ = try retryingInterrupts(
             "setsockopt", detail: "SOL_XDP, XDP_UMEM_REG, len \(length), chunk_size \(chunkSize), headroom \(headroom)"
         ) {
             unsafe ha_xsk_register_umem(fd.rawValue, base, UInt64(length), UInt32(chunkSize), UInt32(headroom), flags)
@@ -91,7 +77,7 @@ extension Sys {
     static func xdpMapRing(
         _ fd: FileDescriptor, kind: ha_xsk_ring_kind, entries: UInt32, into ring: UnsafeMutablePointer<ha_xsk_ring>
     ) throws(SystemCallError) {
-        _ = try retryingNegativeErrno("setsockopt/getsockopt/mmap", detail: "SOL_XDP ring \(kind.rawValue), \(entries) entries") {
+        _ = try retryingInterrupts("setsockopt/getsockopt/mmap", detail: "SOL_XDP ring \(kind.rawValue), \(entries) entries") {
             unsafe ha_xsk_map_ring(fd.rawValue, kind, entries, ring)
         }
     }
@@ -103,7 +89,7 @@ extension Sys {
 
     /// The corresponding C call is `bind(2)` with a `struct sockaddr_xdp`.
     static func xdpBind(_ fd: FileDescriptor, interfaceIndex: UInt32, queue: UInt32, flags: UInt16) throws(SystemCallError) {
-        _ = try retryingNegativeErrno("bind", detail: "AF_XDP ifindex \(interfaceIndex) queue \(queue)") {
+        _ = try retryingInterrupts("bind", detail: "AF_XDP ifindex \(interfaceIndex) queue \(queue)") {
             ha_xsk_bind(fd.rawValue, interfaceIndex, queue, flags)
         }
     }
@@ -112,14 +98,14 @@ extension Sys {
 
     /// An XSKMAP. The corresponding system call is `bpf(BPF_MAP_CREATE)`.
     static func xskMapCreate(entries: UInt32) throws(SystemCallError) -> FileDescriptor {
-        FileDescriptor(rawValue: try retryingNegativeErrno("bpf", detail: "BPF_MAP_CREATE XSKMAP \(entries)") {
+        FileDescriptor(rawValue: try retryingInterrupts("bpf", detail: "BPF_MAP_CREATE XSKMAP \(entries)") {
             ha_xsk_map_create(entries)
         })
     }
 
     /// The corresponding system call is `bpf(BPF_MAP_UPDATE_ELEM)`.
     static func xskMapSet(_ map: FileDescriptor, key: UInt32, socket: FileDescriptor) throws(SystemCallError) {
-        _ = try retryingNegativeErrno("bpf", detail: "BPF_MAP_UPDATE_ELEM XSKMAP[\(key)]") {
+        _ = try retryingInterrupts("bpf", detail: "BPF_MAP_UPDATE_ELEM XSKMAP[\(key)]") {
             ha_xsk_map_set(map.rawValue, key, socket.rawValue)
         }
     }
@@ -130,13 +116,14 @@ extension Sys {
         var log = [CChar](repeating: 0, count: 4096)
         let fd = unsafe ha_xdp_redirect_program(map.rawValue, &log, UInt32(log.count))
         if fd >= 0 { return FileDescriptor(rawValue: fd) }
+        let code = lastErrno
         let text = String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        throw SystemCallError(call: "bpf", errno: Errno(rawValue: -fd), detail: "BPF_PROG_LOAD XDP" + (text.isEmpty ? "" : ": " + text))
+        throw SystemCallError(call: "bpf", errno: code, detail: "BPF_PROG_LOAD XDP" + (text.isEmpty ? "" : ": " + text))
     }
 
     /// The corresponding system call is `bpf(BPF_LINK_CREATE)` with `BPF_XDP`.
     static func xdpAttach(program: FileDescriptor, interfaceIndex: UInt32, genericMode: Bool) throws(SystemCallError) -> FileDescriptor {
-        FileDescriptor(rawValue: try retryingNegativeErrno("bpf", detail: "BPF_LINK_CREATE XDP ifindex \(interfaceIndex)") {
+        FileDescriptor(rawValue: try retryingInterrupts("bpf", detail: "BPF_LINK_CREATE XDP ifindex \(interfaceIndex)") {
             ha_xdp_attach(program.rawValue, interfaceIndex, genericMode ? 1 : 0)
         })
     }
@@ -144,12 +131,8 @@ extension Sys {
     /// Sends one raw Ethernet frame. The corresponding C call is
     /// `sendto(2)` on a `socket(AF_PACKET, SOCK_RAW)`.
     static func packetSend(interfaceIndex: UInt32, frame: [UInt8]) throws(SystemCallError) -> Int {
-        while true {
-            let sent = unsafe frame.withUnsafeBytes { unsafe ha_packet_send(interfaceIndex, $0.baseAddress, $0.count) }
-            if sent >= 0 { return sent }
-            let code = Errno(rawValue: Int32(-sent))
-            if code == .interrupted { continue }
-            throw SystemCallError(call: "sendto", errno: code, detail: "AF_PACKET ifindex \(interfaceIndex)")
+        try retryingInterrupts("sendto", detail: "AF_PACKET ifindex \(interfaceIndex)") {
+            unsafe frame.withUnsafeBytes { unsafe ha_packet_send(interfaceIndex, $0.baseAddress, $0.count) }
         }
     }
 }

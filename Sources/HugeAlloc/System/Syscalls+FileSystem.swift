@@ -45,22 +45,17 @@ extension Sys {
 
     /// Opens a file for reading. The corresponding C function is `open(2)`.
     package static func openReadOnly(_ path: String) throws(SystemCallError) -> FileDescriptor {
-        do {
-            return try unsafe FileDescriptor.open(path, .readOnly, options: .closeOnExec)
-        } catch {
-            throw SystemCallError(call: "open", errno: error as? Errno ?? .noSuchFileOrDirectory, detail: path)
-        }
+        FileDescriptor(rawValue: try retryingInterrupts("open", detail: path) {
+            unsafe Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        })
     }
 
     /// Writes `text` to an existing file in one `write(2)`, as /sys knobs need.
     /// The corresponding C functions are `open(2)` and `write(2)`.
     package static func writeFile(_ path: String, _ text: String) throws(SystemCallError) {
-        let fd: FileDescriptor
-        do {
-            fd = try unsafe FileDescriptor.open(path, .writeOnly, options: [.closeOnExec, .truncate])
-        } catch {
-            throw SystemCallError(call: "open", errno: error as? Errno ?? .noSuchFileOrDirectory, detail: path)
-        }
+        let fd = FileDescriptor(rawValue: try retryingInterrupts("open", detail: path) {
+            unsafe Glibc.open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+        })
         defer { close(fd) }
         do {
             _ = try fd.writeAll(Array(text.utf8))

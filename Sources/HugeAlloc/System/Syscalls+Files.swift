@@ -11,15 +11,13 @@ extension Sys {
     /// report a size of 0 or 4096 whatever they hold, so the size from `stat`
     /// is never trusted. The corresponding C functions are `open(2)` and `read(2)`.
     package static func readFile(atPath path: String) throws(SystemCallError) -> [UInt8] {
-        let fd = try retryingInterrupts("open", detail: path) {
-            unsafe Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        }
-        defer { _ = Glibc.close(fd) }
+        let fd = try openReadOnly(path)
+        defer { close(fd) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             let count = try retryingInterrupts("read", detail: path) {
-                unsafe chunk.withUnsafeMutableBytes { unsafe Glibc.read(fd, $0.baseAddress, $0.count) }
+                unsafe chunk.withUnsafeMutableBytes { unsafe Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
             }
             if count == 0 { break }
             bytes.append(contentsOf: chunk[..<count])

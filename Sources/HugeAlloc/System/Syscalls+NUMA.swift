@@ -183,4 +183,25 @@ extension Sys {
         let distance = CNuma.numa_distance(Int32(a), Int32(b))
         return distance > 0 ? Int(distance) : nil
     }
+
+    /// Whether the kernel has NUMA support (`numa_available(3)` >= 0).
+    static var numaAvailable: Bool { CNuma.numa_available() >= 0 }
+
+    /// A node's memory, total and free, in bytes (`numa_node_size64(3)`,
+    /// read from sysfs), or nil when libnuma cannot say.
+    static func nodeMemory(_ node: Int) -> (total: Int, free: Int)? {
+        var free: Int64 = 0
+        let total = unsafe CNuma.numa_node_size64(Int32(node), &free)
+        return total >= 0 ? (Int(total), Int(free)) : nil
+    }
+
+    /// A node's CPUs per libnuma (`numa_node_to_cpus(3)`), ascending, or nil
+    /// when libnuma cannot say.
+    static func cpusOfNode(_ node: Int) -> [Int]? {
+        guard let mask = unsafe CNuma.numa_allocate_cpumask() else { return nil }
+        defer { unsafe CNuma.numa_free_cpumask(mask) }
+        guard unsafe CNuma.numa_node_to_cpus(Int32(node), mask) == 0 else { return nil }
+        let possible = Int(CNuma.numa_num_possible_cpus())
+        return (0..<max(possible, 0)).filter { unsafe CNuma.numa_bitmask_isbitset(mask, UInt32($0)) != 0 }
+    }
 }
