@@ -3,6 +3,6 @@
 /// The layers, bottom to top (see docs/architecture.md):
 /// inventory → mappings → physical translation → contiguous runs →
 /// NUMA placement → mempools → packet pools → I/O backend exports.
-public enum HugeAllocVersion {
-    public static let string = "0.1.0"
+package enum HugeAllocVersion {
+    package static let string = "0.1.0"
 }

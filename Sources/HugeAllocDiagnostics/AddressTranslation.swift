@@ -74,12 +74,12 @@ package enum ProcessTranslation {
         let size = max(mapping.pageSize, Sys.basePageSize)
         var runs: [PhysicalRun] = []
         // Pages without a physical address (not present, swapped, PFN hidden)
-        // split the mapping into segments; each segment's runs come from PhysicalTranslation.
+        // split the mapping into segments; each segment's runs come from the one run detector.
         var segment: [UInt64] = []
         var segmentStart = 0
         func flush() {
             guard !segment.isEmpty else { return }
-            for run in PhysicalTranslation(pagePhysical: segment, pageSize: size).runs {
+            for run in PhysicalRun.runs(pagePhysical: segment, pageSize: size) {
                 runs.append(PhysicalRun(physical: run.physical, offset: segmentStart + run.offset,
                                         bytes: run.bytes, pages: run.pages))
             }

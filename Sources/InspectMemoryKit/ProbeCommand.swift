@@ -140,8 +140,7 @@ struct ProbeReport: Encodable {
 
     init(_ mapping: borrowing MemoryMapping) {
         let base = UInt(bitPattern: mapping.base)
-        let nodes = mapping.pageNodes ?? (try? NUMAPlacement.nodes(of: mapping.base, length: mapping.length,
-                                                                  pageSize: mapping.pageSize.bytes))
+        let nodes = mapping.pageNodes ?? (try? mapping.currentPageNodes())
         pid = getpid()
         pageSize = mapping.pageSize.bytes
         pages = (0..<mapping.pageCount).map { i in

@@ -117,7 +117,7 @@ func map(pages: Int, _ policy: NUMAPolicy) throws -> MemoryMapping {
 
 /// Every page's node, asked of the kernel again (move_pages).
 func pageNodes(of mapping: borrowing MemoryMapping) throws -> [Int] {
-    try NUMAPlacement.nodes(of: mapping.base, length: mapping.length, pageSize: mapping.pageSize.bytes)
+    try mapping.currentPageNodes()
 }
 
 /// What a thread produced, read after it is joined.

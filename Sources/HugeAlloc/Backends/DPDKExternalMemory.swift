@@ -7,7 +7,8 @@
 /// DPDK's rules (lib/eal/common/rte_memory.c, `extmem_register` checks):
 /// `va_addr` aligned to `page_sz`, `len` a multiple of `page_sz`,
 /// `page_sz` a power of two, and `n_pages == len / page_sz` when IOVAs are
-/// given. ``validate()`` checks them.
+/// given. ``validate()`` checks them (`page_sz` is a ``PageSize``, a power of
+/// two by construction).
 public struct DPDKExternalMemory: Sendable, Equatable {
     /// Which addresses a device uses, as DPDK's `--iova-mode`.
     public enum IOVAMode: Sendable, Equatable {
@@ -18,20 +19,20 @@ public struct DPDKExternalMemory: Sendable, Equatable {
     }
 
     /// DPDK's `RTE_BAD_IOVA`: the page's IOVA is unknown.
-    public static let badIOVA = UInt64.max
+    public static let badIOVA = PhysicalAddress(rawValue: UInt64.max)
 
     /// `va_addr`.
     public var virtualAddress: UInt
     /// `len`, in bytes.
     public var length: Int
     /// `page_sz`.
-    public var pageSize: Int
+    public var pageSize: PageSize
     /// `iova_addrs`: one per page, in address order; ``badIOVA`` where unknown.
-    public var pageIOVAs: [UInt64]
+    public var pageIOVAs: [PhysicalAddress]
     /// `n_pages`.
     public var pageCount: Int { pageIOVAs.count }
 
-    public init(virtualAddress: UInt, length: Int, pageSize: Int, pageIOVAs: [UInt64]) {
+    public init(virtualAddress: UInt, length: Int, pageSize: PageSize, pageIOVAs: [PhysicalAddress]) {
         self.virtualAddress = virtualAddress
         self.length = length
         self.pageSize = pageSize
@@ -46,13 +47,13 @@ public struct DPDKExternalMemory: Sendable, Equatable {
         let pageSize = mempool.pageSize
         let pages = mempool.memoryLength / pageSize
         self.init(
-            virtualAddress: base, length: mempool.memoryLength, pageSize: pageSize,
+            virtualAddress: base, length: mempool.memoryLength, pageSize: PageSize(rawValue: pageSize)!,
             pageIOVAs: (0..<pages).map { page in
                 switch iovaMode {
                 case .virtual:
-                    return UInt64(base) + UInt64(page * pageSize)
+                    return PhysicalAddress(UInt64(base) + UInt64(page * pageSize))
                 case .physical:
-                    return unsafe mempool.physicalAddress(of: mempool.baseAddress + page * pageSize)?.rawValue ?? Self.badIOVA
+                    return unsafe mempool.physicalAddress(of: mempool.baseAddress + page * pageSize) ?? Self.badIOVA
                 }
             })
     }
@@ -66,33 +67,33 @@ public struct DPDKExternalMemory: Sendable, Equatable {
     public init(mapping: borrowing MemoryMapping, iovaMode: IOVAMode = .physical) {
         let base = UInt(bitPattern: unsafe mapping.base)
         let pageSize = mapping.pageSize.bytes
-        var iovas: [UInt64] = []
+        var iovas: [PhysicalAddress] = []
         for page in 0..<mapping.pageCount {
             switch iovaMode {
-            case .virtual: iovas.append(UInt64(base) + UInt64(page * pageSize))
-            case .physical: iovas.append(mapping.physicalAddress(atOffset: page * pageSize)?.rawValue ?? Self.badIOVA)
+            case .virtual: iovas.append(PhysicalAddress(UInt64(base) + UInt64(page * pageSize)))
+            case .physical: iovas.append(mapping.physicalAddress(ofPage: page) ?? Self.badIOVA)
             }
         }
-        self.init(virtualAddress: base, length: mapping.length, pageSize: pageSize, pageIOVAs: iovas)
+        self.init(virtualAddress: base, length: mapping.length, pageSize: mapping.pageSize, pageIOVAs: iovas)
     }
 
     /// Whether every page has a known IOVA (otherwise a device cannot DMA to it).
     public var hasAllIOVAs: Bool { !pageIOVAs.contains(Self.badIOVA) }
 
     /// The IOVA of the byte at `address`, or nil outside the range or when unknown.
-    public func iova(of address: UInt) -> UInt64? {
+    public func iova(of address: UInt) -> PhysicalAddress? {
         guard address >= virtualAddress, address - virtualAddress < UInt(length) else { return nil }
         let offset = Int(address - virtualAddress)
-        let page = pageIOVAs[offset / pageSize]
-        return page == Self.badIOVA ? nil : page + UInt64(offset % pageSize)
+        let page = pageIOVAs[offset / pageSize.bytes]
+        return page == Self.badIOVA ? nil : page + offset % pageSize.bytes
     }
 
     /// Checks `rte_extmem_register`'s argument rules; returns the broken one, or nil.
     public func validate() -> String? {
-        if pageSize <= 0 || pageSize & (pageSize - 1) != 0 { return "page_sz \(pageSize) is not a power of two" }
-        if virtualAddress % UInt(pageSize) != 0 { return "va_addr 0x\(String(virtualAddress, radix: 16)) is not aligned to page_sz \(pageSize)" }
-        if length <= 0 || length % pageSize != 0 { return "len \(length) is not a positive multiple of page_sz \(pageSize)" }
-        if pageCount != length / pageSize { return "n_pages \(pageCount) is not len / page_sz = \(length / pageSize)" }
+        let pageBytes = pageSize.bytes
+        if virtualAddress % UInt(pageBytes) != 0 { return "va_addr 0x\(String(virtualAddress, radix: 16)) is not aligned to page_sz \(pageBytes)" }
+        if length <= 0 || length % pageBytes != 0 { return "len \(length) is not a positive multiple of page_sz \(pageBytes)" }
+        if pageCount != length / pageBytes { return "n_pages \(pageCount) is not len / page_sz = \(length / pageBytes)" }
         return nil
     }
 }

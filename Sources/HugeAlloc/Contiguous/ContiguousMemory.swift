@@ -4,9 +4,10 @@ public struct ContiguousRequest: Sendable {
     public var bytes: Int
     /// Page size of the pages the block is built from.
     public var pageSize: PageSize
-    /// Alignment of the block's physical start (a power of two, at least the
-    /// page size; 0 means the page size).
-    public var physicalAlignment: Int
+    /// Alignment of the block's physical start: any power of two (nil: the
+    /// page size). Every page starts page-aligned, so an alignment up to the
+    /// page size is met by any block; a larger one is searched for.
+    public var physicalAlignment: Int?
     /// Where the pages come from.
     public var numaPolicy: NUMAPolicy
     /// Most bytes mapped at once while looking. Default: for hugepages, every
@@ -20,7 +21,7 @@ public struct ContiguousRequest: Sendable {
     /// the trial technique runs.
     public var useTransparentHugepage: Bool
 
-    public init(bytes: Int, pageSize: PageSize = .huge2M, physicalAlignment: Int = 0,
+    public init(bytes: Int, pageSize: PageSize = .huge2M, physicalAlignment: Int? = nil,
                 numaPolicy: NUMAPolicy = .any, budgetBytes: Int? = nil, maxAttempts: Int = 64,
                 useTransparentHugepage: Bool = true) {
         self.bytes = bytes
@@ -80,10 +81,12 @@ public enum ContiguousMemory {
         let (rounded, overflow) = request.bytes.addingReportingOverflow(ps - 1)
         guard !overflow else { throw .invalidRequest("\(request.bytes) bytes is too large") }
         let pages = rounded / ps
-        let alignment = request.physicalAlignment == 0 ? ps : request.physicalAlignment
-        guard alignment >= ps, alignment & (alignment - 1) == 0 else {
-            throw .invalidRequest("the physical alignment must be a power of two of at least the page size \(ps) (got \(request.physicalAlignment))")
+        let requested = request.physicalAlignment ?? ps
+        guard requested > 0, requested & (requested - 1) == 0 else {
+            throw .invalidRequest("the physical alignment must be a power of two (got \(requested))")
         }
+        // Pages start page-aligned: a smaller alignment is already met.
+        let alignment = max(requested, ps)
         if request.pageSize.isHuge {
             return try allocateHuge(pages: pages, alignment: alignment, request: request, stats: &stats)
         }
@@ -96,7 +99,7 @@ public enum ContiguousMemory {
         in translation: PhysicalTranslation, count: Int, alignment: Int
     ) -> (pages: [Int]?, largestRunBytes: Int) {
         let ordered = translation.pagesInPhysicalOrder
-        let ps = translation.pageSize
+        let ps = translation.pageSize.bytes
         var largest = 0
         let ranges = PhysicalRun.ranges(count: ordered.count) { ordered[$0].physical == ordered[$0 - 1].physical + ps }
         for range in ranges {

@@ -15,7 +15,7 @@ public struct FragmentationReport: Sendable, Equatable {
         public var largestRunBytes: Int
     }
 
-    public let pageSize: Int
+    public let pageSize: PageSize
     /// Runs in ascending physical order.
     public let runs: [Run]
     /// Run length in pages → how many runs have that length, ascending.
@@ -26,14 +26,15 @@ public struct FragmentationReport: Sendable, Equatable {
     public var largestRunBytes: Int { runs.map(\.bytes).max() ?? 0 }
     public var pageCount: Int { runs.reduce(0) { $0 + $1.pages } }
 
-    public init(physical: [PhysicalAddress], nodes: [Int]? = nil, pageSize: Int) {
+    public init(physical: [PhysicalAddress], nodes: [Int]? = nil, pageSize: PageSize) {
         self.pageSize = pageSize
+        let pageBytes = pageSize.bytes
         let order = physical.indices.sorted { physical[$0] < physical[$1] }
         let ranges = PhysicalRun.ranges(count: order.count) { i in
-            physical[order[i]] == physical[order[i - 1]] + pageSize && nodes?[order[i]] == nodes?[order[i - 1]]
+            physical[order[i]] == physical[order[i - 1]] + pageBytes && nodes?[order[i]] == nodes?[order[i - 1]]
         }
         let runs = ranges.map { range in
-            Run(physical: physical[order[range.lowerBound]], bytes: range.count * pageSize, pages: range.count,
+            Run(physical: physical[order[range.lowerBound]], bytes: range.count * pageBytes, pages: range.count,
                 node: nodes?[order[range.lowerBound]])
         }
         self.runs = runs
@@ -54,9 +55,9 @@ public struct FragmentationReport: Sendable, Equatable {
 
     /// The report for a mapping's pages (empty without a translation).
     public init(_ mapping: borrowing MemoryMapping) {
-        let physical = (0..<mapping.pageCount).compactMap { mapping.physicalAddress(atOffset: $0 * mapping.pageSize.bytes) }
+        let physical = (0..<mapping.pageCount).compactMap { mapping.physicalAddress(ofPage: $0) }
         self.init(physical: physical, nodes: physical.count == mapping.pageCount ? mapping.pageNodes : nil,
-                  pageSize: mapping.pageSize.bytes)
+                  pageSize: mapping.pageSize)
     }
 
     public static func == (a: Self, b: Self) -> Bool {

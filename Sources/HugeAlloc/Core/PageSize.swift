@@ -31,10 +31,10 @@ public struct PageSize: RawRepresentable, Hashable, Comparable, Sendable, Custom
 }
 
 /// Parsing and printing of byte counts with binary suffixes.
-public enum ByteCount {
+package enum ByteCount {
     /// Parses "64", "4K", "4k", "4KB", "4kB", "4KiB", "2M", "1G", "1T"; nil for
     /// anything else, negative numbers, or values that overflow `Int`.
-    public static func parse(_ text: String) -> Int? {
+    package static func parse(_ text: String) -> Int? {
         var digits = Substring(text.trimmingWhitespace())
         var unit = 1
         let lowered = digits.lowercased()
@@ -53,7 +53,7 @@ public enum ByteCount {
     }
 
     /// "4K", "2M", "1G" when exact, else bytes.
-    public static func format(_ bytes: Int) -> String {
+    package static func format(_ bytes: Int) -> String {
         for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] where bytes >= 1 << shift && bytes % (1 << shift) == 0 {
             return "\(bytes >> shift)\(suffix)"
         }

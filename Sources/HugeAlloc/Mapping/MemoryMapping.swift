@@ -96,6 +96,13 @@ public struct MemoryMapping: ~Copyable {
         _translation?.physicalAddress(atOffset: offset)
     }
 
+    /// The physical address of page `page`'s first byte, or nil outside the
+    /// mapping or without a translation.
+    @inlinable public func physicalAddress(ofPage page: Int) -> PhysicalAddress? {
+        guard page >= 0, page < pageCount else { return nil }
+        return physicalAddress(atOffset: page &* pageSize.bytes)
+    }
+
     /// The physical address of the byte at `pointer`; nil outside the mapping.
     @inlinable public func physicalAddress(of pointer: UnsafeRawPointer) -> PhysicalAddress? {
         physicalAddress(atOffset: unsafe pointer - UnsafeRawPointer(region.base))
@@ -122,6 +129,13 @@ public struct MemoryMapping: ~Copyable {
 
     /// The physically contiguous runs, in virtual order.
     public var runs: [PhysicalRun] { translation?.runs ?? [] }
+
+    /// The NUMA node of every page as the kernel reports it now (base pages
+    /// can migrate after ``pageNodes`` was read at creation). Calls
+    /// `move_pages(2)` through ``NUMAPlacement/nodes(of:length:pageSize:)``.
+    public func currentPageNodes() throws(NUMAError) -> [Int] {
+        try unsafe NUMAPlacement.nodes(of: region.base, length: region.length, pageSize: pageSize)
+    }
 
     // MARK: - creation
 
@@ -178,7 +192,7 @@ public struct MemoryMapping: ~Copyable {
         var nodes: [Int]? = nil
         if options.populate, options.numaPolicy != .any {
             do {
-                let found = try unsafe NUMAPlacement.nodes(of: base, length: length, pageSize: pageSize.bytes)
+                let found = try unsafe NUMAPlacement.nodes(of: base, length: length, pageSize: pageSize)
                 try NUMAPlacement.verify(options.numaPolicy, nodes: found)
                 nodes = found
             } catch { throw .placement(error) }

@@ -46,12 +46,10 @@ public enum NUMAPlacement {
     /// `MPOL_F_NODE | MPOL_F_ADDR` for those pages. A page not faulted in is
     /// ``NUMAError/pageNotPresent(page:)``.
     public static func nodes(
-        of address: UnsafeMutableRawPointer, length: Int, pageSize: Int
+        of address: UnsafeMutableRawPointer, length: Int, pageSize size: PageSize
     ) throws(NUMAError) -> [Int] {
         try unsafe checkRange(address, length: length)
-        guard pageSize > 0, pageSize & (pageSize - 1) == 0 else {
-            throw .invalidRange("page size \(pageSize) is not a power of two")
-        }
+        let pageSize = size.bytes
         let count = (length + pageSize - 1) / pageSize
         let pages: [UnsafeMutableRawPointer?] = unsafe (0..<count).map { unsafe address + $0 * pageSize }
         var status: [Int32]

@@ -20,8 +20,10 @@ public enum TranslationMode: Sendable, Hashable {
 /// Built from one batched read of `/proc/self/pagemap`.
 public struct PhysicalTranslation: Sendable {
     /// The page size the range is mapped with.
-    public let pageSize: Int
+    public let pageSize: PageSize
     @usableFromInline let shift: Int
+    /// `pageSize.bytes - 1`: the offset-within-page mask.
+    @usableFromInline let pageMask: Int
     /// Physical address of page i.
     @usableFromInline let pagePhysical: [UInt64]
     /// Page indexes sorted by physical address, and those addresses.
@@ -37,9 +39,10 @@ public struct PhysicalTranslation: Sendable {
     public let runs: [PhysicalRun]
 
     /// Builds the indexes from the physical address of each page.
-    public init(pagePhysical: [UInt64], pageSize: Int) {
-        precondition(pageSize > 0 && pageSize & (pageSize - 1) == 0, "page size must be a power of two")
-        self.pageSize = pageSize
+    package init(pagePhysical: [UInt64], pageSize size: PageSize) {
+        let pageSize = size.bytes
+        self.pageSize = size
+        self.pageMask = pageSize - 1
         self.shift = pageSize.trailingZeroBitCount
         self.pagePhysical = pagePhysical
         let order = pagePhysical.indices.sorted { pagePhysical[$0] < pagePhysical[$1] }
@@ -78,7 +81,7 @@ public struct PhysicalTranslation: Sendable {
     @inlinable public func physicalAddress(atOffset offset: Int) -> PhysicalAddress? {
         let page = offset >> shift
         guard offset >= 0, page < pagePhysical.count else { return nil }
-        return PhysicalAddress(pagePhysical[page] | UInt64(offset & (pageSize - 1)))
+        return PhysicalAddress(pagePhysical[page] | UInt64(offset & pageMask))
     }
 
     /// The offset of the byte at physical address `physical`, or `nil` when
@@ -90,7 +93,7 @@ public struct PhysicalTranslation: Sendable {
         while true {
             let candidate = hashKeys[slot]
             if candidate == key {
-                return (Int(hashPages[slot]) << shift) | Int(physical.rawValue & UInt64(pageSize &- 1))
+                return (Int(hashPages[slot]) << shift) | Int(physical.rawValue & UInt64(pageMask))
             }
             if candidate == 0 { return nil }
             slot = (slot &+ 1) & mask
@@ -146,12 +149,12 @@ public struct PhysicalTranslation: Sendable {
             guard let pfn = entry.pfn else { throw .physicalAddressesHidden }
             physical[page] = pfn &* UInt64(base)
         }
-        return PhysicalTranslation(pagePhysical: physical, pageSize: pageSize)
+        return PhysicalTranslation(pagePhysical: physical, pageSize: PageSize(rawValue: pageSize)!)
     }
 
     /// IOVA = virtual address for every page.
     static func identity(address: UInt, length: Int, pageSize: Int) -> PhysicalTranslation {
         PhysicalTranslation(pagePhysical: (0..<(length / pageSize)).map { UInt64(address) + UInt64($0 * pageSize) },
-                            pageSize: pageSize)
+                            pageSize: PageSize(rawValue: pageSize)!)
     }
 }

@@ -145,7 +145,7 @@ private func largestFreeRunOf2MiBPages(cap: Int) throws -> Int {
         let ps = 2 << 20
         let physical = [5, 1, 2, 9, 3, 10, 11, 20].map { PhysicalAddress(UInt64($0 * ps)) }
         let nodes = [0, 0, 0, 1, 0, 1, 0, 1]
-        let report = FragmentationReport(physical: physical, nodes: nodes, pageSize: ps)
+        let report = FragmentationReport(physical: physical, nodes: nodes, pageSize: PageSize(rawValue: ps)!)
         #expect(report.runs.map(\.pages) == [3, 1, 2, 1, 1])  // 1-3 | 5 | 9-10 | 11 (node 0) | 20
         #expect(report.largestRunBytes == 3 * ps)
         #expect(report.histogram.map(\.pages) == [1, 2, 3] && report.histogram.map(\.runs) == [3, 1, 1])

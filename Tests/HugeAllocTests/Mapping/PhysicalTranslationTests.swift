@@ -22,7 +22,7 @@ import Testing
     func everyPageRoundTripsAndAbsentFramesAreNil(pages: Int) {
         let pageSize = 2 << 20
         let physical = synthetic(pages: pages, pageSize: pageSize, seed: UInt64(pages))
-        let t = PhysicalTranslation(pagePhysical: physical, pageSize: pageSize)
+        let t = PhysicalTranslation(pagePhysical: physical, pageSize: PageSize(rawValue: pageSize)!)
         let present = Set(physical)
         for (page, address) in physical.enumerated() {
             for within in [0, 1, pageSize - 1] {
@@ -42,7 +42,7 @@ import Testing
 
     @Test func contiguousLengthStopsAtRunEnds() {
         let p = 4096
-        let t = PhysicalTranslation(pagePhysical: [0x10000, 0x11000, 0x12000, 0x50000, 0x51000], pageSize: p)
+        let t = PhysicalTranslation(pagePhysical: [0x10000, 0x11000, 0x12000, 0x50000, 0x51000], pageSize: PageSize(rawValue: p)!)
         #expect(t.contiguousLength(atOffset: 0) == 3 * p)
         #expect(t.contiguousLength(atOffset: p + 10) == 2 * p - 10)
         #expect(t.contiguousLength(atOffset: 3 * p) == 2 * p)

@@ -12,7 +12,7 @@ struct MappingPlacementTests {
                                         options: MappingOptions(backing: backing, numaPolicy: .bind(0)))
         #expect(mapping.pageNodes == [0, 0, 0, 0])
         #expect(try NUMAPlacement.policy(of: mapping.base) == .bind(0))
-        #expect(try NUMAPlacement.nodes(of: mapping.base, length: mapping.length, pageSize: mapping.pageSize.bytes)
+        #expect(try NUMAPlacement.nodes(of: mapping.base, length: mapping.length, pageSize: mapping.pageSize)
             == [0, 0, 0, 0])
     }
 
