@@ -77,63 +77,157 @@ int ha_getcpu(unsigned int *cpu, unsigned int *node) {
 }
 
 /* ---- SIGBUS-guarded touch --------------------------------------------- */
+/*
+ * hugetlb quotas, cgroup limits and holes in a file arrive as a synchronous
+ * SIGBUS when a page is first touched. The guard turns into an error only
+ * such a fault (si_code BUS_ADRERR, BUS_ADRALN, BUS_OBJERR or BUS_MCEERR_AR)
+ * whose si_addr lies in the range the current thread is touching. Any other
+ * SIGBUS (sent by kill(2), tgkill(2) or sigqueue(3), a fault on a thread
+ * that is not touching, or outside the range) is handled as if the guard
+ * were not installed: see ha_sigbus_forward.
+ */
 
 static _Thread_local sigjmp_buf ha_touch_jmp;
 static _Thread_local volatile sig_atomic_t ha_touch_active;
+static _Thread_local volatile uintptr_t ha_touch_begin;
+static _Thread_local volatile size_t ha_touch_length;
 static _Thread_local volatile uintptr_t ha_touch_fault;
-static struct sigaction ha_previous_sigbus;
-static pthread_once_t ha_sigbus_once = PTHREAD_ONCE_INIT;
 
-static void ha_sigbus_handler(int sig, siginfo_t *info, void *context) {
-    if (ha_touch_active) {
-        ha_touch_fault = (uintptr_t)info->si_addr;
-        siglongjmp(ha_touch_jmp, 1);
+/* The disposition the guard replaced, in two slots: an installer fills the
+ * slot not in use, then publishes its index, so a handler forwarding on
+ * another thread never reads a half-written struct. Installers hold the lock. */
+static struct sigaction ha_previous_sigbus[2];
+static unsigned int ha_previous_slot;
+static int ha_sigbus_installed;
+static pthread_mutex_t ha_sigbus_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int ha_sigbus_is_fault(const siginfo_t *info) {
+    switch (info->si_code) {
+    case BUS_ADRALN:
+    case BUS_ADRERR:
+    case BUS_OBJERR:
+#ifdef BUS_MCEERR_AR
+    case BUS_MCEERR_AR:
+#endif
+        return 1;
+    default:   /* SI_USER, SI_TKILL, SI_QUEUE, BUS_MCEERR_AO: not this access */
+        return 0;
     }
-    /* Not a guarded touch: hand the signal to whoever had it before. */
-    if (ha_previous_sigbus.sa_flags & SA_SIGINFO) {
-        if (ha_previous_sigbus.sa_sigaction) {
-            ha_previous_sigbus.sa_sigaction(sig, info, context);
-            return;
-        }
-    } else if (ha_previous_sigbus.sa_handler == SIG_IGN) {
-        return;
-    } else if (ha_previous_sigbus.sa_handler != SIG_DFL) {
-        ha_previous_sigbus.sa_handler(sig);
-        return;
-    }
-    /* Default disposition: restore it; the faulting access repeats and the
-     * process terminates with SIGBUS as it would have without us. */
+}
+
+static void ha_sigbus_set_default(int sig) {
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
-    sigaction(SIGBUS, &dfl, NULL);
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
 }
 
-static void ha_install_sigbus(void) {
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_sigaction = ha_sigbus_handler;
-    action.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGBUS, &action, &ha_previous_sigbus);
+/* Does what the kernel would have done had the guard not been installed. */
+static void ha_sigbus_forward(int sig, siginfo_t *info, void *context, int fault) {
+    struct sigaction *slot = &ha_previous_sigbus[__atomic_load_n(&ha_previous_slot, __ATOMIC_ACQUIRE)];
+    struct sigaction previous = *slot;
+    /* SIG_DFL and SIG_IGN are values of the handler, with SA_SIGINFO or not. */
+    if (previous.sa_handler == SIG_IGN) {
+        /* An ignored signal is discarded. An ignored fault is not: the kernel
+         * resets the disposition and the access, repeated on return, kills. */
+        if (fault) ha_sigbus_set_default(sig);
+        return;
+    }
+    if (previous.sa_handler == SIG_DFL) {
+        /* Terminate as the default action would. A fault repeats on return,
+         * with the kernel's own siginfo; a sent signal does not: raise it
+         * again (SA_NODEFER: it is not blocked here). */
+        ha_sigbus_set_default(sig);
+        if (!fault) raise(sig);
+        return;
+    }
+    /* A function: call it as the kernel would, with its sa_mask (and the
+     * signal, unless SA_NODEFER) blocked and SA_RESETHAND honoured. */
+    if (previous.sa_flags & SA_RESETHAND)
+        __atomic_store_n(&slot->sa_handler, SIG_DFL, __ATOMIC_RELAXED);
+    sigset_t blocked = previous.sa_mask, saved;
+    if (!(previous.sa_flags & SA_NODEFER)) sigaddset(&blocked, sig);
+    pthread_sigmask(SIG_BLOCK, &blocked, &saved);
+    if (previous.sa_flags & SA_SIGINFO) previous.sa_sigaction(sig, info, context);
+    else previous.sa_handler(sig);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+static void ha_sigbus_handler(int sig, siginfo_t *info, void *context) {
+    int fault = ha_sigbus_is_fault(info);
+    if (fault && ha_touch_active) {
+        uintptr_t addr = (uintptr_t)info->si_addr;
+        if (addr - ha_touch_begin < ha_touch_length) {
+            ha_touch_fault = addr;
+            siglongjmp(ha_touch_jmp, 1);
+        }
+    }
+    ha_sigbus_forward(sig, info, context, fault);
+}
+
+static int ha_sigbus_is_ours(const struct sigaction *action) {
+    return (action->sa_flags & SA_SIGINFO) && action->sa_sigaction == ha_sigbus_handler;
+}
+
+/*
+ * Makes the guard the disposition of SIGBUS unless it already is. Once
+ * installed it can be replaced: by signal(SIGBUS, SIG_IGN) in the
+ * application, or by our own reset to SIG_DFL. Over SIG_DFL or SIG_IGN it is
+ * installed again, forwarding to what it replaces. A handler function set
+ * after the guard is left in place: it may forward to the guard, and the
+ * guard forwarding back to it would loop; touches are guarded only if it does.
+ */
+static void ha_sigbus_ensure(void) {
+    struct sigaction current;
+    if (sigaction(SIGBUS, NULL, &current) == 0 && ha_sigbus_is_ours(&current)) return;
+    pthread_mutex_lock(&ha_sigbus_lock);
+    if (sigaction(SIGBUS, NULL, &current) == 0 && !ha_sigbus_is_ours(&current)
+        && (!ha_sigbus_installed || current.sa_handler == SIG_DFL || current.sa_handler == SIG_IGN)) {
+        unsigned int next = 1 - __atomic_load_n(&ha_previous_slot, __ATOMIC_RELAXED);
+        ha_previous_sigbus[next] = current;
+        __atomic_store_n(&ha_previous_slot, next, __ATOMIC_RELEASE);
+        struct sigaction action, replaced;
+        memset(&action, 0, sizeof action);
+        action.sa_sigaction = ha_sigbus_handler;
+        /* SA_RESTART and SA_ONSTACK as the replaced disposition had them, so
+         * interrupted system calls and stacks see no difference. */
+        action.sa_flags = SA_SIGINFO | SA_NODEFER | (current.sa_flags & (SA_RESTART | SA_ONSTACK));
+        sigemptyset(&action.sa_mask);
+        if (sigaction(SIGBUS, &action, &replaced) == 0) {
+            ha_sigbus_installed = 1;
+            if (!ha_sigbus_is_ours(&replaced) && (replaced.sa_handler != current.sa_handler
+                                                   || replaced.sa_flags != current.sa_flags)) {
+                /* Changed outside the lock in between: forward to what was replaced. */
+                next = 1 - next;
+                ha_previous_sigbus[next] = replaced;
+                __atomic_store_n(&ha_previous_slot, next, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    pthread_mutex_unlock(&ha_sigbus_lock);
 }
 
 /* Forgets that the guard was installed, for a forked child that starts over
  * (the self-test below). */
 static void ha_sigbus_forget(void) {
-    ha_sigbus_once = (pthread_once_t)PTHREAD_ONCE_INIT;
+    pthread_mutex_init(&ha_sigbus_lock, NULL);
+    ha_sigbus_installed = 0;
+    memset(ha_previous_sigbus, 0, sizeof ha_previous_sigbus);
 }
 
 int ha_guarded_touch(void *addr, size_t length, size_t stride, int write,
                      size_t *fault_offset) {
     if (stride == 0) { errno = EINVAL; return -2; }
-    pthread_once(&ha_sigbus_once, ha_install_sigbus);
+    ha_sigbus_ensure();
     volatile unsigned char *base = (volatile unsigned char *)addr;
     if (sigsetjmp(ha_touch_jmp, 1) != 0) {
         ha_touch_active = 0;
         if (fault_offset) *fault_offset = (size_t)(ha_touch_fault - (uintptr_t)addr);
         return -1;
     }
+    ha_touch_begin = (uintptr_t)addr;
+    ha_touch_length = length;
     ha_touch_active = 1;
     if (write) {
         for (size_t off = 0; off < length; off += stride) base[off] = base[off];

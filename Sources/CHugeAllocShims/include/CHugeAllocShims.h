@@ -59,10 +59,21 @@ int ha_getcpu(unsigned int *cpu, unsigned int *node);
  * Touches one byte every `stride` bytes of [addr, addr+length) (a write of
  * the byte's own value when `write` is non-zero, a read otherwise). hugetlb
  * quotas and cgroup limits are enforced when a page is first touched and
- * arrive as SIGBUS; here a SIGBUS inside the range is caught on this thread
- * and reported: the function returns -1 and stores the faulting offset.
- * Returns 0 when every page was touched. Other threads' SIGBUS and SIGBUS
- * outside a guarded touch go to the previously installed disposition.
+ * arrive as SIGBUS; here such a fault is caught and reported: the function
+ * returns -1 and stores the faulting offset. Returns 0 when every page was
+ * touched, -2 with errno EINVAL when `stride` is 0.
+ *
+ * Only a fault caused by this touch is caught: si_code BUS_ADRERR,
+ * BUS_ADRALN, BUS_OBJERR or BUS_MCEERR_AR, with si_addr in the range, on the
+ * thread touching it. Every other SIGBUS (kill(2), tgkill(2), sigqueue(3),
+ * another thread's fault, a fault outside the range) is handled as if the
+ * guard were not installed: a handler function installed before it is
+ * called (with its sa_mask and flags), SIG_IGN ignores a sent signal and
+ * lets a fault kill, SIG_DFL kills. The guard is installed on the first
+ * call, and again when SIGBUS has since been set to SIG_DFL or SIG_IGN; a
+ * handler function set after it is left in place (touches are then guarded
+ * only if that handler forwards to the one it replaced). Installation is
+ * thread-safe.
  */
 int ha_guarded_touch(void *addr, size_t length, size_t stride, int write,
                      size_t *fault_offset);
