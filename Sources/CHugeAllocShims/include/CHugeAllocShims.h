@@ -59,10 +59,21 @@ int ha_getcpu(unsigned int *cpu, unsigned int *node);
  * Touches one byte every `stride` bytes of [addr, addr+length) (a write of
  * the byte's own value when `write` is non-zero, a read otherwise). hugetlb
  * quotas and cgroup limits are enforced when a page is first touched and
- * arrive as SIGBUS; here a SIGBUS inside the range is caught on this thread
- * and reported: the function returns -1 and stores the faulting offset.
- * Returns 0 when every page was touched. Other threads' SIGBUS and SIGBUS
- * outside a guarded touch go to the previously installed disposition.
+ * arrive as SIGBUS; here such a fault is caught and reported: the function
+ * returns -1 and stores the faulting offset. Returns 0 when every page was
+ * touched, -2 with errno EINVAL when `stride` is 0.
+ *
+ * Only a fault caused by this touch is caught: si_code BUS_ADRERR,
+ * BUS_ADRALN, BUS_OBJERR or BUS_MCEERR_AR, with si_addr in the range, on the
+ * thread touching it. Every other SIGBUS (kill(2), tgkill(2), sigqueue(3),
+ * another thread's fault, a fault outside the range) is handled as if the
+ * guard were not installed: a handler function installed before it is
+ * called (with its sa_mask and flags), SIG_IGN ignores a sent signal and
+ * lets a fault kill, SIG_DFL kills. The guard is installed on the first
+ * call, and again when SIGBUS has since been set to SIG_DFL or SIG_IGN; a
+ * handler function set after it is left in place (touches are then guarded
+ * only if that handler forwards to the one it replaced). Installation is
+ * thread-safe.
  */
 int ha_guarded_touch(void *addr, size_t length, size_t stride, int write,
                      size_t *fault_offset);
@@ -75,6 +86,44 @@ int ha_guarded_touch(void *addr, size_t length, size_t stride, int write,
 int ha_parallel_guarded_touch(void *addr, size_t length, size_t stride,
                               int write, unsigned int threads,
                               size_t *fault_offset);
+
+/* ---- SIGBUS guard self-test (used by the test suite) ------------------ */
+/*
+ * Runs one scenario of the SIGBUS guard in a forked child, so that one which
+ * must end with the process killed by SIGBUS cannot take the caller with it.
+ * The child starts as a fresh process (SIGBUS at its default, no guard
+ * installed). `fd` is a file whose second page of `page` bytes faults when
+ * touched (past its end, or over a hugetlbfs quota; mapped MAP_SHARED |
+ * MAP_NORESERVE); with fd < 0 the child makes a one-page memfd instead.
+ * `*steps` receives the number of steps the child completed. Returns the
+ * child's exit code (0: every step passed; n: step n failed; 90: a fault in
+ * the guarded range reached the application's handler; 91: an unexpected
+ * SIGSEGV; 92: setup failed), 128 + the signal that killed it (a child still
+ * running after 10 s is killed with SIGKILL), or -1 with errno set.
+ * Not part of the library's API.
+ */
+/* SIG_IGN set after the guard was installed: faults in range are still
+ * caught, a sent SIGBUS is ignored, a fault outside kills (steps 5). */
+#define HA_SIGBUS_SELFTEST_IGNORED_AFTER_INSTALL 1
+/* SIG_IGN before the first guarded touch: the same (steps 2, then killed). */
+#define HA_SIGBUS_SELFTEST_IGNORED_FROM_START 2
+/* An SA_SIGINFO handler before the guard receives kill(2) and sigqueue(3)
+ * SIGBUS, also during a guarded touch; the touch still catches a fault. */
+#define HA_SIGBUS_SELFTEST_SENT_TO_PREVIOUS 3
+/* pthread_kill(SIGBUS) to a thread in a guarded touch (the caller, then a
+ * worker of the parallel touch) reaches a plain sa_handler; not a fault. */
+#define HA_SIGBUS_SELFTEST_THREAD_KILL 4
+/* SIG_DFL: a fault outside the range during a guarded touch kills (steps 1). */
+#define HA_SIGBUS_SELFTEST_DEFAULT_FAULT_OUTSIDE 5
+/* SIG_DFL: kill(2) SIGBUS after a guarded touch kills (steps 1). */
+#define HA_SIGBUS_SELFTEST_DEFAULT_SENT 6
+/* A fault outside the range during a guarded touch goes to the SA_SIGINFO
+ * handler, which grows the file; the touch then succeeds. */
+#define HA_SIGBUS_SELFTEST_PREVIOUS_FIXES_OUTSIDE 7
+/* SIGBUS reset to SIG_DFL / SIG_IGN between touches made by four threads at
+ * once: every touch still catches its fault (steps 16). */
+#define HA_SIGBUS_SELFTEST_REINSTALL_CONCURRENT 8
+int ha_sigbus_selftest(int scenario, int fd, size_t page, int *steps);
 
 /* ---- fork probe (tests of MADV_DONTFORK) -------------------------------- */
 /*
