@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -341,4 +342,26 @@ long ha_packet_send(uint32_t ifindex, const void *frame, size_t length) {
     close(fd);
     errno = e;
     return sent < 0 ? -1 : sent;
+}
+
+int ha_direct_io_alignment(int fd, uint32_t *memory_alignment, uint32_t *offset_alignment) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -1;
+    if (!(flags & O_DIRECT)) return 0;
+    struct statx stx;
+    memset(&stx, 0, sizeof stx);
+#ifndef STATX_DIOALIGN
+#define STATX_DIOALIGN 0x00002000U
+#endif
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) != 0) return -1;
+    if (!(stx.stx_mask & STATX_DIOALIGN)) {
+        /* The file system does not say: the logical block size is what
+         * block devices and most file systems ask for. */
+        *memory_alignment = 512;
+        *offset_alignment = 512;
+        return 1;
+    }
+    *memory_alignment = stx.stx_dio_mem_align;
+    *offset_alignment = stx.stx_dio_offset_align;
+    return 1;
 }

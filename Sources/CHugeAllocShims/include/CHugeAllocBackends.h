@@ -139,4 +139,13 @@ int ha_xdp_attach(int prog_fd, uint32_t ifindex, int skb_mode);
  * Returns the bytes sent or -1 with errno set. */
 long ha_packet_send(uint32_t ifindex, const void *frame, size_t length);
 
+/* ---- O_DIRECT ------------------------------------------------------------ */
+
+/* Whether `fd` was opened with O_DIRECT (fcntl(F_GETFL)) and, if so, the
+ * alignment the kernel asks of the buffer address and of the file offset and
+ * length (statx(2) with STATX_DIOALIGN; 512 when the file system does not
+ * say). Returns 1 with both set, 0 when the file is not O_DIRECT, or -1 with
+ * errno set. Alignments of 0 mean the file does not support direct I/O. */
+int ha_direct_io_alignment(int fd, uint32_t *memory_alignment, uint32_t *offset_alignment);
+
 #endif

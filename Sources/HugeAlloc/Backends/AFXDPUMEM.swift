@@ -138,4 +138,23 @@ extension PacketPoolConfiguration {
             count: count, headroom: headroom, dataRoom: chunkSize - PacketBuffer.metadataSize - headroom,
             alignment: chunkSize, cacheSize: cacheSize)
     }
+
+    /// AF_XDP chunks whose data also meets `O_DIRECT`'s buffer alignment
+    /// (`directIOAlignment`, e.g. 512: what `statx` `STATX_DIOALIGN` reports
+    /// as `stx_dio_mem_align`), so frames received by AF_XDP can be written
+    /// to disk with io_uring fixed writes and read back into the same
+    /// buffers: the headroom is the smallest one of at least
+    /// `XDP_PACKET_HEADROOM` that puts the data on that boundary (448 for
+    /// 512, data at offset 512 of a 2048-byte chunk, 1536 bytes of data
+    /// room). Nil when no such headroom leaves data room in the chunk.
+    public static func afXDP(count: Int, chunkSize: Int = 2048, cacheSize: Int = 256, directIOAlignment: Int) -> PacketPoolConfiguration? {
+        guard directIOAlignment > 0, directIOAlignment & (directIOAlignment - 1) == 0 else { return nil }
+        let minimum = PacketBuffer.metadataSize + AFXDPLimits.packetHeadroom
+        let dataOffset = (minimum + directIOAlignment - 1) / directIOAlignment * directIOAlignment
+        let dataRoom = chunkSize - dataOffset
+        guard dataRoom > 0 else { return nil }
+        return PacketPoolConfiguration(
+            count: count, headroom: dataOffset - PacketBuffer.metadataSize, dataRoom: dataRoom,
+            alignment: chunkSize, cacheSize: cacheSize)
+    }
 }

@@ -153,10 +153,34 @@ public struct IOUring: ~Copyable {
         guard length >= 0, length <= room else { throw .lengthExceedsBuffer(length: length, room: room) }
         let end = plan.regions[region].address + UInt(plan.regions[region].length)
         guard address + UInt(length) <= end else { throw .bufferNotRegistered(address: address) }
+        try Self.checkDirectIO(file, address: address, length: length, fileOffset: fileOffset,
+                               bufferOffset: PacketBuffer.metadataSize + buffer.dataOffset)
         guard unsafe Sys.uringQueue(
             ring, opcode: opcode, fd: file.rawValue, address: buffer.data, length: UInt32(length),
             offset: UInt64(fileOffset), buffer: UInt16(region), flags: 0, userData: userData)
         else { throw .submissionQueueFull(entries: submissionEntries) }
+    }
+
+    /// For a file opened with `O_DIRECT`, checks the buffer address, the
+    /// length and the file offset against the file's direct-I/O alignment,
+    /// which the kernel would otherwise answer with a bare `EINVAL` completion.
+    static func checkDirectIO(
+        _ file: FileDescriptor, address: UInt, length: Int, fileOffset: Int, bufferOffset: Int
+    ) throws(IOUringError) {
+        let alignment: (memory: Int, offset: Int)?
+        do { alignment = try Sys.directIOAlignment(file) } catch { throw .systemCall(error) }
+        guard let alignment else { return }
+        guard alignment.memory > 0, alignment.offset > 0 else { throw .directIOUnsupported }
+        if Int(address % UInt(alignment.memory)) != 0 {
+            throw .directIOMisaligned(what: "buffer address", value: Int(address), alignment: alignment.memory,
+                                      bufferOffset: bufferOffset)
+        }
+        if length % alignment.offset != 0 {
+            throw .directIOMisaligned(what: "length", value: length, alignment: alignment.offset, bufferOffset: bufferOffset)
+        }
+        if fileOffset % alignment.offset != 0 {
+            throw .directIOMisaligned(what: "file offset", value: fileOffset, alignment: alignment.offset, bufferOffset: bufferOffset)
+        }
     }
 
     // MARK: submission and completion

@@ -15,6 +15,14 @@ public enum IOUringError: Error, Equatable, Sendable, CustomStringConvertible {
     case bufferNotRegistered(address: UInt)
     /// A read or write longer than the room the packet buffer has from its data start.
     case lengthExceedsBuffer(length: Int, room: Int)
+    /// A fixed read or write on an `O_DIRECT` file breaks the file's direct-I/O
+    /// alignment (`statx` `STATX_DIOALIGN`): `what` is "buffer address",
+    /// "length" or "file offset", `value` its value and `alignment` what it
+    /// must be a multiple of.
+    case directIOMisaligned(what: String, value: Int, alignment: Int, bufferOffset: Int)
+    /// The file was opened with `O_DIRECT` but its file system does not do
+    /// direct I/O (`STATX_DIOALIGN` reports no alignment).
+    case directIOUnsupported
     /// The submission queue is full: submit before queueing more.
     case submissionQueueFull(entries: Int)
     /// A provided-buffer ring size that is not a power of two in 1...32768.
@@ -42,6 +50,16 @@ public enum IOUringError: Error, Equatable, Sendable, CustomStringConvertible {
         case .lengthExceedsBuffer(let length, let room):
             return "\(length) bytes do not fit in the packet buffer, which has \(room) bytes from its data start: "
                 + "transfer at most \(room) bytes, or chain segments"
+        case .directIOMisaligned(let what, let value, let alignment, let bufferOffset):
+            var fix = "align it to \(alignment) bytes"
+            if what == "buffer address" {
+                fix = "the packet buffer's data starts \(bufferOffset) bytes into its element; create the pool with a headroom "
+                    + "that puts the data on a \(alignment)-byte boundary, e.g. "
+                    + "PacketPoolConfiguration.afXDP(count:chunkSize:directIOAlignment: \(alignment)) for AF_XDP and O_DIRECT together"
+            }
+            return "O_DIRECT needs the \(what) aligned to \(alignment) bytes (statx STATX_DIOALIGN), but it is \(value): \(fix)"
+        case .directIOUnsupported:
+            return "the file was opened with O_DIRECT but its file system does no direct I/O (STATX_DIOALIGN reports none): open it without O_DIRECT"
         case .submissionQueueFull(let entries):
             return "the io_uring submission queue (\(entries) entries) is full: call submit() before queueing more"
         case .invalidRingEntries(let n):

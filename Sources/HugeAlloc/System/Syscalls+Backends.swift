@@ -135,4 +135,18 @@ extension Sys {
             unsafe frame.withUnsafeBytes { unsafe ha_packet_send(interfaceIndex, $0.baseAddress, $0.count) }
         }
     }
+
+    // MARK: - O_DIRECT
+
+    /// The direct-I/O alignment of `fd` (buffer address; file offset and
+    /// length), or nil when the file was not opened with `O_DIRECT`. The
+    /// corresponding C calls are `fcntl(F_GETFL)` and `statx(2)` with
+    /// `STATX_DIOALIGN`.
+    static func directIOAlignment(_ fd: FileDescriptor) throws(SystemCallError) -> (memory: Int, offset: Int)? {
+        var memory: UInt32 = 0, offset: UInt32 = 0
+        let found = try retryingInterrupts("statx", detail: "STATX_DIOALIGN, fd \(fd.rawValue)") {
+            unsafe ha_direct_io_alignment(fd.rawValue, &memory, &offset)
+        }
+        return found == 1 ? (Int(memory), Int(offset)) : nil
+    }
 }
