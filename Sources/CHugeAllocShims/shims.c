@@ -9,6 +9,7 @@
 #include <linux/mman.h>
 #include <linux/memfd.h>
 #include <linux/falloc.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -651,4 +652,17 @@ int ha_sigbus_selftest(int scenario, int fd, size_t page, int *steps) {
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     errno = ECHILD;
     return -1;
+}
+
+int ha_thread_capability(int capability, int enable) {
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    if (capability < 0 || capability >= 32 * _LINUX_CAPABILITY_U32S_3) { errno = EINVAL; return -1; }
+    if (syscall(SYS_capget, &header, data) != 0) return -1;
+    unsigned bit = 1u << (capability % 32);
+    int was = (data[capability / 32].effective & bit) != 0;
+    if (enable) data[capability / 32].effective |= bit;
+    else data[capability / 32].effective &= ~bit;
+    if (syscall(SYS_capset, &header, data) != 0) return -1;
+    return was;
 }

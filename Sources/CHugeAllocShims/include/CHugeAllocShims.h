@@ -134,6 +134,13 @@ int ha_sigbus_selftest(int scenario, int fd, size_t page, int *steps);
  */
 int ha_child_sees_mapping(void *addr, size_t length);
 
+/* Raises (enable != 0) or drops one capability in the calling THREAD's
+ * effective set, within its permitted set (capget(2)/capset(2); Linux keeps
+ * capabilities per thread). Returns whether it was effective before, or -1
+ * with errno. Lets a test see the error a process without the capability
+ * gets, without a second process. */
+int ha_thread_capability(int capability, int enable);
+
 /* ---- per-thread slots ------------------------------------------------- */
 #define HA_TLS_SLOTS 4
 extern _Thread_local uintptr_t ha_tls_slots[HA_TLS_SLOTS];

@@ -21,6 +21,27 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case ringSizeNotPowerOfTwo(entries: Int)
     /// A UMEM address that lies outside the UMEM.
     case addressOutsideUMEM(address: UInt64, length: Int)
+    /// The kernel refused a call for want of a capability: `socket(AF_XDP)`
+    /// needs CAP_NET_RAW; loading and attaching the XDP program (`bpf(2)`)
+    /// needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN).
+    case missingCapability(call: String, capabilities: [String], underlying: SystemCallError)
+
+    /// The error for a failed AF_XDP system call: a refusal for want of
+    /// privilege (`EPERM`, `EACCES`) names the capability; anything else is
+    /// ``systemCall(_:)``.
+    public init(_ error: SystemCallError) {
+        let capabilities: [String]
+        switch error.call {
+        case "socket": capabilities = ["CAP_NET_RAW"]
+        case "bpf": capabilities = ["CAP_BPF", "CAP_NET_ADMIN"]
+        default: capabilities = []
+        }
+        guard error.errno == .notPermitted || error.errno == .permissionDenied, !capabilities.isEmpty else {
+            self = .systemCall(error)
+            return
+        }
+        self = .missingCapability(call: error.call, capabilities: capabilities, underlying: error)
+    }
 
     public var description: String {
         switch self {
@@ -47,6 +68,12 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             return "AF_XDP ring size \(n) is not a power of two: use 512, 1024, 2048 or 4096"
         case .addressOutsideUMEM(let a, let len):
             return "UMEM address 0x\(String(a, radix: 16)) is outside the \(len)-byte UMEM"
+        case .missingCapability(let call, let capabilities, let underlying):
+            let names = capabilities.joined(separator: " and ")
+            let setcap = capabilities.map { $0.lowercased() }.joined(separator: ",")
+            return "AF_XDP: \(call) was refused (\(underlying.errno), errno \(underlying.errno.rawValue)): it needs \(names). "
+                + "Run as root, grant the binary the capabilities (`setcap \(setcap)+ep BINARY`), "
+                + "or add them to the service (AmbientCapabilities=\(capabilities.joined(separator: " ")) for systemd)"
         }
     }
 }

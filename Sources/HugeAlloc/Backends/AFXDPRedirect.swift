@@ -20,18 +20,18 @@ public struct XDPRedirect: ~Copyable {
     /// XDP, which every driver supports.
     public init(interfaceIndex: UInt32, queues: Int = 1, genericMode: Bool = true) throws(AFXDPError) {
         let map: FileDescriptor
-        do { map = try Sys.xskMapCreate(entries: UInt32(max(1, queues))) } catch { throw .systemCall(error) }
+        do { map = try Sys.xskMapCreate(entries: UInt32(max(1, queues))) } catch { throw AFXDPError(error) }
         let program: FileDescriptor
         do { program = try Sys.xdpRedirectProgram(map: map) } catch {
             Sys.close(map)
-            throw .systemCall(error)
+            throw AFXDPError(error)
         }
         do {
             link = try Sys.xdpAttach(program: program, interfaceIndex: interfaceIndex, genericMode: genericMode)
         } catch {
             Sys.close(program)
             Sys.close(map)
-            throw .systemCall(error)
+            throw AFXDPError(error)
         }
         self.map = map
         self.program = program
@@ -46,6 +46,6 @@ public struct XDPRedirect: ~Copyable {
 
     /// Sends frames of receive queue `queue` to `socket` (bound to that queue).
     public func redirect(queue: UInt32, to socket: borrowing AFXDPSocket) throws(AFXDPError) {
-        do { try Sys.xskMapSet(map, key: queue, socket: socket.fileDescriptor) } catch { throw .systemCall(error) }
+        do { try Sys.xskMapSet(map, key: queue, socket: socket.fileDescriptor) } catch { throw AFXDPError(error) }
     }
 }

@@ -33,7 +33,7 @@ public struct AFXDPSocket: ~Copyable {
         }
         let layout = try AFXDPUMEMLayout(pool: pool)
         let fd: FileDescriptor
-        do { fd = try Sys.xdpSocket() } catch { throw .systemCall(error) }
+        do { fd = try Sys.xdpSocket() } catch { throw AFXDPError(error) }
         let rings = UnsafeMutablePointer<ha_xsk_ring>.allocate(capacity: 3)
         unsafe rings.initialize(repeating: ha_xsk_ring(), count: 3)
         do {
@@ -46,7 +46,7 @@ public struct AFXDPSocket: ~Copyable {
             for i in 0..<3 { unsafe Sys.xdpUnmapRing(rings + i) }
             unsafe rings.deallocate()
             Sys.close(fd)
-            throw .systemCall(error)
+            throw AFXDPError(error)
         }
         self.fileDescriptor = fd
         self.layout = layout
@@ -129,7 +129,7 @@ public struct AFXDPSocket: ~Copyable {
                 try unsafe Sys.xdpMapRing(fileDescriptor, kind: HA_XSK_RX, entries: UInt32(receiveRingEntries), into: receiveRing)
             }
             try Sys.xdpBind(fileDescriptor, interfaceIndex: interfaceIndex, queue: queue, flags: flags.rawValue)
-        } catch { throw .systemCall(error) }
+        } catch { throw AFXDPError(error) }
     }
 
     /// Frames received since the last call, at most `maximum`: each buffer's

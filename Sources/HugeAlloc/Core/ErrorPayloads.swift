@@ -49,7 +49,7 @@ public struct MalformedFile: Error, Hashable, Sendable, CustomStringConvertible 
     }
 }
 
-/// Why a kernel file could not be used: the one error of ``KernelFiles`` and
+/// Why a kernel file could not be used: the one error of the kernel-file reader and
 /// the line parsers.
 public enum KernelFileError: Error, Hashable, Sendable, CustomStringConvertible {
     case unreadable(UnreadableFile)

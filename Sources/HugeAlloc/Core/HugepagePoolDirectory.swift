@@ -42,6 +42,9 @@ package struct HugepagePoolDirectory: Hashable, Sendable {
         package var surplus: Int
         /// nr_overcommit_hugepages.
         package var overcommit: Int
+        /// Counter files that held a value below zero as the kernel's
+        /// unsigned type (see ``KernelFiles/counter(_:)``), read as 0.
+        package var clamped: [String] = []
 
         /// Pages a new mapping can still get: free minus those reserved.
         package var available: Int { max(0, free - reserved) }
@@ -51,12 +54,20 @@ package struct HugepagePoolDirectory: Hashable, Sendable {
     package func counters(in files: KernelFiles = .live) throws(KernelFileError) -> Counters {
         let directory = kernelPath
         let systemWide = node == nil
-        return Counters(
-            total: try files.integer(directory + "/nr_hugepages"),
-            free: try files.integer(directory + "/free_hugepages"),
-            reserved: systemWide ? try files.integer(directory + "/resv_hugepages") : 0,
-            surplus: try files.integer(directory + "/surplus_hugepages"),
-            overcommit: systemWide ? try files.integer(directory + "/nr_overcommit_hugepages") : 0)
+        var clamped: [String] = []
+        func read(_ name: String) throws(KernelFileError) -> Int {
+            let counter = try files.counter(directory + "/" + name)
+            if counter.clamped { clamped.append(files.path(directory + "/" + name)) }
+            return counter.value
+        }
+        var counters = Counters(
+            total: try read("nr_hugepages"),
+            free: try read("free_hugepages"),
+            reserved: systemWide ? try read("resv_hugepages") : 0,
+            surplus: try read("surplus_hugepages"),
+            overcommit: systemWide ? try read("nr_overcommit_hugepages") : 0)
+        counters.clamped = clamped
+        return counters
     }
 
     /// The command that raises this pool so that `needed` pages are free,

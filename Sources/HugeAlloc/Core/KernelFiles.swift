@@ -89,6 +89,22 @@ package struct KernelFiles: Sendable {
         return value
     }
 
+    /// A kernel counter file (sysfs `resv_hugepages` and the like), read as
+    /// the kernel's own type: an unsigned long that the kernel can briefly
+    /// drive below zero (after a process that registered pool memory with
+    /// io_uring or AF_XDP exits, `resv_hugepages` has read
+    /// 18446744073709551608, that is -8). Such a value is clamped to 0 and
+    /// `clamped` says so; anything that is not a number is malformed.
+    package func counter(_ kernelPath: String) throws(KernelFileError) -> (value: Int, clamped: Bool) {
+        let content = try text(kernelPath)
+        let line = content.split(separator: "\n", omittingEmptySubsequences: false).first ?? ""
+        let digits = line.trimmingWhitespace()
+        if let value = Int(digits), value >= 0 { return (value, false) }
+        if let unsigned = UInt64(digits) { return (max(0, Int(Int64(bitPattern: unsigned))), true) }
+        throw .malformed(path: path(kernelPath), line: 1, text: String(line),
+                         expected: "one non-negative decimal integer")
+    }
+
     /// The value of `key` in a "Key: N kB" file (/proc/meminfo, /proc/PID/status),
     /// in bytes; nil when the file or the key is absent or unreadable.
     package func kilobyteField(_ kernelPath: String, key: String) -> Int? {

@@ -231,6 +231,10 @@ extension SystemInventory {
             let size = try KernelText.hugepageDirectorySize(
                 name, path: files.path("\(HugepagePoolDirectory.systemDirectory)/\(name)"))
             let counters = try HugepagePoolDirectory(size).counters(in: files)
+            for path in counters.clamped {
+                warnings.append("\(path) read below zero as the kernel's unsigned counter (it does so briefly after "
+                                + "a process that registered hugepage memory with io_uring or AF_XDP exits); counted as 0")
+            }
             pools.append(HugepagePool(
                 pageSize: size, total: counters.total, free: counters.free, reserved: counters.reserved,
                 surplus: counters.surplus, overcommit: counters.overcommit))

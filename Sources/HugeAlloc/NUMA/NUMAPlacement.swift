@@ -12,7 +12,7 @@ public enum NUMAPlacement {
     ///
     /// `.any` makes no call. `.bind`, `.preferred` and `.interleave` check
     /// their nodes against the nodes this process may use first, so an
-    /// unknown node is ``NUMAError/noSuchNode(node:allowed:)``.
+    /// unknown node is ``NUMAError/noSuchNode(_:)``.
     /// Calls `mbind(2)` with `MPOL_BIND`, `MPOL_PREFERRED`, `MPOL_INTERLEAVE`
     /// or `MPOL_LOCAL`.
     public static func apply(

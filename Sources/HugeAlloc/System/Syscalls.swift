@@ -284,4 +284,13 @@ package enum Sys {
         if rc < 0 { throw SystemCallError(call: "fork", errno: Sys.lastErrno) }
         return rc == 1
     }
+
+    /// Raises or drops `capability` (a `CAP_*` number) in the calling
+    /// thread's effective set and returns whether it was effective before.
+    /// The corresponding system calls are `capget(2)` and `capset(2)`.
+    package static func setThreadCapability(_ capability: Int32, effective: Bool) throws(SystemCallError) -> Bool {
+        try retryingInterrupts("capset", detail: "capability \(capability)") {
+            ha_thread_capability(capability, effective ? 1 : 0)
+        } == 1
+    }
 }
