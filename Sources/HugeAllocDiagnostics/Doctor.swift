@@ -41,7 +41,28 @@ package enum Doctor {
         if let check = compactionCheck(fs.textIfReadable("/proc/sys/vm/compact_unevictable_allowed")) {
             checks.append(check)
         }
+        for pool in inventory.hugepagePools where pool.total > 0 {
+            if let cgroup = HugetlbCgroup.read(pageSize: pool.pageSize, files: fs) {
+                checks.append(cgroupCheck(cgroup, poolBytes: pool.total * pool.pageSize.bytes))
+            }
+        }
         return checks
+    }
+
+    /// Whether this process's hugetlb cgroup lets it use the pool: a limit
+    /// below the pool's size means some of the free pages are out of reach
+    /// however many the pool has.
+    static func cgroupCheck(_ cgroup: HugetlbCgroup, poolBytes: Int) -> DoctorCheck {
+        let name = "hugetlb-cgroup-\(cgroup.pageSize)"
+        let needed = max(0, poolBytes - cgroup.fault.usage)
+        if let shortage = cgroup.shortage(adding: needed) {
+            return DoctorCheck(name: name, status: .warn,
+                               detail: "the hugetlb cgroup \(cgroup.directory) limits \(cgroup.pageSize) \(shortage.kind == .reservation ? "reservations" : "faults") "
+                                   + "to \(ByteCount.format(shortage.limit)) (\(ByteCount.format(shortage.usage)) in use), below the \(ByteCount.format(poolBytes)) pool",
+                               fix: shortage.command)
+        }
+        return DoctorCheck(name: name, status: .ok,
+                           detail: "the hugetlb cgroup \(cgroup.directory) leaves the whole \(cgroup.pageSize) pool in reach", fix: nil)
     }
 
     /// Whether compaction may migrate locked (mlocked) base pages, which would

@@ -7,6 +7,9 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
     case unsupportedPageSize(UnsupportedPageSize)
     /// Not enough free hugepages of this size (system-wide, or on a node).
     case insufficientHugepages(HugepageShortage)
+    /// This process's hugetlb cgroup has no room for the pages, though the
+    /// system pool may have them free.
+    case hugetlbCgroupLimit(HugetlbCgroupShortage)
     /// Locking the mapping would pass RLIMIT_MEMLOCK.
     case memlockLimitTooLow(MemlockShortage)
     /// The hugetlbfs mount's `size=` quota cannot hold `bytes` more (the
@@ -31,6 +34,8 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .unsupportedPageSize(payload):
             return payload.description
         case let .insufficientHugepages(shortage):
+            return shortage.description
+        case let .hugetlbCgroupLimit(shortage):
             return shortage.description
         case let .memlockLimitTooLow(shortage):
             return shortage.description

@@ -278,9 +278,14 @@ public struct MemoryMapping: ~Copyable {
                 return (size, size == requested ? nil : PageSizeFallback(requested: requested, chosen: size, reason: reason))
             }
             let needed = length / size.bytes
+            var error: MappingError?
             if let counters = try? HugepagePoolDirectory(size).counters(), counters.available < needed {
-                let error = MappingError.insufficientHugepages(HugepageShortage(
+                error = .insufficientHugepages(HugepageShortage(
                     pageSize: size, node: nil, needed: needed, free: counters.available, total: counters.total))
+            } else if let shortage = HugetlbCgroup.read(pageSize: size)?.shortage(adding: length) {
+                error = .hugetlbCgroupLimit(shortage)
+            }
+            if let error {
                 if options.pageSizePolicy == .exact { throw error }
                 if firstShortage == nil { firstShortage = error }
                 continue
@@ -347,6 +352,9 @@ public struct MemoryMapping: ~Copyable {
             if pageSize.isHuge, error.errno == .noMemory || (error.call == "ftruncate" && error.errno == .invalidArgument),
                let counters = try? HugepagePoolDirectory(pageSize).counters() {
                 let needed = length / pageSize.bytes
+                if counters.available >= needed, let shortage = HugetlbCgroup.read(pageSize: pageSize)?.shortage(adding: length) {
+                    throw .hugetlbCgroupLimit(shortage)
+                }
                 if let mountPath, counters.available >= needed {
                     throw .hugetlbfsQuotaExceeded(
                         mount: mountPath, bytes: length,
