@@ -151,6 +151,42 @@ extension PacketPool {
         }
     }
 
+    // MARK: freeing (checked mode)
+
+    /// Frees one packet, all its segments, after checking each segment of
+    /// this pool: it is a buffer's start, handed out (not already back in the
+    /// pool) and its reference count is above zero. On an error nothing is
+    /// freed. Segments of other pools in the chain are freed without checks.
+    /// Needs a pool created with ``PacketPoolConfiguration/checked``.
+    public func freeChecked(_ buffer: PacketBuffer) throws(PacketPoolError) {
+        guard mempool.isChecked else { throw .checksDisabled }
+        let address = UInt(bitPattern: unsafe buffer.metadata)
+        guard unsafe mempool.contains(buffer.metadata) else { throw .foreignBuffer(address: address) }
+        var segment: PacketBuffer? = buffer
+        var segments = 0
+        while let s = segment, unsafe mempool.contains(s.metadata), segments <= count {
+            try checkHandedOut(s)
+            segment = s.next
+            segments += 1
+        }
+        PacketPool.freePacket(buffer)
+    }
+
+    /// Throws unless `s` (a segment in this pool's memory) is a handed-out buffer.
+    func checkHandedOut(_ s: PacketBuffer) throws(PacketPoolError) {
+        let address = UInt(bitPattern: unsafe s.metadata)
+        let index: Int
+        do {
+            index = try unsafe mempool.objectIndex(of: s.metadata)
+        } catch {
+            throw .notABuffer(address: address)
+        }
+        if unsafe mempool.objectState[index].load(ordering: .relaxed) == 0 {
+            throw .doubleFree(address: address, index: index)
+        }
+        if s.referenceCount == 0 { throw .referenceCountUnderflow(address: address, index: index) }
+    }
+
     // MARK: freeing (general path)
 
     /// The pool a buffer belongs to, from its metadata.

@@ -21,10 +21,17 @@ public struct PacketPoolConfiguration: Sendable {
     /// Memory channels to spread buffer starts over (nil: packed); see
     /// ``MempoolConfiguration/memoryChannels``.
     public var memoryChannels: Int?
+    /// Checked mode: ``PacketPool/freeChecked(_:)`` refuses a double free, a
+    /// foreign buffer or a reference count that would go below zero with a
+    /// typed error; the unchecked ``PacketPool/free(_:)-(PacketBuffer)``
+    /// stops the process on a double free instead of corrupting the pool
+    /// (the mempool's checked mode, with its cost on every put).
+    public var checked: Bool
 
     public init(
         count: Int, headroom: Int = 128, dataRoom: Int = 2048, alignment: Int = 64,
-        cacheSize: Int = 256, backend: MempoolConfiguration.Backend = .ring, memoryChannels: Int? = nil
+        cacheSize: Int = 256, backend: MempoolConfiguration.Backend = .ring, memoryChannels: Int? = nil,
+        checked: Bool = false
     ) {
         self.count = count
         self.headroom = headroom
@@ -33,6 +40,7 @@ public struct PacketPoolConfiguration: Sendable {
         self.cacheSize = cacheSize
         self.backend = backend
         self.memoryChannels = memoryChannels
+        self.checked = checked
     }
 
     /// Bytes per pool element: metadata, headroom and data room.
@@ -81,7 +89,7 @@ public final class PacketPool: @unchecked Sendable {
             mempool = try Mempool(
                 configuration: MempoolConfiguration(
                     count: c.count, objectSize: c.bufferSize, alignment: c.alignment, cacheSize: c.cacheSize,
-                    backend: c.backend, memoryChannels: c.memoryChannels),
+                    backend: c.backend, checked: c.checked, memoryChannels: c.memoryChannels),
                 mapping: mapping)
         } catch { throw .mempool(error) }
         try self.init(mempool: mempool, headroom: c.headroom, dataRoom: c.dataRoom)

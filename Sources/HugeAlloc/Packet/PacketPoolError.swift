@@ -17,6 +17,14 @@ public enum PacketPoolError: Error, Equatable, Sendable, CustomStringConvertible
     case exhausted(needed: Int, available: Int)
     /// A buffer from another pool was given where this pool's was expected.
     case foreignBuffer(address: UInt)
+    /// An address inside the pool that is not a buffer's start.
+    case notABuffer(address: UInt)
+    /// A buffer freed while it is already back in the pool (checked mode).
+    case doubleFree(address: UInt, index: Int)
+    /// A buffer whose reference count is already zero was freed (checked mode).
+    case referenceCountUnderflow(address: UInt, index: Int)
+    /// A checked operation on a pool created without checks.
+    case checksDisabled
 
     public var description: String {
         switch self {
@@ -36,7 +44,16 @@ public enum PacketPoolError: Error, Equatable, Sendable, CustomStringConvertible
         case .exhausted(let needed, let available):
             return "the packet pool has \(available) free buffers but \(needed) were needed: free buffers or create a larger pool"
         case .foreignBuffer(let address):
-            return "packet buffer 0x\(String(address, radix: 16)) does not belong to this pool"
+            return "packet buffer 0x\(String(address, radix: 16)) does not belong to this pool: free it into the pool it came from"
+        case .notABuffer(let address):
+            return "0x\(String(address, radix: 16)) lies inside this packet pool but is not a buffer's start: free the PacketBuffer the pool handed out"
+        case .doubleFree(let address, let index):
+            return "double free: packet buffer \(index) at 0x\(String(address, radix: 16)) is already back in the pool"
+        case .referenceCountUnderflow(let address, let index):
+            return "packet buffer \(index) at 0x\(String(address, radix: 16)) was freed with a reference count of 0: "
+                + "it was freed more often than it was retained"
+        case .checksDisabled:
+            return "this packet pool was created without checks: create it with PacketPoolConfiguration(checked: true) to use freeChecked"
         }
     }
 }
