@@ -95,7 +95,9 @@ package enum ProcessMemoryMap {
               let start = UInt(fields[0][..<dash], radix: 16),
               let end = UInt(fields[0][fields[0].index(after: dash)...], radix: 16),
               end >= start, fields[1].count == 4 else { return nil }
-        let path = fields.count == 6 ? String(fields[5].trimmingWhitespace()) : nil
+        // The kernel pads with spaces up to the path; the path itself may end
+        // in spaces (a file named "x "), so only the padding is dropped.
+        let path = fields.count == 6 ? String(fields[5].drop(while: { $0 == " " })) : nil
         return ProcessMapping(
             start: start, end: end, permissions: String(fields[1]),
             path: path?.isEmpty == true ? nil : path,

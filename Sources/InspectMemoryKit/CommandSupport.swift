@@ -36,16 +36,12 @@ func parseAddress(_ text: String) -> UInt? {
     return UInt(digits, radix: 16)
 }
 
-/// Left-aligned columns separated by two spaces.
+/// Left-aligned columns separated by two spaces (a ``TextTable`` without
+/// indent: control characters in cells are escaped).
 func table(_ header: [String], _ rows: [[String]]) -> String {
-    let all = [header] + rows
-    var widths = [Int](repeating: 0, count: header.count)
-    for row in all { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
-    return all.map { row in
-        row.enumerated().map { i, cell in
-            i == row.count - 1 ? cell : cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
-        }.joined(separator: "  ")
-    }.joined(separator: "\n")
+    var table = TextTable(header, indent: 0)
+    for row in rows { table.append(row) }
+    return table.render()
 }
 
 /// "2M" for a page size, "-" for none.

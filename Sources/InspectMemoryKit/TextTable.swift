@@ -10,7 +10,28 @@ public struct TextTable {
         self.indent = indent
     }
 
-    public mutating func append(_ row: [String]) { rows.append(row) }
+    /// Appends a row. Control characters in a cell (a process named with a
+    /// newline, a path with a tab) are shown escaped (`\n`, `\t`, `\x1b`),
+    /// so one row stays one line.
+    public mutating func append(_ row: [String]) { rows.append(row.map(Self.escaped)) }
+
+    /// `text` with control characters written as escapes.
+    public static func escaped(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case _ where scalar.properties.generalCategory == .control:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\x" + (hex.count < 2 ? "0" + hex : hex)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
 
     /// The table, one line per row, columns padded to their widest cell;
     /// trailing spaces are trimmed.
