@@ -6,55 +6,7 @@ import HugeAlloc
 /// A hugetlb cgroup limit is named as such, with the limit to raise; the
 /// pool is never "fixed" by a count below its size (hostile-inputs #7).
 @Suite(.serialized) struct HugetlbCgroupTests {
-    static let unified = "/sys/fs/cgroup/unified"
-
-    /// A child cgroup under a hugetlb hierarchy of `version` (1: a v1
-    /// controller mounted for the test; 2: the cgroup2 hierarchy with
-    /// hugetlb enabled for its children), removed afterwards.
-    func withHugetlbCgroup(version: Int, _ body: (_ directory: String, _ files: (String) -> String) throws -> Void) throws {
-        let fm = FileManager.default
-        let name = "hugealloc-test-\(getpid())"
-        var cleanups: [() -> Void] = []
-        defer { for cleanup in cleanups.reversed() { cleanup() } }
-        let parent: String
-        if version == 1 {
-            parent = fm.temporaryDirectory.appendingPathComponent("hugetlb-v1-\(getpid())").path
-            try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
-            cleanups.append { try? fm.removeItem(atPath: parent) }
-            try #require(shell("mount -t cgroup -o hugetlb none '\(parent)'") == 0, "mount the v1 hugetlb controller")
-            cleanups.append { _ = shell("umount '\(parent)'") }
-        } else {
-            parent = Self.unified
-            try #require(shell("echo +hugetlb > \(parent)/cgroup.subtree_control") == 0, "enable hugetlb for cgroup2 children")
-            cleanups.append { _ = shell("echo -hugetlb > \(parent)/cgroup.subtree_control") }
-        }
-        let directory = parent + "/" + name
-        try fm.createDirectory(atPath: directory, withIntermediateDirectories: false)
-        cleanups.append { _ = rmdir(directory) }
-        let files: (String) -> String = { kind in
-            switch (version, kind) {
-            case (1, "rsvd"): "hugetlb.2MB.rsvd.limit_in_bytes"
-            case (1, _): "hugetlb.2MB.limit_in_bytes"
-            case (_, "rsvd"): "hugetlb.2MB.rsvd.max"
-            default: "hugetlb.2MB.max"
-            }
-        }
-        try body(directory, files)
-    }
-
-    /// Runs inspect-memory inside the cgroup: a shell moves itself in, then execs.
-    func runInCgroup(_ directory: String, _ arguments: String) throws -> (status: Int32, err: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "echo $$ > '\(directory)/cgroup.procs' && exec '\(inspectMemoryPath)' \(arguments)"]
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let data = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
+    static let unified = hugetlbUnified
 
     static var v1Possible: Bool {
         // The v1 controller can be mounted only while cgroup2 does not use it.
@@ -102,6 +54,70 @@ import HugeAlloc
         #expect(totalBefore == totalAfter)
     }
 }
+
+/// The cgroup2 hierarchy of this machine's hybrid layout.
+let hugetlbUnified = "/sys/fs/cgroup/unified"
+
+/// The hugetlb cgroup version a test can use here: cgroup2 while the
+/// controller is free for it, else a v1 mount; nil when neither is possible.
+var usableHugetlbCgroupVersion: Int? {
+    if HugetlbCgroupTests.v2Possible { return 2 }
+    if HugetlbCgroupTests.v1Possible { return 1 }
+    return nil
+}
+
+/// A child cgroup under a hugetlb hierarchy of `version` (1: a v1
+/// controller mounted for the test; 2: the cgroup2 hierarchy with
+/// hugetlb enabled for its children), removed afterwards.
+func withHugetlbCgroup(version: Int, _ body: (_ directory: String, _ files: (String) -> String) throws -> Void) throws {
+    let fm = FileManager.default
+    let name = "hugealloc-test-\(getpid())"
+    var cleanups: [() -> Void] = []
+    defer { for cleanup in cleanups.reversed() { cleanup() } }
+    let parent: String
+    if version == 1 {
+        parent = fm.temporaryDirectory.appendingPathComponent("hugetlb-v1-\(getpid())").path
+        try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        cleanups.append { try? fm.removeItem(atPath: parent) }
+        try #require(shell("mount -t cgroup -o hugetlb none '\(parent)'") == 0, "mount the v1 hugetlb controller")
+        cleanups.append { _ = shell("umount '\(parent)'") }
+    } else {
+        parent = hugetlbUnified
+        try #require(shell("echo +hugetlb > \(parent)/cgroup.subtree_control") == 0, "enable hugetlb for cgroup2 children")
+        cleanups.append { _ = shell("echo -hugetlb > \(parent)/cgroup.subtree_control") }
+    }
+    let directory = parent + "/" + name
+    try fm.createDirectory(atPath: directory, withIntermediateDirectories: false)
+    cleanups.append { _ = rmdir(directory) }
+    let files: (String) -> String = { kind in
+        switch (version, kind) {
+        case (1, "rsvd"): "hugetlb.2MB.rsvd.limit_in_bytes"
+        case (1, "usage"): "hugetlb.2MB.usage_in_bytes"
+        case (1, "rsvd-usage"): "hugetlb.2MB.rsvd.usage_in_bytes"
+        case (1, _): "hugetlb.2MB.limit_in_bytes"
+        case (_, "rsvd"): "hugetlb.2MB.rsvd.max"
+        case (_, "usage"): "hugetlb.2MB.current"
+        case (_, "rsvd-usage"): "hugetlb.2MB.rsvd.current"
+        default: "hugetlb.2MB.max"
+        }
+    }
+    try body(directory, files)
+}
+
+/// Runs inspect-memory inside the cgroup: a shell moves itself in, then execs.
+func runInCgroup(_ directory: String, _ arguments: String) throws -> (status: Int32, err: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", "echo $$ > '\(directory)/cgroup.procs' && exec '\(inspectMemoryPath)' \(arguments)"]
+    let err = Pipe()
+    process.standardError = err
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    let data = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
 
 @discardableResult
 func shell(_ command: String) -> Int32 {
