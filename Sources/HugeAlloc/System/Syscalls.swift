@@ -166,15 +166,6 @@ package enum Sys {
         return FileDescriptor(rawValue: fd)
     }
 
-    /// Opens an unnamed file in `directory` (`O_TMPFILE`): nothing is left on
-    /// the file system if the process dies. The corresponding C function is `open(2)`.
-    static func openTemporaryFile(inDirectory directory: String) throws(SystemCallError) -> FileDescriptor {
-        let fd = try retryingInterrupts("open", detail: "\(directory), O_TMPFILE") {
-            unsafe Glibc.open(directory, HA_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
-        }
-        return FileDescriptor(rawValue: fd)
-    }
-
     /// Creates a uniquely named file in `directory` and unlinks it at once.
     /// The corresponding C functions are `mkstemp(3)` and `unlink(2)`.
     static func openUnlinkedFile(inDirectory directory: String, prefix: String) throws(SystemCallError) -> FileDescriptor {

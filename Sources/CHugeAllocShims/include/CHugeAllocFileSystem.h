@@ -1,0 +1,9 @@
+#ifndef CHUGEALLOC_FILESYSTEM_H
+#define CHUGEALLOC_FILESYSTEM_H
+
+/* Header only. statfs(2) and fstatfs(2), which Glibc's Swift overlay does not
+ * export: the file-system type (f_type) tells hugetlbfs from ext4 or tmpfs,
+ * and on hugetlbfs f_bsize is the mount's page size. */
+#include <sys/vfs.h>
+
+#endif
