@@ -13,6 +13,70 @@ package struct StaleHugepageFile: Equatable, Sendable {
     }
 }
 
+/// What ``StaleHugepageFiles/clean(_:in:)`` did with each file it was given.
+package struct CleanReport: Equatable, Sendable {
+    /// The files removed.
+    package var removed: [StaleHugepageFile] = []
+    /// The files left in place, each with the reason.
+    package var notRemoved: [NotRemovedFile] = []
+
+    package init() {}
+
+    /// Whether a file that should have been removed was not (exit status 1).
+    package var hasFailures: Bool { notRemoved.contains { $0.reason.isFailure } }
+}
+
+/// A stale file that was not removed, and why.
+package struct NotRemovedFile: Equatable, Sendable {
+    package var file: StaleHugepageFile
+    package var reason: Reason
+
+    package init(file: StaleHugepageFile, reason: Reason) {
+        self.file = file
+        self.reason = reason
+    }
+
+    /// Why a stale file was left in place.
+    package enum Reason: Equatable, Sendable, CustomStringConvertible {
+        /// A process opened or mapped it since it was found: it is not stale.
+        case inUse(pid: Int32, command: String?)
+        /// It no longer exists (another process removed it).
+        case gone
+        /// Its path now names something other than a regular file.
+        case replaced
+        /// Removing it failed.
+        case failed(SystemCallError)
+
+        /// Whether the file should have been removed: a file in use or gone
+        /// is left correctly, a failed removal is a failure.
+        package var isFailure: Bool {
+            switch self {
+            case .inUse, .gone, .replaced: false
+            case .failed: true
+            }
+        }
+
+        package var description: String {
+            switch self {
+            case let .inUse(pid, command):
+                return "in use: open or mapped by PID \(pid)" + (command.map { " (\($0))" } ?? "")
+            case .gone:
+                return "no longer exists (removed by another process)"
+            case .replaced:
+                return "the path no longer names the regular file that was found"
+            case let .failed(error):
+                let hint = switch error.errno {
+                case .resourceBusy: "; something is mounted on it (see /proc/mounts): unmount it first"
+                case .readOnlyFileSystem: "; the mount is read-only: remount it read-write"
+                case .permissionDenied, .notPermitted: "; run as root"
+                default: ""
+                }
+                return "\(error.call) failed: \(error.errno) (errno \(error.errno.rawValue))" + hint
+            }
+        }
+    }
+}
+
 /// Files left on hugetlbfs mounts by processes that are gone (what a crashed
 /// DPDK application leaves behind): they keep their hugepages until removed.
 package enum StaleHugepageFiles {
@@ -25,19 +89,24 @@ package enum StaleHugepageFiles {
     /// The files some process has open (/proc/*/fd links) or mapped
     /// (/proc/*/maps), by path and by device and inode number, so a file
     /// reached through another path (a bind mount, another mount namespace)
-    /// still counts as in use.
+    /// still counts as in use; each with a process that uses it.
     package struct FilesInUse: Sendable {
-        package var paths: Set<String> = []
-        var inodes: Set<FileIdentity> = []
+        var paths: [String: Int32] = [:]
+        var inodes: [FileIdentity: Int32] = [:]
 
         struct FileIdentity: Hashable, Sendable {
             var device: UInt64
             var inode: UInt64
         }
 
+        /// A process that has a file with this path or identity open or mapped, or nil.
+        func holder(path: String, device: UInt64, inode: UInt64) -> Int32? {
+            paths[path] ?? inodes[FileIdentity(device: device, inode: inode)]
+        }
+
         /// Whether a file with this path or identity is in use.
         func contains(path: String, device: UInt64, inode: UInt64) -> Bool {
-            paths.contains(path) || inodes.contains(FileIdentity(device: device, inode: inode))
+            holder(path: path, device: device, inode: inode) != nil
         }
     }
 
@@ -47,18 +116,23 @@ package enum StaleHugepageFiles {
         for pid in fs.processIDs() {
             for fd in fs.entries("/proc/\(pid)/fd") {
                 let link = fs.path("/proc/\(pid)/fd/\(fd)")
-                if let target = try? Sys.readLink(link) { used.paths.insert(target) }
+                if let target = try? Sys.readLink(link) { used.paths[target] = used.paths[target] ?? pid }
                 if let status = try? Sys.fileStatus(link) {
-                    used.inodes.insert(.init(device: status.device, inode: status.inode))
+                    let identity = FilesInUse.FileIdentity(device: status.device, inode: status.inode)
+                    used.inodes[identity] = used.inodes[identity] ?? pid
                 }
             }
             guard let maps = fs.textIfReadable("/proc/\(pid)/maps") else { continue }
             for line in maps.split(separator: "\n") {
                 let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
                 guard f.count >= 5 else { continue }
-                if f.count == 6 { used.paths.insert(String(f[5].trimmingWhitespace())) }
+                if f.count == 6 {
+                    let path = String(f[5].trimmingWhitespace())
+                    used.paths[path] = used.paths[path] ?? pid
+                }
                 if let inode = UInt64(f[4]), inode != 0, let device = deviceNumber(f[3]) {
-                    used.inodes.insert(.init(device: device, inode: inode))
+                    let identity = FilesInUse.FileIdentity(device: device, inode: inode)
+                    used.inodes[identity] = used.inodes[identity] ?? pid
                 }
             }
         }
@@ -91,24 +165,37 @@ package enum StaleHugepageFiles {
     }
 
     /// Removes the given stale files, each only after checking again that no
-    /// process has it open or mapped. Returns the files removed; a file that
-    /// became busy is skipped, a failed `unlink(2)` throws.
-    package static func clean(_ files: [StaleHugepageFile], in fs: KernelFiles = .live) throws(DiagnosticsError) -> [StaleHugepageFile] {
+    /// process has it open or mapped. Every file is accounted for: removed,
+    /// or not removed with the reason; one failed `unlink(2)` does not stop
+    /// the others.
+    package static func clean(_ files: [StaleHugepageFile], in fs: KernelFiles = .live) -> CleanReport {
         let used = filesInUse(in: fs)
-        var removed: [StaleHugepageFile] = []
+        var report = CleanReport()
         for file in files {
             // Checked again, by path and identity, just before the unlink.
-            guard let status = try? Sys.fileStatus(fs.path(file.path), followLinks: false), status.isRegular,
-                  !used.contains(path: file.path, device: status.device, inode: status.inode) else { continue }
+            let status: Sys.FileStatus
+            do {
+                status = try Sys.fileStatus(fs.path(file.path), followLinks: false)
+            } catch {
+                report.notRemoved.append(.init(file: file, reason: error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)))
+                continue
+            }
+            guard status.isRegular else {
+                report.notRemoved.append(.init(file: file, reason: .replaced))
+                continue
+            }
+            if let pid = used.holder(path: file.path, device: status.device, inode: status.inode) {
+                report.notRemoved.append(.init(file: file, reason: .inUse(pid: pid, command: fs.command(of: pid))))
+                continue
+            }
             do {
                 try Sys.unlink(fs.path(file.path))
+                report.removed.append(file)
             } catch {
-                if error.errno == .noSuchFileOrDirectory { continue }
-                throw .systemCall(error)
+                report.notRemoved.append(.init(file: file, reason: error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)))
             }
-            removed.append(file)
         }
-        return removed
+        return report
     }
 
     private static func walk(_ directory: String, fs: KernelFiles, depth: Int = 0, _ visit: (String, Sys.FileStatus) -> Void) {

@@ -67,13 +67,24 @@ struct HugepagesCommand: ParsableCommand {
         var path: String
         var bytes: Int
     }
+    struct NotRemoved: Encodable {
+        var path: String
+        var bytes: Int
+        var reason: String
+    }
     struct Report: Encodable {
         var pools: [Pool]
         var mounts: [Mount]
         var holders: [Holder]
         var staleFiles: [File]
+        /// With --clean: every file removed, and every file not removed with the reason.
         var removed: [File]?
-        enum CodingKeys: String, CodingKey { case pools, mounts, holders, staleFiles = "stale_files", removed }
+        var notRemoved: [NotRemoved]?
+        /// The stale files as found, with what identifies them (not printed).
+        var found: [StaleHugepageFile] = []
+        enum CodingKeys: String, CodingKey {
+            case pools, mounts, holders, staleFiles = "stale_files", removed, notRemoved = "not_removed"
+        }
     }
 
     /// Gathers the report: pools and mounts from the inventory
@@ -99,23 +110,36 @@ struct HugepagesCommand: ParsableCommand {
         let holders = HugepageHolders.scan(in: fs).map {
             Holder(pid: $0.pid, command: $0.command, pageSize: $0.pageSize, bytes: $0.bytes)
         }
-        let stale = StaleHugepageFiles.find(in: fs, mountPoint: mountPoint).map { File(path: $0.path, bytes: $0.bytes) }
-        return Report(pools: pools, mounts: mounts, holders: holders, staleFiles: stale, removed: nil)
+        let found = StaleHugepageFiles.find(in: fs, mountPoint: mountPoint)
+        return Report(pools: pools, mounts: mounts, holders: holders, staleFiles: found.map { File(path: $0.path, bytes: $0.bytes) },
+                      removed: nil, notRemoved: nil, found: found)
     }
 
     func run() throws {
         let fs = options.fs
         var report = try Self.report(in: fs, mountPoint: mount)
+        var failures: [NotRemovedFile] = []
         if clean {
-            let removed = try StaleHugepageFiles.clean(
-                report.staleFiles.map { StaleHugepageFile(path: $0.path, bytes: $0.bytes) }, in: fs)
-            report.removed = removed.map { File(path: $0.path, bytes: $0.bytes) }
+            let result = StaleHugepageFiles.clean(report.found, in: fs)
+            report.removed = result.removed.map { File(path: $0.path, bytes: $0.bytes) }
+            report.notRemoved = result.notRemoved.map {
+                NotRemoved(path: $0.file.path, bytes: $0.file.bytes, reason: $0.reason.description)
+            }
+            failures = result.notRemoved.filter(\.reason.isFailure)
             report.staleFiles = StaleHugepageFiles.find(in: fs, mountPoint: mount).map { File(path: $0.path, bytes: $0.bytes) }
         }
         if options.json {
             try printJSON(report)
-            return
+        } else {
+            printText(report)
         }
+        if let first = failures.first {
+            let more = failures.count > 1 ? " (and \(failures.count - 1) more; see the report)" : ""
+            throw CommandFailure("\(failures.count) stale file(s) not removed: \(first.file.path): \(first.reason)\(more)")
+        }
+    }
+
+    func printText(_ report: Report) {
         print(table(["SIZE", "NODE", "TOTAL", "FREE", "RESERVED", "SURPLUS", "OVERCOMMIT"], report.pools.map {
             [sizeText($0.pageSize), $0.node.map(String.init) ?? "all", "\($0.total)", "\($0.free)",
              $0.reserved.map(String.init) ?? "-", "\($0.surplus)", $0.overcommit.map(String.init) ?? "-"]
@@ -130,9 +154,13 @@ struct HugepagesCommand: ParsableCommand {
             print("\nremoved stale files:")
             print(removed.isEmpty ? "  none" : table(["  PATH", "BYTES"], removed.map { ["  " + $0.path, bytesText($0.bytes)] }))
         }
+        if let notRemoved = report.notRemoved, !notRemoved.isEmpty {
+            print("\nnot removed:")
+            print(table(["  PATH", "BYTES", "REASON"], notRemoved.map { ["  " + $0.path, bytesText($0.bytes), $0.reason] }))
+        }
         print("\nstale files (no process has them open or mapped):")
         print(report.staleFiles.isEmpty ? "  none" : table(["  PATH", "BYTES"], report.staleFiles.map { ["  " + $0.path, bytesText($0.bytes)] }))
-        if !report.staleFiles.isEmpty && !clean {
+        if !report.staleFiles.isEmpty && report.removed == nil {
             print("  remove them with: inspect-memory hugepages --clean")
         }
     }
