@@ -1,4 +1,5 @@
 import HugeAlloc
+import SystemPackage
 
 /// A file on a hugetlbfs mount that no process has open or mapped.
 package struct StaleHugepageFile: Equatable, Sendable {
@@ -6,10 +7,28 @@ package struct StaleHugepageFile: Equatable, Sendable {
     package var path: String
     /// Bytes of hugepages the file pins (`st_blocks * 512`).
     package var bytes: Int
+    /// The mount point the file was found under (a prefix of ``path``).
+    package var mount: String
+    /// The device and inode the walk found; the clean removes the file only
+    /// while its path still leads to them.
+    package var device: UInt64
+    package var inode: UInt64
 
-    package init(path: String, bytes: Int) {
+    package init(path: String, bytes: Int, mount: String, device: UInt64, inode: UInt64) {
         self.path = path
         self.bytes = bytes
+        self.mount = mount
+        self.device = device
+        self.inode = inode
+    }
+
+    /// The path's components below ``mount``; nil when ``path`` is not below it.
+    var componentsBelowMount: [String]? {
+        let prefix = mount.hasSuffix("/") ? mount : mount + "/"
+        guard path.hasPrefix(prefix) else { return nil }
+        let components = path.dropFirst(prefix.count).split(separator: "/").map(String.init)
+        guard !components.isEmpty, !components.contains(".."), !components.contains(".") else { return nil }
+        return components
     }
 }
 
@@ -42,8 +61,12 @@ package struct NotRemovedFile: Equatable, Sendable {
         case inUse(pid: Int32, command: String?)
         /// It no longer exists (another process removed it).
         case gone
-        /// Its path now names something other than a regular file.
+        /// Its path now leads to another file (or no regular file).
         case replaced
+        /// The path to it cannot be followed safely any more: a directory on
+        /// the way was renamed or replaced by a symbolic link since the file
+        /// was found. Nothing is removed through such a path.
+        case pathChanged(String)
         /// Removing it failed.
         case failed(SystemCallError)
 
@@ -52,7 +75,7 @@ package struct NotRemovedFile: Equatable, Sendable {
         package var isFailure: Bool {
             switch self {
             case .inUse, .gone, .replaced: false
-            case .failed: true
+            case .failed, .pathChanged: true
             }
         }
 
@@ -63,7 +86,11 @@ package struct NotRemovedFile: Equatable, Sendable {
             case .gone:
                 return "no longer exists (removed by another process)"
             case .replaced:
-                return "the path no longer names the regular file that was found"
+                return "the path now leads to another file than the one found"
+            case let .pathChanged(detail):
+                return "the path to it changed since it was found (\(detail)): a directory on the way was renamed "
+                    + "or replaced by a symbolic link; nothing was removed through it. Check who can write to the "
+                    + "directories above the mount"
             case let .failed(error):
                 let hint = switch error.errno {
                 case .resourceBusy: "; something is mounted on it (see /proc/mounts): unmount it first"
@@ -151,14 +178,25 @@ package enum StaleHugepageFiles {
     /// has it open or mapped. Walks the mounts below `fs`'s root and compares
     /// against /proc/*/fd and /proc/*/maps. `mountPoint` limits the search
     /// to one mount.
+    ///
+    /// The walk never resolves a path twice: each mount point is opened one
+    /// component at a time with `O_NOFOLLOW`, and everything below it is read
+    /// relative to directory descriptors (`fstatat(AT_SYMLINK_NOFOLLOW)`,
+    /// `openat(O_DIRECTORY | O_NOFOLLOW)`), so a symbolic link swapped in on
+    /// the way is never followed.
     package static func find(in fs: KernelFiles = .live, mountPoint: String? = nil) -> [StaleHugepageFile] {
         let used = filesInUse(in: fs)
         var result: [StaleHugepageFile] = []
+        var seen = Set<FilesInUse.FileIdentity>()
         for mount in mounts(in: fs) where mountPoint == nil || mount.path == mountPoint {
-            walk(mount.path, fs: fs) { path, status in
-                if status.allocatedBytes > 0, !used.contains(path: path, device: status.device, inode: status.inode) {
-                    result.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes))
-                }
+            guard let root = try? Sys.openDirectoryWithoutLinks(mount.path, below: fs.root) else { continue }
+            defer { Sys.close(root) }
+            walk(root, path: mount.path) { path, status in
+                guard status.allocatedBytes > 0,
+                      seen.insert(.init(device: status.device, inode: status.inode)).inserted,
+                      !used.contains(path: path, device: status.device, inode: status.inode) else { return }
+                result.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes, mount: mount.path,
+                                                device: status.device, inode: status.inode))
             }
         }
         return result.sorted { $0.path < $1.path }
@@ -168,45 +206,82 @@ package enum StaleHugepageFiles {
     /// process has it open or mapped. Every file is accounted for: removed,
     /// or not removed with the reason; one failed `unlink(2)` does not stop
     /// the others.
+    ///
+    /// The path is followed again from the root without following any
+    /// symbolic link (`openat(O_NOFOLLOW)` per component), the name is
+    /// checked with `fstatat(AT_SYMLINK_NOFOLLOW)` to still be the device
+    /// and inode that was found, and removed with `unlinkat(2)` relative to
+    /// the directory that was checked.
     package static func clean(_ files: [StaleHugepageFile], in fs: KernelFiles = .live) -> CleanReport {
         let used = filesInUse(in: fs)
         var report = CleanReport()
         for file in files {
-            // Checked again, by path and identity, just before the unlink.
-            let status: Sys.FileStatus
-            do {
-                status = try Sys.fileStatus(fs.path(file.path), followLinks: false)
-            } catch {
-                report.notRemoved.append(.init(file: file, reason: error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)))
-                continue
-            }
-            guard status.isRegular else {
-                report.notRemoved.append(.init(file: file, reason: .replaced))
-                continue
-            }
-            if let pid = used.holder(path: file.path, device: status.device, inode: status.inode) {
-                report.notRemoved.append(.init(file: file, reason: .inUse(pid: pid, command: fs.command(of: pid))))
-                continue
-            }
-            do {
-                try Sys.unlink(fs.path(file.path))
+            let reason = remove(file, in: fs, unless: used)
+            if let reason {
+                report.notRemoved.append(NotRemovedFile(file: file, reason: reason))
+            } else {
                 report.removed.append(file)
-            } catch {
-                report.notRemoved.append(.init(file: file, reason: error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)))
             }
         }
         return report
     }
 
-    private static func walk(_ directory: String, fs: KernelFiles, depth: Int = 0, _ visit: (String, Sys.FileStatus) -> Void) {
-        guard depth < 16 else { return }
-        for name in fs.entries(directory).sorted() {
-            let path = directory == "/" ? "/" + name : directory + "/" + name
-            guard let status = try? Sys.fileStatus(fs.path(path), followLinks: false) else { continue }
+    /// Removes one file; returns why it was not removed, or nil.
+    private static func remove(_ file: StaleHugepageFile, in fs: KernelFiles, unless used: FilesInUse) -> NotRemovedFile.Reason? {
+        guard let components = file.componentsBelowMount, let name = components.last else {
+            return .pathChanged("\(file.path) is not below the mount \(file.mount)")
+        }
+        var directory: FileDescriptor
+        do {
+            directory = try Sys.openDirectoryWithoutLinks(file.mount, below: fs.root)
+        } catch {
+            return .pathChanged("\(error.call) of the mount point: \(error.errno)")
+        }
+        defer { Sys.close(directory) }
+        for component in components.dropLast() {
+            do {
+                let next = try Sys.openDirectory(component, in: directory)
+                Sys.close(directory)
+                directory = next
+            } catch {
+                return error.errno == .noSuchFileOrDirectory ? .gone : .pathChanged("\(component): \(error.errno)")
+            }
+        }
+        // Checked again, by identity and path, just before the unlink.
+        let status: Sys.FileStatus
+        do {
+            status = try Sys.fileStatus(name, in: directory)
+        } catch {
+            return error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)
+        }
+        guard status.isRegular, status.device == file.device, status.inode == file.inode else { return .replaced }
+        if let pid = used.holder(path: file.path, device: status.device, inode: status.inode) {
+            return .inUse(pid: pid, command: fs.command(of: pid))
+        }
+        do {
+            try Sys.unlink(name, in: directory)
+        } catch {
+            return error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)
+        }
+        return nil
+    }
+
+    /// Visits every regular file below `directory` (whose path is `path`),
+    /// reading each directory through its descriptor; 16 levels at most.
+    private static func walk(_ directory: FileDescriptor, path: String, depth: Int = 0, _ visit: (String, Sys.FileStatus) -> Void) {
+        guard depth < 16, let names = try? Sys.directoryEntries(of: directory) else { return }
+        for name in names.sorted() {
+            let child = path == "/" ? "/" + name : path + "/" + name
+            guard let status = try? Sys.fileStatus(name, in: directory) else { continue }
             if status.isDirectory {
-                walk(path, fs: fs, depth: depth + 1, visit)
+                guard let sub = try? Sys.openDirectory(name, in: directory) else { continue }
+                defer { Sys.close(sub) }
+                // The directory opened must be the one examined.
+                guard let opened = try? Sys.fileStatus(of: sub), opened.device == status.device, opened.inode == status.inode
+                else { continue }
+                walk(sub, path: child, depth: depth + 1, visit)
             } else if status.isRegular {
-                visit(path, status)
+                visit(child, status)
             }
         }
     }

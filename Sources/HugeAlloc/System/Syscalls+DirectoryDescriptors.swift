@@ -75,6 +75,31 @@ extension Sys {
         return FileDescriptor(rawValue: fd)
     }
 
+    /// Opens the directory `path` below `root` one component at a time, each
+    /// with `O_NOFOLLOW`: a symbolic link anywhere below `root` fails with
+    /// `ELOOP` or `ENOTDIR` instead of being followed. `root` itself is
+    /// opened as given. ".." is refused (`EINVAL`).
+    /// The corresponding C function is `openat(2)` with `O_DIRECTORY | O_NOFOLLOW`.
+    package static func openDirectoryWithoutLinks(_ path: String, below root: String = "/") throws(SystemCallError) -> FileDescriptor {
+        var current = try retryingInterrupts("open", detail: root) {
+            unsafe Glibc.open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        }
+        for component in path.split(separator: "/") where component != "." {
+            guard component != ".." else {
+                _ = Glibc.close(current)
+                throw SystemCallError(call: "openat", errno: .invalidArgument, detail: "\(path): \"..\" component")
+            }
+            let next = unsafe openat(current, String(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let code = lastErrno
+            _ = Glibc.close(current)
+            guard next >= 0 else {
+                throw SystemCallError(call: "openat", errno: code, detail: "\(component) of \(path), O_DIRECTORY|O_NOFOLLOW")
+            }
+            current = next
+        }
+        return FileDescriptor(rawValue: current)
+    }
+
     /// Opens an unnamed file in an open directory (`O_TMPFILE`).
     /// The corresponding C function is `openat(2)` with `O_TMPFILE`.
     static func openTemporaryFile(in directory: FileDescriptor, detail: String) throws(SystemCallError) -> FileDescriptor {
@@ -82,5 +107,59 @@ extension Sys {
             unsafe openat(directory.rawValue, ".", HA_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
         }
         return FileDescriptor(rawValue: fd)
+    }
+
+    /// What an open file is. The corresponding C function is `fstat(2)`.
+    package static func fileStatus(of fd: FileDescriptor) throws(SystemCallError) -> FileStatus {
+        var st = stat()
+        _ = try retryingInterrupts("fstat", detail: "descriptor \(fd.rawValue)") { unsafe fstat(fd.rawValue, &st) }
+        return FileStatus(st)
+    }
+
+    /// What `name` in `directory` is, without following a symbolic link.
+    /// The corresponding C function is `fstatat(2)` with `AT_SYMLINK_NOFOLLOW`.
+    package static func fileStatus(_ name: String, in directory: FileDescriptor) throws(SystemCallError) -> FileStatus {
+        var st = stat()
+        _ = try retryingInterrupts("fstatat", detail: name) {
+            unsafe fstatat(directory.rawValue, name, &st, AT_SYMLINK_NOFOLLOW)
+        }
+        return FileStatus(st)
+    }
+
+    /// The names in an open directory, without "." and "..", unsorted.
+    /// The corresponding C functions are `dup(2)`, `fdopendir(3)` and `readdir(3)`.
+    package static func directoryEntries(of directory: FileDescriptor) throws(SystemCallError) -> [String] {
+        let copy = try retryingInterrupts("dup") { Glibc.dup(directory.rawValue) }
+        guard let stream = unsafe fdopendir(copy) else {
+            let code = lastErrno
+            _ = Glibc.close(copy)
+            throw SystemCallError(call: "fdopendir", errno: code)
+        }
+        defer { _ = unsafe closedir(stream) }
+        unsafe rewinddir(stream)
+        var names: [String] = []
+        while let entry = unsafe readdir(stream) {
+            let name = unsafe withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                unsafe String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Removes the name `name` from `directory` (never a directory).
+    /// The corresponding C function is `unlinkat(2)`.
+    package static func unlink(_ name: String, in directory: FileDescriptor) throws(SystemCallError) {
+        _ = try retryingInterrupts("unlinkat", detail: name) { unsafe unlinkat(directory.rawValue, name, 0) }
+    }
+}
+
+extension Sys.FileStatus {
+    /// The fields of a `struct stat`.
+    init(_ st: stat) {
+        let type = st.st_mode & S_IFMT
+        self.init(isRegular: type == S_IFREG, isDirectory: type == S_IFDIR,
+                  size: Int(st.st_size), allocatedBytes: Int(st.st_blocks) * 512,
+                  device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
     }
 }

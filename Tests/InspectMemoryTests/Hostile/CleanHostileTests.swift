@@ -7,6 +7,52 @@ import HugeAlloc
 /// removes and every file it leaves is reported, with the reason.
 @Suite(.serialized) struct CleanHostileTests {
     static let isRoot = getuid() == 0
+    static let canMount = isRoot && free2M() >= 4
+
+    /// A new directory under the temporary directory, removed (after
+    /// `cleanup`, e.g. unmounting) when `body` returns or throws.
+    private func withScratch(_ name: String, cleanup: (String) -> Void = { _ in }, _ body: (String) throws -> Void) throws {
+        let base = NSTemporaryDirectory() + "inspect-memory-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        defer {
+            cleanup(base)
+            try? FileManager.default.removeItem(atPath: base)
+        }
+        try body(base)
+    }
+
+    /// Unmounts everything mounted at or below `base` (deepest first, each
+    /// as often as it is stacked), lazily.
+    private static func unmountAll(below base: String) {
+        for _ in 0..<8 {
+            let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+            let points = mounts.split(separator: "\n").compactMap { line -> String? in
+                let f = line.split(separator: " ")
+                guard f.count > 1 else { return nil }
+                let point = String(f[1]).replacingOccurrences(of: "\\040", with: " ")
+                return point == base || point.hasPrefix(base + "/") ? point : nil
+            }
+            if points.isEmpty { return }
+            for point in points.sorted(by: { $0.count > $1.count }) { umount2(point, Int32(MNT_DETACH)) }
+        }
+    }
+
+    private func mountHugetlbfs(_ path: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        try #require(mount("nodev", path, "hugetlbfs", 0, "pagesize=2M") == 0, "mount \(path): \(String(cString: strerror(errno)))")
+    }
+
+    /// A file on hugetlbfs holding one 2 MiB page, closed and unmapped (stale).
+    private func makeStaleHugepageFile(_ path: String) throws {
+        let fd = open(path, O_CREAT | O_RDWR, 0o600)
+        try #require(fd >= 0, "open \(path): \(String(cString: strerror(errno)))")
+        defer { close(fd) }
+        try #require(ftruncate(fd, off_t(2 << 20)) == 0)
+        let p = try #require(mmap(nil, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+        try #require(p != MAP_FAILED)
+        memset(p, 0x5a, 2 << 20)
+        munmap(p, 2 << 20)
+    }
 
     /// A fixture tree in which unlinking /mnt/huge/sub/rtemap_2 fails with
     /// EBUSY (a file is bind-mounted over it) while /mnt/huge/held and
@@ -68,5 +114,33 @@ import HugeAlloc
         #expect(report.notRemoved.map(\.file.path) == ["/mnt/huge/held"])
         #expect(report.notRemoved.first?.reason.description.contains("PID 77") == true)
         #expect(!report.hasFailures)
+    }
+
+    /// The owner of a directory above a hugetlbfs mount point renames it and
+    /// puts a symbolic link in its place between find and clean: the clean
+    /// must not follow it to a file of the same name elsewhere.
+    @Test(.enabled(if: canMount, "needs root to mount hugetlbfs and free 2 MiB pages"))
+    func aSymlinkSwappedInForAParentDirectoryDeletesNothingOutsideTheMount() throws {
+        try withScratch("swap", cleanup: Self.unmountAll(below:)) { base in
+            let parent = base + "/owned", mountPoint = parent + "/huge"
+            let decoy = base + "/decoy/huge/rtemap_0"
+            try mountHugetlbfs(mountPoint)
+            try makeStaleHugepageFile(mountPoint + "/rtemap_0")
+            try FileManager.default.createDirectory(atPath: base + "/decoy/huge", withIntermediateDirectories: true)
+            try Data(repeating: 0x42, count: 4096).write(to: URL(fileURLWithPath: decoy))
+
+            let found = StaleHugepageFiles.find(in: .live, mountPoint: mountPoint)
+            try #require(found.map(\.path) == [mountPoint + "/rtemap_0"])
+            // The swap: the mount moves along with its renamed parent.
+            try #require(rename(parent, base + "/owned-moved") == 0)
+            try #require(symlink(base + "/decoy", parent) == 0)
+
+            let report = StaleHugepageFiles.clean(found, in: .live)
+            #expect(FileManager.default.fileExists(atPath: decoy), "the file outside the mount was deleted")
+            #expect(report.removed.isEmpty)
+            #expect(report.notRemoved.map(\.file.path) == [mountPoint + "/rtemap_0"])
+            #expect(report.notRemoved.first?.reason.isFailure == true, "\(report)")
+            #expect(FileManager.default.fileExists(atPath: base + "/owned-moved/huge/rtemap_0"))
+        }
     }
 }
