@@ -32,6 +32,24 @@ package struct StaleHugepageFile: Equatable, Sendable {
     }
 }
 
+/// What ``StaleHugepageFiles/search(in:mountPoint:)`` found.
+package struct StaleFileSearch: Equatable, Sendable {
+    /// The stale files, by path.
+    package var files: [StaleHugepageFile] = []
+    /// What the walk did not enter, and why: a mount point that is now
+    /// another file system (a tmpfs mounted over it), a directory or file
+    /// of another file system mounted inside it.
+    package var skipped: [SkippedPath] = []
+
+    package init() {}
+}
+
+/// A path the stale-file walk did not enter, with the reason.
+package struct SkippedPath: Equatable, Sendable {
+    package var path: String
+    package var reason: String
+}
+
 /// What ``StaleHugepageFiles/clean(_:in:)`` did with each file it was given.
 package struct CleanReport: Equatable, Sendable {
     /// The files removed.
@@ -64,8 +82,9 @@ package struct NotRemovedFile: Equatable, Sendable {
         /// Its path now leads to another file (or no regular file).
         case replaced
         /// The path to it cannot be followed safely any more: a directory on
-        /// the way was renamed or replaced by a symbolic link since the file
-        /// was found. Nothing is removed through such a path.
+        /// the way was renamed or replaced by a symbolic link, or another
+        /// file system was mounted on the way, since the file was found.
+        /// Nothing is removed through such a path.
         case pathChanged(String)
         /// Removing it failed.
         case failed(SystemCallError)
@@ -88,9 +107,9 @@ package struct NotRemovedFile: Equatable, Sendable {
             case .replaced:
                 return "the path now leads to another file than the one found"
             case let .pathChanged(detail):
-                return "the path to it changed since it was found (\(detail)): a directory on the way was renamed "
-                    + "or replaced by a symbolic link; nothing was removed through it. Check who can write to the "
-                    + "directories above the mount"
+                return "the path to it no longer leads through the hugetlbfs it was found on (\(detail)); nothing "
+                    + "was removed through it. Check who can write to the directories above the mount and what is "
+                    + "mounted there (/proc/mounts)"
             case let .failed(error):
                 let hint = switch error.errno {
                 case .resourceBusy: "; something is mounted on it (see /proc/mounts): unmount it first"
@@ -175,6 +194,12 @@ package enum StaleHugepageFiles {
     }
 
     /// Every file on every hugetlbfs mount that pins hugepages while no process
+    /// has it open or mapped (``search(in:mountPoint:)``'s files).
+    package static func find(in fs: KernelFiles = .live, mountPoint: String? = nil) -> [StaleHugepageFile] {
+        search(in: fs, mountPoint: mountPoint).files
+    }
+
+    /// Every file on every hugetlbfs mount that pins hugepages while no process
     /// has it open or mapped. Walks the mounts below `fs`'s root and compares
     /// against /proc/*/fd and /proc/*/maps. `mountPoint` limits the search
     /// to one mount.
@@ -183,23 +208,73 @@ package enum StaleHugepageFiles {
     /// component at a time with `O_NOFOLLOW`, and everything below it is read
     /// relative to directory descriptors (`fstatat(AT_SYMLINK_NOFOLLOW)`,
     /// `openat(O_DIRECTORY | O_NOFOLLOW)`), so a symbolic link swapped in on
-    /// the way is never followed.
-    package static func find(in fs: KernelFiles = .live, mountPoint: String? = nil) -> [StaleHugepageFile] {
+    /// the way is never followed. It stays on the mount's file system: the
+    /// mount point must be hugetlbfs (`fstatfs` `f_type` `HUGETLBFS_MAGIC`;
+    /// a fixture root's own type for fixture trees), and anything with
+    /// another `st_dev` (a directory or file of another file system mounted
+    /// inside) is skipped.
+    package static func search(in fs: KernelFiles = .live, mountPoint: String? = nil) -> StaleFileSearch {
         let used = filesInUse(in: fs)
-        var result: [StaleHugepageFile] = []
+        var search = StaleFileSearch()
         var seen = Set<FilesInUse.FileIdentity>()
         for mount in mounts(in: fs) where mountPoint == nil || mount.path == mountPoint {
-            guard let root = try? Sys.openDirectoryWithoutLinks(mount.path, below: fs.root) else { continue }
+            let root: FileDescriptor, device: UInt64
+            do {
+                (root, device) = try openMountRoot(mount.path, in: fs)
+            } catch {
+                search.skipped.append(SkippedPath(path: mount.path, reason: error.reason))
+                continue
+            }
             defer { Sys.close(root) }
-            walk(root, path: mount.path) { path, status in
+            let type = expectedFileSystem(in: fs)?.type ?? Sys.hugetlbfsMagic
+            walk(root, path: mount.path, device: device, type: type, skipped: &search.skipped) { path, status in
                 guard status.allocatedBytes > 0,
                       seen.insert(.init(device: status.device, inode: status.inode)).inserted,
                       !used.contains(path: path, device: status.device, inode: status.inode) else { return }
-                result.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes, mount: mount.path,
-                                                device: status.device, inode: status.inode))
+                search.files.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes, mount: mount.path,
+                                                      device: status.device, inode: status.inode))
             }
         }
-        return result.sorted { $0.path < $1.path }
+        search.files.sort { $0.path < $1.path }
+        return search
+    }
+
+    /// Why a mount point cannot be walked or cleaned.
+    struct MountRootError: Error {
+        var reason: String
+    }
+
+    /// The file-system type every walked directory must have: hugetlbfs on
+    /// the live machine, the root's own type for a fixture tree.
+    static func expectedFileSystem(in fs: KernelFiles) -> Sys.FileSystemStatus? {
+        if fs.isLive { return Sys.FileSystemStatus(type: Sys.hugetlbfsMagic, blockSize: 0) }
+        return try? Sys.fileSystemStatus(atPath: fs.root)
+    }
+
+    /// Opens a mount point below `fs`'s root without following any symbolic
+    /// link, and checks it is (still) the hugetlbfs: `fstatfs` `f_type`.
+    /// Returns the descriptor and the mount's device (`st_dev`).
+    static func openMountRoot(_ path: String, in fs: KernelFiles) throws(MountRootError) -> (FileDescriptor, UInt64) {
+        let root: FileDescriptor
+        do {
+            root = try Sys.openDirectoryWithoutLinks(path, below: fs.root)
+        } catch {
+            throw MountRootError(reason: "cannot open the mount point without following a symbolic link: \(error.errno)")
+        }
+        do {
+            let type = try Sys.fileSystemStatus(of: root)
+            guard let expected = expectedFileSystem(in: fs), type.type == expected.type else {
+                Sys.close(root)
+                throw MountRootError(reason: "the mount point is \(type.typeName) now, not hugetlbfs "
+                                     + "(another file system is mounted over it)")
+            }
+            return (root, try Sys.fileStatus(of: root).device)
+        } catch let error as MountRootError {
+            throw error
+        } catch {
+            Sys.close(root)
+            throw MountRootError(reason: "\(error)")
+        }
     }
 
     /// Removes the given stale files, each only after checking again that no
@@ -233,9 +308,14 @@ package enum StaleHugepageFiles {
         }
         var directory: FileDescriptor
         do {
-            directory = try Sys.openDirectoryWithoutLinks(file.mount, below: fs.root)
+            let device: UInt64
+            (directory, device) = try openMountRoot(file.mount, in: fs)
+            guard device == file.device else {
+                Sys.close(directory)
+                return .pathChanged("\(file.mount) is another file system than the one the file was found on")
+            }
         } catch {
-            return .pathChanged("\(error.call) of the mount point: \(error.errno)")
+            return .pathChanged(error.reason)
         }
         defer { Sys.close(directory) }
         for component in components.dropLast() {
@@ -243,6 +323,9 @@ package enum StaleHugepageFiles {
                 let next = try Sys.openDirectory(component, in: directory)
                 Sys.close(directory)
                 directory = next
+                guard try Sys.fileStatus(of: directory).device == file.device else {
+                    return .pathChanged("\(component) is on another file system")
+                }
             } catch {
                 return error.errno == .noSuchFileOrDirectory ? .gone : .pathChanged("\(component): \(error.errno)")
             }
@@ -266,20 +349,32 @@ package enum StaleHugepageFiles {
         return nil
     }
 
-    /// Visits every regular file below `directory` (whose path is `path`),
-    /// reading each directory through its descriptor; 16 levels at most.
-    private static func walk(_ directory: FileDescriptor, path: String, depth: Int = 0, _ visit: (String, Sys.FileStatus) -> Void) {
+    /// Visits every regular file below `directory` (whose path is `path`) on
+    /// the file system `device` of type `type`, reading each directory
+    /// through its descriptor; 16 levels at most. Anything on another device
+    /// is recorded in `skipped`, never entered or visited.
+    private static func walk(
+        _ directory: FileDescriptor, path: String, device: UInt64, type: Int, depth: Int = 0,
+        skipped: inout [SkippedPath], _ visit: (String, Sys.FileStatus) -> Void
+    ) {
         guard depth < 16, let names = try? Sys.directoryEntries(of: directory) else { return }
         for name in names.sorted() {
             let child = path == "/" ? "/" + name : path + "/" + name
             guard let status = try? Sys.fileStatus(name, in: directory) else { continue }
+            guard status.device == device else {
+                if status.isDirectory || status.isRegular {
+                    skipped.append(SkippedPath(path: child, reason: "another file system is mounted here"))
+                }
+                continue
+            }
             if status.isDirectory {
                 guard let sub = try? Sys.openDirectory(name, in: directory) else { continue }
                 defer { Sys.close(sub) }
-                // The directory opened must be the one examined.
-                guard let opened = try? Sys.fileStatus(of: sub), opened.device == status.device, opened.inode == status.inode
+                // The directory opened must be the one examined, on the same file system.
+                guard let opened = try? Sys.fileStatus(of: sub), opened.device == status.device, opened.inode == status.inode,
+                      (try? Sys.fileSystemStatus(of: sub))?.type == type
                 else { continue }
-                walk(sub, path: child, depth: depth + 1, visit)
+                walk(sub, path: child, device: device, type: type, depth: depth + 1, skipped: &skipped, visit)
             } else if status.isRegular {
                 visit(child, status)
             }

@@ -67,6 +67,10 @@ struct HugepagesCommand: ParsableCommand {
         var path: String
         var bytes: Int
     }
+    struct Skipped: Encodable {
+        var path: String
+        var reason: String
+    }
     struct NotRemoved: Encodable {
         var path: String
         var bytes: Int
@@ -77,13 +81,15 @@ struct HugepagesCommand: ParsableCommand {
         var mounts: [Mount]
         var holders: [Holder]
         var staleFiles: [File]
+        /// Paths the stale-file walk did not enter (another file system mounted there).
+        var skipped: [Skipped]
         /// With --clean: every file removed, and every file not removed with the reason.
         var removed: [File]?
         var notRemoved: [NotRemoved]?
         /// The stale files as found, with what identifies them (not printed).
         var found: [StaleHugepageFile] = []
         enum CodingKeys: String, CodingKey {
-            case pools, mounts, holders, staleFiles = "stale_files", removed, notRemoved = "not_removed"
+            case pools, mounts, holders, staleFiles = "stale_files", skipped, removed, notRemoved = "not_removed"
         }
     }
 
@@ -110,9 +116,11 @@ struct HugepagesCommand: ParsableCommand {
         let holders = HugepageHolders.scan(in: fs).map {
             Holder(pid: $0.pid, command: $0.command, pageSize: $0.pageSize, bytes: $0.bytes)
         }
-        let found = StaleHugepageFiles.find(in: fs, mountPoint: mountPoint)
-        return Report(pools: pools, mounts: mounts, holders: holders, staleFiles: found.map { File(path: $0.path, bytes: $0.bytes) },
-                      removed: nil, notRemoved: nil, found: found)
+        let search = StaleHugepageFiles.search(in: fs, mountPoint: mountPoint)
+        return Report(pools: pools, mounts: mounts, holders: holders,
+                      staleFiles: search.files.map { File(path: $0.path, bytes: $0.bytes) },
+                      skipped: search.skipped.map { Skipped(path: $0.path, reason: $0.reason) },
+                      removed: nil, notRemoved: nil, found: search.files)
     }
 
     func run() throws {
@@ -162,6 +170,10 @@ struct HugepagesCommand: ParsableCommand {
         print(report.staleFiles.isEmpty ? "  none" : table(["  PATH", "BYTES"], report.staleFiles.map { ["  " + $0.path, bytesText($0.bytes)] }))
         if !report.staleFiles.isEmpty && report.removed == nil {
             print("  remove them with: inspect-memory hugepages --clean")
+        }
+        if !report.skipped.isEmpty {
+            print("\nnot searched (not on the hugetlbfs mount):")
+            print(table(["  PATH", "REASON"], report.skipped.map { ["  " + $0.path, $0.reason] }))
         }
     }
 }

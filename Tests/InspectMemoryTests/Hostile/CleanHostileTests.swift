@@ -143,4 +143,50 @@ import HugeAlloc
             #expect(FileManager.default.fileExists(atPath: base + "/owned-moved/huge/rtemap_0"))
         }
     }
+
+    /// A directory of another file system bind-mounted inside a hugetlbfs
+    /// mount (and a file bind-mounted over a file there): the walk stays on
+    /// the hugetlbfs and removes its stale file only.
+    @Test(.enabled(if: canMount, "needs root to mount hugetlbfs and bind mounts, and free 2 MiB pages"))
+    func filesBindMountedFromAnotherFileSystemAreNeitherListedNorDeleted() throws {
+        try withScratch("bind-ext", cleanup: Self.unmountAll(below:)) { base in
+            let mountPoint = base + "/huge", outside = base + "/ext"
+            try mountHugetlbfs(mountPoint)
+            try makeStaleHugepageFile(mountPoint + "/rtemap_0")
+            try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+            try Data(repeating: 0x42, count: 4096).write(to: URL(fileURLWithPath: outside + "/precious"))
+            try Data(repeating: 0x43, count: 4096).write(to: URL(fileURLWithPath: base + "/precious-file"))
+            try FileManager.default.createDirectory(atPath: mountPoint + "/sub", withIntermediateDirectories: false)
+            try #require(mount(outside, mountPoint + "/sub", nil, UInt(MS_BIND), nil) == 0)
+            try #require(FileManager.default.createFile(atPath: mountPoint + "/over", contents: nil))
+            try #require(mount(base + "/precious-file", mountPoint + "/over", nil, UInt(MS_BIND), nil) == 0)
+
+            let result = try run(["hugepages", "--clean", "--json", "--mount", mountPoint])
+            #expect(result.status == 0, "\(result.err)")
+            let object = try #require(try jsonObject(result.out) as? [String: Any], "\(result.out) \(result.err)")
+            #expect((object["removed"] as? [[String: Any]])?.map { $0["path"] as? String } == [mountPoint + "/rtemap_0"], "\(result.out)")
+            #expect((object["not_removed"] as? [Any])?.isEmpty == true, "\(result.out)")
+            #expect(FileManager.default.fileExists(atPath: outside + "/precious"), "a file on another file system was deleted")
+            #expect(FileManager.default.fileExists(atPath: base + "/precious-file"), "a file bind-mounted over a hugetlbfs name was deleted")
+        }
+    }
+
+    /// A tmpfs mounted over a hugetlbfs mount point hides the hugetlbfs; its
+    /// files are not hugetlbfs files and are never removed.
+    @Test(.enabled(if: isRoot, "needs root to mount hugetlbfs and tmpfs"))
+    func aTmpfsMountedOverTheMountPointIsLeftAlone() throws {
+        try withScratch("tmpfs-over", cleanup: Self.unmountAll(below:)) { base in
+            let mountPoint = base + "/huge"
+            try mountHugetlbfs(mountPoint)
+            try #require(mount("tmpfs", mountPoint, "tmpfs", 0, "size=1M") == 0)
+            try Data(repeating: 0x42, count: 4096).write(to: URL(fileURLWithPath: mountPoint + "/precious"))
+
+            let listed = try run(["hugepages", "--json", "--mount", mountPoint])
+            let object = try #require(try jsonObject(listed.out) as? [String: Any], "\(listed.out) \(listed.err)")
+            #expect((object["stale_files"] as? [Any])?.isEmpty == true, "\(listed.out)")
+            let result = try run(["hugepages", "--clean", "--json", "--mount", mountPoint])
+            #expect(result.status == 0, "\(result.err)")
+            #expect(FileManager.default.fileExists(atPath: mountPoint + "/precious"), "a tmpfs file was deleted")
+        }
+    }
 }
