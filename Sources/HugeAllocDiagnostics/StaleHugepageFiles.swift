@@ -1,6 +1,10 @@
 import HugeAlloc
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A file on a hugetlbfs mount that no process has open or mapped.
 package struct StaleHugepageFile: Equatable, Sendable {
     /// The file's path on the machine.
@@ -77,6 +81,9 @@ package struct NotRemovedFile: Equatable, Sendable {
     package enum Reason: Equatable, Sendable, CustomStringConvertible {
         /// A process opened or mapped it since it was found: it is not stale.
         case inUse(pid: Int32, command: String?)
+        /// Another open file holds a `flock(2)` lock on it (DPDK processes
+        /// hold `LOCK_SH` on the hugepage files they use): it is in use.
+        case locked
         /// It no longer exists (another process removed it).
         case gone
         /// Its path now leads to another file (or no regular file).
@@ -93,7 +100,7 @@ package struct NotRemovedFile: Equatable, Sendable {
         /// is left correctly, a failed removal is a failure.
         package var isFailure: Bool {
             switch self {
-            case .inUse, .gone, .replaced: false
+            case .inUse, .locked, .gone, .replaced: false
             case .failed, .pathChanged: true
             }
         }
@@ -102,6 +109,8 @@ package struct NotRemovedFile: Equatable, Sendable {
             switch self {
             case let .inUse(pid, command):
                 return "in use: open or mapped by PID \(pid)" + (command.map { " (\($0))" } ?? "")
+            case .locked:
+                return "in use: another process holds a lock on it (flock), as DPDK processes do on the hugepage files they use"
             case .gone:
                 return "no longer exists (removed by another process)"
             case .replaced:
@@ -156,10 +165,12 @@ package enum StaleHugepageFiles {
         }
     }
 
-    /// Reads every process's open descriptors and mappings below `fs`'s root.
-    package static func filesInUse(in fs: KernelFiles = .live) -> FilesInUse {
+    /// Reads every process's open descriptors and mappings below `fs`'s root
+    /// (except `ignoredPID`'s: the cleaner's own, which holds the files it
+    /// locked open).
+    package static func filesInUse(in fs: KernelFiles = .live, ignoring ignoredPID: Int32? = nil) -> FilesInUse {
         var used = FilesInUse()
-        for pid in fs.processIDs() {
+        for pid in fs.processIDs() where pid != ignoredPID {
             for fd in fs.entries("/proc/\(pid)/fd") {
                 let link = fs.path("/proc/\(pid)/fd/\(fd)")
                 if let target = try? Sys.readLink(link) { used.paths[target] = used.paths[target] ?? pid }
@@ -277,21 +288,44 @@ package enum StaleHugepageFiles {
         }
     }
 
-    /// Removes the given stale files, each only after checking again that no
-    /// process has it open or mapped. Every file is accounted for: removed,
-    /// or not removed with the reason; one failed `unlink(2)` does not stop
-    /// the others.
+    /// Removes the given stale files, each only after checking again that it
+    /// is unused: DPDK's protocol first (an exclusive, non-blocking
+    /// `flock(2)`: a file another process has locked is in use), then, with
+    /// the lock held, every process's descriptors and mappings read afresh,
+    /// just before the unlink. Every file is accounted for: removed, or not
+    /// removed with the reason; one failed `unlink(2)` does not stop the
+    /// others.
     ///
     /// The path is followed again from the root without following any
-    /// symbolic link (`openat(O_NOFOLLOW)` per component), the name is
-    /// checked with `fstatat(AT_SYMLINK_NOFOLLOW)` to still be the device
-    /// and inode that was found, and removed with `unlinkat(2)` relative to
-    /// the directory that was checked.
+    /// symbolic link (`openat(O_NOFOLLOW)` per component, each directory on
+    /// the file's device), the name is checked with
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)` to still be the device and inode that
+    /// was found, and removed with `unlinkat(2)` relative to the directory
+    /// that was checked. Files are locked and checked in batches of
+    /// ``batchSize``, so /proc is read once per batch.
     package static func clean(_ files: [StaleHugepageFile], in fs: KernelFiles = .live) -> CleanReport {
-        let used = filesInUse(in: fs)
+        var reasons = [NotRemovedFile.Reason?](repeating: nil, count: files.count)
+        var start = 0
+        while start < files.count {
+            let batch = start..<min(start + batchSize, files.count)
+            start = batch.upperBound
+            var held: [(index: Int, file: HeldFile)] = []
+            for index in batch {
+                switch hold(files[index], in: fs) {
+                case .success(let file): held.append((index, file))
+                case .failure(let reason): reasons[index] = reason.reason
+                }
+            }
+            // Read after the locks were taken: a process that opened or mapped
+            // a file before this point is seen; this process's own descriptors are not counted.
+            let used = filesInUse(in: fs, ignoring: fs.isLive ? getpid() : nil)
+            for (index, file) in held {
+                reasons[index] = remove(file, found: files[index], in: fs, unless: used)
+                file.close()
+            }
+        }
         var report = CleanReport()
-        for file in files {
-            let reason = remove(file, in: fs, unless: used)
+        for (file, reason) in zip(files, reasons) {
             if let reason {
                 report.notRemoved.append(NotRemovedFile(file: file, reason: reason))
             } else {
@@ -301,10 +335,32 @@ package enum StaleHugepageFiles {
         return report
     }
 
-    /// Removes one file; returns why it was not removed, or nil.
-    private static func remove(_ file: StaleHugepageFile, in fs: KernelFiles, unless used: FilesInUse) -> NotRemovedFile.Reason? {
+    /// Files locked and checked together by ``clean(_:in:)``.
+    static let batchSize = 64
+
+    /// A stale file opened and locked for removal: its directory, its name
+    /// there, and the file itself (holding `LOCK_EX`).
+    struct HeldFile {
+        var directory: FileDescriptor
+        var name: String
+        var file: FileDescriptor
+
+        func close() {
+            Sys.close(file)
+            Sys.close(directory)
+        }
+    }
+
+    struct NotHeld: Error {
+        var reason: NotRemovedFile.Reason
+    }
+
+    /// Follows the path of `file` safely to its directory, opens it there
+    /// (`O_NOFOLLOW | O_NONBLOCK`), checks it is the device and inode that
+    /// was found, and takes `LOCK_EX | LOCK_NB`.
+    private static func hold(_ file: StaleHugepageFile, in fs: KernelFiles) -> Result<HeldFile, NotHeld> {
         guard let components = file.componentsBelowMount, let name = components.last else {
-            return .pathChanged("\(file.path) is not below the mount \(file.mount)")
+            return .failure(NotHeld(reason: .pathChanged("\(file.path) is not below the mount \(file.mount)")))
         }
         var directory: FileDescriptor
         do {
@@ -312,37 +368,70 @@ package enum StaleHugepageFiles {
             (directory, device) = try openMountRoot(file.mount, in: fs)
             guard device == file.device else {
                 Sys.close(directory)
-                return .pathChanged("\(file.mount) is another file system than the one the file was found on")
+                return .failure(NotHeld(reason: .pathChanged("\(file.mount) is another file system than the one the file was found on")))
             }
         } catch {
-            return .pathChanged(error.reason)
+            return .failure(NotHeld(reason: .pathChanged(error.reason)))
         }
-        defer { Sys.close(directory) }
         for component in components.dropLast() {
             do {
                 let next = try Sys.openDirectory(component, in: directory)
                 Sys.close(directory)
                 directory = next
                 guard try Sys.fileStatus(of: directory).device == file.device else {
-                    return .pathChanged("\(component) is on another file system")
+                    Sys.close(directory)
+                    return .failure(NotHeld(reason: .pathChanged("\(component) is on another file system")))
                 }
             } catch {
-                return error.errno == .noSuchFileOrDirectory ? .gone : .pathChanged("\(component): \(error.errno)")
+                Sys.close(directory)
+                return .failure(NotHeld(reason: error.errno == .noSuchFileOrDirectory ? .gone : .pathChanged("\(component): \(error.errno)")))
             }
         }
-        // Checked again, by identity and path, just before the unlink.
-        let status: Sys.FileStatus
+        let opened: FileDescriptor
         do {
-            status = try Sys.fileStatus(name, in: directory)
+            let status = try Sys.fileStatus(name, in: directory)
+            guard status.isRegular, status.device == file.device, status.inode == file.inode else {
+                Sys.close(directory)
+                return .failure(NotHeld(reason: .replaced))
+            }
+            opened = try Sys.openFile(name, in: directory)
+        } catch {
+            Sys.close(directory)
+            return .failure(NotHeld(reason: error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)))
+        }
+        let held = HeldFile(directory: directory, name: name, file: opened)
+        do {
+            let status = try Sys.fileStatus(of: opened)
+            guard status.device == file.device, status.inode == file.inode else {
+                held.close()
+                return .failure(NotHeld(reason: .replaced))
+            }
+            guard try Sys.lock(opened, .exclusive, wait: false) else {
+                held.close()
+                return .failure(NotHeld(reason: .locked))
+            }
+        } catch {
+            held.close()
+            return .failure(NotHeld(reason: .failed(error)))
+        }
+        return .success(held)
+    }
+
+    /// Removes a held file unless `used` shows a process using it; returns
+    /// why it was not removed, or nil.
+    private static func remove(_ held: HeldFile, found file: StaleHugepageFile, in fs: KernelFiles, unless used: FilesInUse) -> NotRemovedFile.Reason? {
+        // Checked again, by identity and path, just before the unlink.
+        do {
+            let status = try Sys.fileStatus(held.name, in: held.directory)
+            guard status.isRegular, status.device == file.device, status.inode == file.inode else { return .replaced }
         } catch {
             return error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)
         }
-        guard status.isRegular, status.device == file.device, status.inode == file.inode else { return .replaced }
-        if let pid = used.holder(path: file.path, device: status.device, inode: status.inode) {
+        if let pid = used.holder(path: file.path, device: file.device, inode: file.inode) {
             return .inUse(pid: pid, command: fs.command(of: pid))
         }
         do {
-            try Sys.unlink(name, in: directory)
+            try Sys.unlink(held.name, in: held.directory)
         } catch {
             return error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)
         }

@@ -3,7 +3,9 @@
 
 /* Header only. statfs(2) and fstatfs(2), which Glibc's Swift overlay does not
  * export: the file-system type (f_type) tells hugetlbfs from ext4 or tmpfs,
- * and on hugetlbfs f_bsize is the mount's page size. */
+ * and on hugetlbfs f_bsize is the mount's page size. flock(2) (<sys/file.h>):
+ * the whole-file locks DPDK takes on its hugepage files. */
 #include <sys/vfs.h>
+#include <sys/file.h>
 
 #endif

@@ -100,6 +100,16 @@ extension Sys {
         return FileDescriptor(rawValue: current)
     }
 
+    /// Opens the regular file `name` in `directory` read-only, without
+    /// following a symbolic link and without blocking on a FIFO (for a lock).
+    /// The corresponding C function is `openat(2)` with `O_NOFOLLOW | O_NONBLOCK`.
+    package static func openFile(_ name: String, in directory: FileDescriptor) throws(SystemCallError) -> FileDescriptor {
+        let fd = try retryingInterrupts("openat", detail: "\(name), O_RDONLY|O_NOFOLLOW") {
+            unsafe openat(directory.rawValue, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
     /// Opens an unnamed file in an open directory (`O_TMPFILE`).
     /// The corresponding C function is `openat(2)` with `O_TMPFILE`.
     static func openTemporaryFile(in directory: FileDescriptor, detail: String) throws(SystemCallError) -> FileDescriptor {
@@ -151,6 +161,29 @@ extension Sys {
     /// The corresponding C function is `unlinkat(2)`.
     package static func unlink(_ name: String, in directory: FileDescriptor) throws(SystemCallError) {
         _ = try retryingInterrupts("unlinkat", detail: name) { unsafe unlinkat(directory.rawValue, name, 0) }
+    }
+
+    /// A whole-file advisory lock for ``lock(_:_:wait:)``.
+    package enum LockKind: Sendable {
+        /// `LOCK_SH`: held by every user of a file (HugeAlloc's named hugetlbfs files).
+        case shared
+        /// `LOCK_EX`: taken by a cleaner before it removes a file (DPDK's convention).
+        case exclusive
+    }
+
+    /// Locks an open file. Without `wait`, returns false when another open
+    /// file holds a conflicting lock (`EWOULDBLOCK`).
+    /// The corresponding C function is `flock(2)` (`LOCK_NB` without `wait`).
+    @discardableResult
+    package static func lock(_ fd: FileDescriptor, _ kind: LockKind, wait: Bool = true) throws(SystemCallError) -> Bool {
+        let operation = (kind == .shared ? LOCK_SH : LOCK_EX) | (wait ? 0 : LOCK_NB)
+        while true {
+            if flock(fd.rawValue, operation) == 0 { return true }
+            let code = lastErrno
+            if code == .interrupted { continue }
+            if !wait, code == .wouldBlock { return false }
+            throw SystemCallError(call: "flock", errno: code, detail: kind == .shared ? "LOCK_SH" : "LOCK_EX")
+        }
     }
 }
 

@@ -189,4 +189,29 @@ import HugeAlloc
             #expect(FileManager.default.fileExists(atPath: mountPoint + "/precious"), "a tmpfs file was deleted")
         }
     }
+
+    // MARK: - locks
+
+    /// A process that holds a lock on a file (as DPDK processes hold
+    /// `LOCK_SH` on their hugepage files) is using it, even where /proc does
+    /// not show it: the clean takes `LOCK_EX | LOCK_NB` first and leaves a
+    /// locked file, reported as in use (no failure).
+    @Test func aFileLockedByAnotherOpenFileIsReportedInUseAndKept() throws {
+        let copy = try FixtureCopy("two-nodes")
+        defer { copy.remove() }
+        // This process is not in the fixture's /proc: only its lock shows the use.
+        let fd = open(copy.root + "/mnt/huge/rtemap_1", O_RDONLY)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        try #require(flock(fd, LOCK_SH) == 0)
+
+        let result = try run(["hugepages", "--clean", "--json", "--root", copy.root])
+        #expect(FileManager.default.fileExists(atPath: copy.root + "/mnt/huge/rtemap_1"), "a locked file was removed")
+        #expect(result.status == 0, "\(result.err)")
+        let object = try #require(try jsonObject(result.out) as? [String: Any], "\(result.out) \(result.err)")
+        #expect((object["removed"] as? [[String: Any]])?.map { $0["path"] as? String } == ["/mnt/huge/held", "/mnt/huge/sub/rtemap_2"])
+        let kept = try #require(object["not_removed"] as? [[String: Any]])
+        #expect(kept.map { $0["path"] as? String } == ["/mnt/huge/rtemap_1"])
+        #expect((kept.first?["reason"] as? String)?.contains("lock") == true, "\(kept)")
+    }
 }
