@@ -44,6 +44,11 @@ package struct StaleFileSearch: Equatable, Sendable {
     /// another file system (a tmpfs mounted over it), a directory or file
     /// of another file system mounted inside it.
     package var skipped: [SkippedPath] = []
+    /// Why some of the files cannot be proven unused (some process could
+    /// not be read and the kernel granted no lease), or nil.
+    /// ``StaleHugepageFiles/clean(_:in:)`` removes such a file only if the
+    /// kernel grants it a lease then.
+    package var unproven: String?
 
     package init() {}
 }
@@ -81,6 +86,10 @@ package struct NotRemovedFile: Equatable, Sendable {
     package enum Reason: Equatable, Sendable, CustomStringConvertible {
         /// A process opened or mapped it since it was found: it is not stale.
         case inUse(pid: Int32, command: String?)
+        /// The kernel refused an exclusive lease: another open file of it
+        /// exists, in a process this tool could not see (`unseen` says why
+        /// some are invisible, when known).
+        case inUseUnseen(String?)
         /// Another open file holds a `flock(2)` lock on it (DPDK processes
         /// hold `LOCK_SH` on the hugepage files they use): it is in use.
         case locked
@@ -95,13 +104,17 @@ package struct NotRemovedFile: Equatable, Sendable {
         case pathChanged(String)
         /// Removing it failed.
         case failed(SystemCallError)
+        /// It could not be proven unused: some process's open files or
+        /// mappings could not be read, and the kernel would not grant the
+        /// lease that proves it otherwise (the reason says which and the fix).
+        case unproven(String)
 
         /// Whether the file should have been removed: a file in use or gone
         /// is left correctly, a failed removal is a failure.
         package var isFailure: Bool {
             switch self {
-            case .inUse, .locked, .gone, .replaced: false
-            case .failed, .pathChanged: true
+            case .inUse, .inUseUnseen, .locked, .gone, .replaced: false
+            case .failed, .pathChanged, .unproven: true
             }
         }
 
@@ -109,10 +122,15 @@ package struct NotRemovedFile: Equatable, Sendable {
             switch self {
             case let .inUse(pid, command):
                 return "in use: open or mapped by PID \(pid)" + (command.map { " (\($0))" } ?? "")
+            case let .inUseUnseen(unseen):
+                return "in use: another process has it open or mapped (the kernel refused an exclusive lease)"
+                    + (unseen.map { "; that process is not visible here: \($0)" } ?? "")
             case .locked:
                 return "in use: another process holds a lock on it (flock), as DPDK processes do on the hugepage files they use"
             case .gone:
                 return "no longer exists (removed by another process)"
+            case let .unproven(reason):
+                return "not proven unused: \(reason)"
             case .replaced:
                 return "the path now leads to another file than the one found"
             case let .pathChanged(detail):
@@ -148,10 +166,20 @@ package enum StaleHugepageFiles {
     package struct FilesInUse: Sendable {
         var paths: [String: Int32] = [:]
         var inodes: [FileIdentity: Int32] = [:]
+        /// Why some process's files could not be seen (a /proc/PID that
+        /// could not be read, another PID namespace, hidden processes). When
+        /// not empty, /proc alone proves no file unused.
+        package var blindSpots: [String] = []
 
         struct FileIdentity: Hashable, Sendable {
             var device: UInt64
             var inode: UInt64
+        }
+
+        /// Why a file that no visible process uses may still be in use, or
+        /// nil when every process was read.
+        package var unproven: String? {
+            blindSpots.isEmpty ? nil : blindSpots.joined(separator: "; ")
         }
 
         /// A process that has a file with this path or identity open or mapped, or nil.
@@ -168,32 +196,107 @@ package enum StaleHugepageFiles {
     /// Reads every process's open descriptors and mappings below `fs`'s root
     /// (except `ignoredPID`'s: the cleaner's own, which holds the files it
     /// locked open).
+    ///
+    /// A process that exited while being read (`ENOENT`, `ESRCH`) is left
+    /// out; any other failure to read /proc/PID/fd, its links or
+    /// /proc/PID/maps is a blind spot. So, on the live machine, are a PID
+    /// namespace other than the initial one (/proc/self/ns/pid) and a /proc
+    /// mounted with `hidepid=invisible` without `CAP_SYS_PTRACE`: processes
+    /// this one cannot see may use any file.
     package static func filesInUse(in fs: KernelFiles = .live, ignoring ignoredPID: Int32? = nil) -> FilesInUse {
         var used = FilesInUse()
+        if fs.isLive { used.blindSpots = visibilityBlindSpots(in: fs) }
+        var unreadable: [(pid: Int32, errno: Errno)] = []
+        func gone(_ errno: Errno) -> Bool { errno == .noSuchFileOrDirectory || errno == .noSuchProcess }
         for pid in fs.processIDs() where pid != ignoredPID {
-            for fd in fs.entries("/proc/\(pid)/fd") {
-                let link = fs.path("/proc/\(pid)/fd/\(fd)")
-                if let target = try? Sys.readLink(link) { used.paths[target] = used.paths[target] ?? pid }
-                if let status = try? Sys.fileStatus(link) {
-                    let identity = FilesInUse.FileIdentity(device: status.device, inode: status.inode)
-                    used.inodes[identity] = used.inodes[identity] ?? pid
+            var failure: Errno? = nil
+            do {
+                for fd in try Sys.directoryEntries(atPath: fs.path("/proc/\(pid)/fd")) {
+                    let link = fs.path("/proc/\(pid)/fd/\(fd)")
+                    do {
+                        let target = try Sys.readLink(link)
+                        used.paths[target] = used.paths[target] ?? pid
+                    } catch {
+                        if !gone(error.errno) { failure = failure ?? error.errno }
+                        continue
+                    }
+                    do {
+                        let status = try Sys.fileStatus(link)
+                        let identity = FilesInUse.FileIdentity(device: status.device, inode: status.inode)
+                        used.inodes[identity] = used.inodes[identity] ?? pid
+                    } catch {
+                        // A link to a path in a fixture tree, or a descriptor closed meanwhile.
+                        if !gone(error.errno) { failure = failure ?? error.errno }
+                    }
                 }
+            } catch {
+                if !gone(error.errno) { failure = failure ?? error.errno }
             }
-            guard let maps = fs.textIfReadable("/proc/\(pid)/maps") else { continue }
-            for line in maps.split(separator: "\n") {
-                let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-                guard f.count >= 5 else { continue }
-                if f.count == 6 {
-                    let path = String(f[5].trimmingWhitespace())
-                    used.paths[path] = used.paths[path] ?? pid
+            do {
+                let maps = try fs.text("/proc/\(pid)/maps")
+                for line in maps.split(separator: "\n") {
+                    let f = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
+                    guard f.count >= 5 else { continue }
+                    if f.count == 6 {
+                        let path = String(f[5].trimmingWhitespace())
+                        used.paths[path] = used.paths[path] ?? pid
+                    }
+                    if let inode = UInt64(f[4]), inode != 0, let device = deviceNumber(f[3]) {
+                        let identity = FilesInUse.FileIdentity(device: device, inode: inode)
+                        used.inodes[identity] = used.inodes[identity] ?? pid
+                    }
                 }
-                if let inode = UInt64(f[4]), inode != 0, let device = deviceNumber(f[3]) {
-                    let identity = FilesInUse.FileIdentity(device: device, inode: inode)
-                    used.inodes[identity] = used.inodes[identity] ?? pid
-                }
+            } catch .unreadable(let file) {
+                if !gone(file.errno) { failure = failure ?? file.errno }
+            } catch {
+                failure = failure ?? .ioError
             }
+            if let failure { unreadable.append((pid, failure)) }
+        }
+        if !unreadable.isEmpty {
+            let shown = unreadable.prefix(5).map { "\($0.pid)" }.joined(separator: ", ") + (unreadable.count > 5 ? ", …" : "")
+            used.blindSpots.append(
+                "could not read the open files or mappings of \(unreadable.count) process(es) "
+                + "(PID \(shown): \(unreadable[0].errno)), so any of them may use it; run as root "
+                + "in the host's PID namespace")
         }
         return used
+    }
+
+    /// `PROC_PID_INIT_INO`: the inode number of the initial PID namespace
+    /// (/proc/self/ns/pid reads "pid:[4026531836]" there).
+    static let initialPIDNamespace = "pid:[4026531836]"
+
+    /// Whether this process may see fewer processes than exist: another PID
+    /// namespace (with its own /proc, even /proc/1 is inside it), or a /proc
+    /// mounted with `hidepid=invisible` (2) while it lacks `CAP_SYS_PTRACE`.
+    /// Reads /proc/self/ns/pid, /proc/mounts and /proc/self/status.
+    static func visibilityBlindSpots(in fs: KernelFiles) -> [String] {
+        var spots: [String] = []
+        do {
+            let namespace = try Sys.readLink(fs.path("/proc/self/ns/pid"))
+            if namespace != initialPIDNamespace {
+                spots.append("this process runs in a PID namespace (\(namespace)) that is not the initial one "
+                             + "(\(initialPIDNamespace)), so processes outside it are invisible; run it in the host's "
+                             + "PID namespace (e.g. nsenter --target 1 --pid --mount inspect-memory ...)")
+            }
+        } catch {
+            spots.append("cannot tell which PID namespace this process is in (/proc/self/ns/pid: \(error.errno)), "
+                         + "so processes outside it may be invisible; run it in the host's PID namespace")
+        }
+        let mounts = fs.textIfReadable("/proc/mounts") ?? ""
+        for line in mounts.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count >= 4, f[1] == "/proc", f[2] == "proc" else { continue }
+            let options = f[3].split(separator: ",")
+            guard options.contains("hidepid=2") || options.contains("hidepid=invisible") else { continue }
+            let ptrace = ((try? MemlockCheck.effectiveCapabilities(in: fs)) ?? 0) & (1 << 19) != 0
+            if !ptrace {
+                spots.append("/proc is mounted with hidepid=invisible and this process lacks CAP_SYS_PTRACE, so other "
+                             + "users' processes are hidden from it; run as root")
+            }
+        }
+        return spots
     }
 
     /// "00:2f" (hex major:minor, as /proc/PID/maps prints it) → `dev_t` as
@@ -228,26 +331,59 @@ package enum StaleHugepageFiles {
         let used = filesInUse(in: fs)
         var search = StaleFileSearch()
         var seen = Set<FilesInUse.FileIdentity>()
-        for mount in mounts(in: fs) where mountPoint == nil || mount.path == mountPoint {
-            let root: FileDescriptor, device: UInt64
-            do {
-                (root, device) = try openMountRoot(mount.path, in: fs)
-            } catch {
-                search.skipped.append(SkippedPath(path: mount.path, reason: error.reason))
-                continue
-            }
-            defer { Sys.close(root) }
-            let type = expectedFileSystem(in: fs)?.type ?? Sys.hugetlbfsMagic
-            walk(root, path: mount.path, device: device, type: type, skipped: &search.skipped) { path, status in
-                guard status.allocatedBytes > 0,
-                      seen.insert(.init(device: status.device, inode: status.inode)).inserted,
-                      !used.contains(path: path, device: status.device, inode: status.inode) else { return }
-                search.files.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes, mount: mount.path,
-                                                      device: status.device, inode: status.inode))
+        var unproven = false
+        Sys.ignoringLeaseBreaks {
+            for mount in mounts(in: fs) where mountPoint == nil || mount.path == mountPoint {
+                let root: FileDescriptor, device: UInt64
+                switch Result(catching: { () throws(MountRootError) in try openMountRoot(mount.path, in: fs) }) {
+                case .success(let opened): (root, device) = opened
+                case .failure(let error):
+                    search.skipped.append(SkippedPath(path: mount.path, reason: error.reason))
+                    continue
+                }
+                defer { Sys.close(root) }
+                let type = expectedFileSystem(in: fs)?.type ?? Sys.hugetlbfsMagic
+                walk(root, path: mount.path, device: device, type: type, skipped: &search.skipped) { path, status, directory, name in
+                    guard status.allocatedBytes > 0,
+                          seen.insert(.init(device: status.device, inode: status.inode)).inserted,
+                          !used.contains(path: path, device: status.device, inode: status.inode) else { return }
+                    if used.unproven != nil {
+                        // Some process could not be read: ask the kernel instead.
+                        switch leaseProbe(name, in: directory, device: status.device, inode: status.inode) {
+                        case .unused: break
+                        case .inUse: return
+                        case .unknown: unproven = true
+                        }
+                    }
+                    search.files.append(StaleHugepageFile(path: path, bytes: status.allocatedBytes, mount: mount.path,
+                                                          device: status.device, inode: status.inode))
+                }
             }
         }
+        search.unproven = unproven ? used.unproven : nil
         search.files.sort { $0.path < $1.path }
         return search
+    }
+
+    /// What an exclusive write lease says about a file.
+    enum LeaseProbe {
+        /// Granted: no other open file description exists.
+        case unused
+        /// Refused: another exists (a process has it open or mapped).
+        case inUse
+        /// Not available (not the owner and no `CAP_LEASE`, no lease support,
+        /// the name changed): nothing is known.
+        case unknown
+    }
+
+    /// Opens `name` in `directory`, checks it is `device`/`inode`, and asks
+    /// for an exclusive write lease, released at once.
+    static func leaseProbe(_ name: String, in directory: FileDescriptor, device: UInt64, inode: UInt64) -> LeaseProbe {
+        guard let fd = try? Sys.openFile(name, in: directory) else { return .unknown }
+        defer { Sys.close(fd) }
+        guard let status = try? Sys.fileStatus(of: fd), status.device == device, status.inode == inode,
+              let granted = try? Sys.takeWriteLease(fd) else { return .unknown }
+        return granted ? .unused : .inUse
     }
 
     /// Why a mount point cannot be walked or cleaned.
@@ -304,6 +440,10 @@ package enum StaleHugepageFiles {
     /// that was checked. Files are locked and checked in batches of
     /// ``batchSize``, so /proc is read once per batch.
     package static func clean(_ files: [StaleHugepageFile], in fs: KernelFiles = .live) -> CleanReport {
+        Sys.ignoringLeaseBreaks { cleanHoldingLeases(files, in: fs) }
+    }
+
+    private static func cleanHoldingLeases(_ files: [StaleHugepageFile], in fs: KernelFiles) -> CleanReport {
         var reasons = [NotRemovedFile.Reason?](repeating: nil, count: files.count)
         var start = 0
         while start < files.count {
@@ -339,11 +479,22 @@ package enum StaleHugepageFiles {
     static let batchSize = 64
 
     /// A stale file opened and locked for removal: its directory, its name
-    /// there, and the file itself (holding `LOCK_EX`).
+    /// there, and the file itself (holding `LOCK_EX`, and a write lease
+    /// when the kernel granted one).
     struct HeldFile {
         var directory: FileDescriptor
         var name: String
         var file: FileDescriptor
+        var lease: Lease = .held
+
+        enum Lease {
+            /// Held: no other open file of it exists, in any process.
+            case held
+            /// Refused: another open file of it exists.
+            case refused
+            /// Not available; only the /proc scan can prove it unused.
+            case unavailable(SystemCallError)
+        }
 
         func close() {
             Sys.close(file)
@@ -399,7 +550,7 @@ package enum StaleHugepageFiles {
             Sys.close(directory)
             return .failure(NotHeld(reason: error.errno == .noSuchFileOrDirectory ? .gone : .failed(error)))
         }
-        let held = HeldFile(directory: directory, name: name, file: opened)
+        var held = HeldFile(directory: directory, name: name, file: opened)
         do {
             let status = try Sys.fileStatus(of: opened)
             guard status.device == file.device, status.inode == file.inode else {
@@ -414,11 +565,17 @@ package enum StaleHugepageFiles {
             held.close()
             return .failure(NotHeld(reason: .failed(error)))
         }
+        do {
+            held.lease = try Sys.takeWriteLease(opened) ? .held : .refused
+        } catch {
+            held.lease = .unavailable(error)
+        }
         return .success(held)
     }
 
-    /// Removes a held file unless `used` shows a process using it; returns
-    /// why it was not removed, or nil.
+    /// Removes a held file unless a process uses it: one `used` shows, or,
+    /// by the lease, one it could not see; returns why it was not removed,
+    /// or nil. Without a lease, only a complete `used` proves it unused.
     private static func remove(_ held: HeldFile, found file: StaleHugepageFile, in fs: KernelFiles, unless used: FilesInUse) -> NotRemovedFile.Reason? {
         // Checked again, by identity and path, just before the unlink.
         do {
@@ -429,6 +586,17 @@ package enum StaleHugepageFiles {
         }
         if let pid = used.holder(path: file.path, device: file.device, inode: file.inode) {
             return .inUse(pid: pid, command: fs.command(of: pid))
+        }
+        switch held.lease {
+        case .held:
+            break  // the kernel's word: no other open file of it exists
+        case .refused:
+            return .inUseUnseen(used.unproven)
+        case .unavailable(let error):
+            if let unproven = used.unproven {
+                return .unproven(unproven + " (and the kernel would not grant the exclusive lease that would prove it "
+                                 + "unused: \(error.errno))")
+            }
         }
         do {
             try Sys.unlink(held.name, in: held.directory)
@@ -444,7 +612,7 @@ package enum StaleHugepageFiles {
     /// is recorded in `skipped`, never entered or visited.
     private static func walk(
         _ directory: FileDescriptor, path: String, device: UInt64, type: Int, depth: Int = 0,
-        skipped: inout [SkippedPath], _ visit: (String, Sys.FileStatus) -> Void
+        skipped: inout [SkippedPath], _ visit: (_ path: String, Sys.FileStatus, _ directory: FileDescriptor, _ name: String) -> Void
     ) {
         guard depth < 16, let names = try? Sys.directoryEntries(of: directory) else { return }
         for name in names.sorted() {
@@ -465,7 +633,7 @@ package enum StaleHugepageFiles {
                 else { continue }
                 walk(sub, path: child, device: device, type: type, depth: depth + 1, skipped: &skipped, visit)
             } else if status.isRegular {
-                visit(child, status)
+                visit(child, status, directory, name)
             }
         }
     }

@@ -83,6 +83,8 @@ struct HugepagesCommand: ParsableCommand {
         var staleFiles: [File]
         /// Paths the stale-file walk did not enter (another file system mounted there).
         var skipped: [Skipped]
+        /// Why the stale files cannot be proven unused (some process could not be read), or null.
+        var unprovenReason: String?
         /// With --clean: every file removed, and every file not removed with the reason.
         var removed: [File]?
         var notRemoved: [NotRemoved]?
@@ -90,6 +92,18 @@ struct HugepagesCommand: ParsableCommand {
         var found: [StaleHugepageFile] = []
         enum CodingKeys: String, CodingKey {
             case pools, mounts, holders, staleFiles = "stale_files", skipped, removed, notRemoved = "not_removed"
+            case unprovenReason = "unproven_reason"
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(pools, forKey: .pools)
+            try c.encode(mounts, forKey: .mounts)
+            try c.encode(holders, forKey: .holders)
+            try c.encode(staleFiles, forKey: .staleFiles)
+            try c.encode(skipped, forKey: .skipped)
+            try c.encode(unprovenReason, forKey: .unprovenReason)  // null when every process was read
+            try c.encodeIfPresent(removed, forKey: .removed)
+            try c.encodeIfPresent(notRemoved, forKey: .notRemoved)
         }
     }
 
@@ -120,7 +134,7 @@ struct HugepagesCommand: ParsableCommand {
         return Report(pools: pools, mounts: mounts, holders: holders,
                       staleFiles: search.files.map { File(path: $0.path, bytes: $0.bytes) },
                       skipped: search.skipped.map { Skipped(path: $0.path, reason: $0.reason) },
-                      removed: nil, notRemoved: nil, found: search.files)
+                      unprovenReason: search.unproven, removed: nil, notRemoved: nil, found: search.files)
     }
 
     func run() throws {
@@ -168,7 +182,9 @@ struct HugepagesCommand: ParsableCommand {
         }
         print("\nstale files (no process has them open or mapped):")
         print(report.staleFiles.isEmpty ? "  none" : table(["  PATH", "BYTES"], report.staleFiles.map { ["  " + $0.path, bytesText($0.bytes)] }))
-        if !report.staleFiles.isEmpty && report.removed == nil {
+        if let reason = report.unprovenReason, !report.staleFiles.isEmpty {
+            print("  not proven unused: \(reason)")
+        } else if !report.staleFiles.isEmpty && report.removed == nil {
             print("  remove them with: inspect-memory hugepages --clean")
         }
         if !report.skipped.isEmpty {

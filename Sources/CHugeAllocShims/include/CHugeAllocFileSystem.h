@@ -8,4 +8,9 @@
 #include <sys/vfs.h>
 #include <sys/file.h>
 
+/* fcntl(2) commands of <fcntl.h> that need _GNU_SOURCE: a write lease is
+ * granted only while no other open file description of the inode exists. */
+#define HA_F_SETLEASE 1024
+#define HA_F_GETLEASE 1025
+
 #endif

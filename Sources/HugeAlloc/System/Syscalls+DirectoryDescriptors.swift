@@ -185,6 +185,35 @@ extension Sys {
             throw SystemCallError(call: "flock", errno: code, detail: kind == .shared ? "LOCK_SH" : "LOCK_EX")
         }
     }
+
+    /// Asks for an exclusive write lease on an open file (opened read-only).
+    /// The kernel grants it only while no other open file description of
+    /// the inode exists: no process, in any PID or mount namespace, has the
+    /// file open or mapped. Returns false when one exists (`EAGAIN`). While
+    /// the lease is held, another process's `open(2)` of the file waits
+    /// (and this process is sent `SIGIO`; see ``ignoringLeaseBreaks(_:)``)
+    /// until the descriptor is closed. Fails with `EACCES` for a file this
+    /// user neither owns nor has `CAP_LEASE` for, `EINVAL` where the file
+    /// system has no leases.
+    /// The corresponding C function is `fcntl(2)` with `F_SETLEASE` and `F_WRLCK`.
+    package static func takeWriteLease(_ fd: FileDescriptor) throws(SystemCallError) -> Bool {
+        while true {
+            if fcntl(fd.rawValue, HA_F_SETLEASE, Int32(F_WRLCK)) == 0 { return true }
+            let code = lastErrno
+            if code == .interrupted { continue }
+            if code == .resourceTemporarilyUnavailable || code == .resourceBusy { return false }
+            throw SystemCallError(call: "fcntl", errno: code, detail: "F_SETLEASE F_WRLCK")
+        }
+    }
+
+    /// Runs `body` with `SIGIO` ignored: the signal a lease holder is sent
+    /// when another process opens the leased file, which would otherwise
+    /// end this process. The corresponding C function is `signal(2)`.
+    package static func ignoringLeaseBreaks<T>(_ body: () -> T) -> T {
+        let previous = signal(SIGIO, SIG_IGN)
+        defer { _ = signal(SIGIO, previous) }
+        return body()
+    }
 }
 
 extension Sys.FileStatus {

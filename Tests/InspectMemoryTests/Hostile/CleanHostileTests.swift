@@ -214,4 +214,96 @@ import HugeAlloc
         #expect(kept.map { $0["path"] as? String } == ["/mnt/huge/rtemap_1"])
         #expect((kept.first?["reason"] as? String)?.contains("lock") == true, "\(kept)")
     }
+
+    // MARK: - processes the tool cannot see
+
+    static let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    static let unshareTool = ["/usr/bin/unshare", "/bin/unshare"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// Runs `executable` with `arguments`; returns its status and output.
+    private func runProgram(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    /// A hugetlbfs mount anyone may write to, holding `rtemap_0`: one 2 MiB
+    /// page that this (root) process keeps mapped, with no descriptor open
+    /// (readable by anyone, so any user can open and lock it); and
+    /// `rtemap_1`, a truly stale file with one page.
+    private func withFileMappedByThisProcess(_ name: String, _ body: (_ mountPoint: String, _ file: String) throws -> Void) throws {
+        try withScratch(name, cleanup: Self.unmountAll(below:)) { base in
+            let mountPoint = base + "/huge", file = mountPoint + "/rtemap_0"
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+            try #require(mount("nodev", mountPoint, "hugetlbfs", 0, "pagesize=2M,mode=0777") == 0)
+            let fd = open(file, O_CREAT | O_RDWR, 0o644)
+            try #require(fd >= 0)
+            try #require(fchmod(fd, 0o644) == 0)
+            try #require(ftruncate(fd, off_t(2 << 20)) == 0)
+            let p = try #require(mmap(nil, 2 << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+            close(fd)
+            try #require(p != MAP_FAILED)
+            defer { munmap(p, 2 << 20) }
+            memset(p, 0x5a, 2 << 20)
+            try makeStaleHugepageFile(mountPoint + "/rtemap_1")
+            try body(mountPoint, file)
+        }
+    }
+
+    /// As user nobody the tool cannot read root's /proc/PID/maps, and the
+    /// kernel grants no lease on root's files: it cannot prove any file
+    /// unused, so it must remove none, say why, and exit 1.
+    @Test(.enabled(if: canMount && setpriv != nil, "needs root, setpriv (util-linux), hugetlbfs and free 2 MiB pages"))
+    func aNonRootCleanNeverRemovesAFileARootProcessMaps() throws {
+        try withFileMappedByThisProcess("nonroot") { mountPoint, file in
+            let result = try runProgram(try #require(Self.setpriv), [
+                "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                inspectMemoryPath, "hugepages", "--clean", "--json", "--mount", mountPoint])
+            #expect(FileManager.default.fileExists(atPath: file), "a file mapped by a root process was deleted by a non-root clean")
+            #expect(result.status == 1, "\(result.err)")
+            let object = try #require(try jsonObject(result.out) as? [String: Any], "\(result.out) \(result.err)")
+            #expect((object["removed"] as? [Any])?.isEmpty == true)
+            let kept = try #require(object["not_removed"] as? [[String: Any]], "\(result.out)")
+            #expect(kept.map { $0["path"] as? String } == [file, mountPoint + "/rtemap_1"])
+            // rtemap_0 (readable): opened and locked, but not proven unused.
+            let reason = kept.first?["reason"] as? String ?? ""
+            #expect(reason.contains("not proven unused") && reason.contains("could not read") && reason.contains("run as root"), "\(reason)")
+            // rtemap_1 (root's, mode 0600): cannot even be opened to be locked.
+            #expect((kept.last?["reason"] as? String)?.contains("run as root") == true, "\(kept)")
+            #expect((object["unproven_reason"] as? String)?.contains("could not read") == true, "\(result.out)")
+            #expect(result.err.contains("not proven unused"), "\(result.err)")
+        }
+    }
+
+    /// In a new PID namespace with its own /proc the tool sees only the
+    /// namespace's processes. The file mapped outside is kept (the kernel
+    /// refuses a lease on it) and reported in use with the reason the user
+    /// is invisible; the truly stale file is removed (the lease proves it).
+    @Test(.enabled(if: canMount && unshareTool != nil, "needs root, unshare (util-linux), hugetlbfs and free 2 MiB pages"))
+    func aCleanInsideAPIDNamespaceNeverRemovesAFileMappedOutsideIt() throws {
+        try withFileMappedByThisProcess("pidns") { mountPoint, file in
+            let listed = try runProgram(try #require(Self.unshareTool), [
+                "-pf", "--mount-proc", inspectMemoryPath, "hugepages", "--json", "--mount", mountPoint])
+            let listing = try #require(try jsonObject(listed.out) as? [String: Any], "\(listed.out) \(listed.err)")
+            #expect((listing["stale_files"] as? [[String: Any]])?.map { $0["path"] as? String } == [mountPoint + "/rtemap_1"], "\(listed.out)")
+
+            let result = try runProgram(try #require(Self.unshareTool), [
+                "-pf", "--mount-proc", inspectMemoryPath, "hugepages", "--clean", "--json", "--mount", mountPoint])
+            #expect(FileManager.default.fileExists(atPath: file), "a file mapped outside the PID namespace was deleted")
+            #expect(result.status == 0, "\(result.err)")
+            let object = try #require(try jsonObject(result.out) as? [String: Any], "\(result.out) \(result.err)")
+            #expect((object["removed"] as? [[String: Any]])?.map { $0["path"] as? String } == [mountPoint + "/rtemap_1"], "\(result.out)")
+            #expect(!FileManager.default.fileExists(atPath: mountPoint + "/rtemap_1"))
+            // The mapped file was not even listed as stale inside the namespace.
+            #expect((object["not_removed"] as? [Any])?.isEmpty == true, "\(result.out)")
+        }
+    }
 }
