@@ -108,9 +108,51 @@ package enum HugepageSetup {
                              requested: request.count, granted: granted)
     }
 
-    /// Whether a hugetlbfs of `pageSize` is mounted at `path` (/proc/mounts).
+    /// Whether a hugetlbfs of `pageSize` is mounted at `path`: a mount of
+    /// /proc/mounts with that size whose path is `path`'s canonical form
+    /// (``canonicalPath(_:in:)``), or whose root is the directory `path`
+    /// leads to (same device and inode).
     static func isMounted(at path: String, pageSize: Int, in fs: KernelFiles) -> Bool {
-        StaleHugepageFiles.mounts(in: fs).contains { $0.path == path && $0.pageSize.bytes == pageSize }
+        let canonical = canonicalPath(path, in: fs)
+        let identity = try? Sys.fileStatus(fs.path(path))
+        return StaleHugepageFiles.mounts(in: fs).contains { mount in
+            guard mount.pageSize.bytes == pageSize else { return false }
+            if mount.path == canonical { return true }
+            guard let identity, let root = try? Sys.fileStatus(fs.path(mount.path)) else { return false }
+            return root.device == identity.device && root.inode == identity.inode
+        }
+    }
+
+    /// The hugetlbfs mount of another page size at `path`, if any.
+    static func otherHugetlbfs(at path: String, pageSize: Int, in fs: KernelFiles) -> HugetlbfsMount? {
+        let canonical = canonicalPath(path, in: fs)
+        let mounts = StaleHugepageFiles.mounts(in: fs)
+        guard !mounts.contains(where: { $0.path == canonical && $0.pageSize.bytes == pageSize }) else { return nil }
+        return mounts.last { $0.path == canonical }
+    }
+
+    /// `path` as /proc/mounts shows a mount point: absolute, with symbolic
+    /// links, ".", ".." and repeated or trailing "/" resolved. The part that
+    /// exists is resolved by `realpath(3)` below `fs`'s root; a missing rest
+    /// is appended as written (without "." and "").
+    package static func canonicalPath(_ path: String, in fs: KernelFiles = .live) -> String {
+        var components: [String] = []
+        for component in path.split(separator: "/") where component != "." {
+            if component == ".." { _ = components.popLast() } else { components.append(String(component)) }
+        }
+        let rootReal = (try? Sys.realPath(fs.root)) ?? fs.root
+        var missing: [String] = []
+        while true {
+            let candidate = "/" + components.joined(separator: "/")
+            if let real = try? Sys.realPath(fs.path(candidate)) {
+                var inside = fs.isLive ? real : String(real.dropFirst(rootReal.count))
+                if inside.isEmpty { inside = "/" }
+                if missing.isEmpty { return inside }
+                return (inside == "/" ? "" : inside) + "/" + missing.reversed().joined(separator: "/")
+            }
+            guard let last = components.popLast() else { return "/" + missing.reversed().joined(separator: "/") }
+            missing.append(last)
+        }
     }
 
     /// Checks, before anything changes, that hugetlbfs can be mounted at
@@ -124,7 +166,7 @@ package enum HugepageSetup {
             do {
                 let status = try Sys.fileStatus(fs.path(current))
                 guard status.isDirectory else {
-                    throw MountPointError(path: path, blocker: current, kind: status.isRegular ? "a regular file" : "not a directory")
+                    throw MountPointError.notADirectory(path, blocker: current, kind: status.isRegular ? "a regular file" : "something else")
                 }
                 return missing.reversed()
             } catch let error as MountPointError {
@@ -137,11 +179,11 @@ package enum HugepageSetup {
             } catch let error as SystemCallError where error.errno == .notDirectory {
                 // A file on the way: found as the walk goes up.
                 let parent = parentDirectory(of: current)
-                guard parent != current else { throw MountPointError(path: path, blocker: current, kind: "not a directory") }
+                guard parent != current else { throw MountPointError.notADirectory(path, blocker: current, kind: "something else") }
                 missing.removeAll()
                 current = parent
             } catch {
-                throw MountPointError(path: path, blocker: current, kind: "unreadable (\(error))")
+                throw MountPointError(path: path, problem: "\(current) cannot be examined: \(error)")
             }
         }
     }
@@ -180,13 +222,19 @@ package enum HugepageSetup {
     package static func apply(
         _ requests: [HugepageRequest], node: Int?, mount: String?, in fs: KernelFiles = .live
     ) throws(SetupError) -> Applied {
-        let points = mount.map { mountPoints($0, for: requests) } ?? []
+        let points = mount.map { mountPoints(canonicalPath($0, in: fs), for: requests) } ?? []
         var toCreate: [[String]] = []
         for point in points {
             do {
                 toCreate.append(try checkMountPoint(point.path, in: fs))
             } catch {
                 throw .invalidMountPoint(error)
+            }
+            if let other = otherHugetlbfs(at: point.path, pageSize: point.pageSize, in: fs) {
+                throw .invalidMountPoint(MountPointError(
+                    path: point.path,
+                    problem: "a hugetlbfs of \(other.pageSize) pages is mounted there; choose another path or unmount it first "
+                        + "(umount \(point.path))"))
             }
         }
         var progress = Progress()
@@ -283,15 +331,16 @@ package enum HugepageSetup {
 package struct MountPointError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The mount point asked for.
     package var path: String
-    /// The existing path that is in the way (PATH itself or an ancestor).
-    package var blocker: String
-    /// What it is: "a regular file", "not a directory".
-    package var kind: String
+    /// What is wrong with it, and what to do.
+    package var problem: String
 
-    package var description: String {
-        "cannot mount hugetlbfs at \(path): \(blocker) is \(kind), not a directory; give a directory "
-            + "(it is created if missing)"
+    /// `blocker` (PATH itself or an ancestor) exists and is `kind` ("a
+    /// regular file"), not a directory.
+    package static func notADirectory(_ path: String, blocker: String, kind: String) -> MountPointError {
+        MountPointError(path: path, problem: "\(blocker) is \(kind), not a directory; give a directory (it is created if missing)")
     }
+
+    package var description: String { "cannot mount hugetlbfs at \(path): \(problem)" }
 }
 
 /// What `setup` undid after a failed step, and what it could not undo.

@@ -22,8 +22,13 @@ struct HugepagesCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Look for stale files (and clean) on this hugetlbfs mount only.", valueName: "path"))
     var mount: String?
 
+    /// `--mount` as /proc/mounts spells it (no trailing or doubled "/", no symbolic link).
+    func mountPoint(_ fs: KernelFiles) -> String? {
+        mount.map { HugepageSetup.canonicalPath($0, in: fs) }
+    }
+
     func validate() throws {
-        if let mount, !StaleHugepageFiles.mounts(in: options.fs).contains(where: { $0.path == mount }) {
+        if let mount, !StaleHugepageFiles.mounts(in: options.fs).contains(where: { $0.path == mountPoint(options.fs) }) {
             throw ValidationError("\(mount) is not a hugetlbfs mount point (see /proc/mounts)")
         }
     }
@@ -139,6 +144,7 @@ struct HugepagesCommand: ParsableCommand {
 
     func run() throws {
         let fs = options.fs
+        let mount = mountPoint(fs)
         var report = try Self.report(in: fs, mountPoint: mount)
         var failures: [NotRemovedFile] = []
         if clean {

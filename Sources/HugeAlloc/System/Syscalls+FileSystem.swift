@@ -101,4 +101,15 @@ extension Sys {
     package static func unmount(_ path: String) throws(SystemCallError) {
         _ = try retryingInterrupts("umount2", detail: path) { unsafe Glibc.umount2(path, 0) }
     }
+
+    /// The absolute path of `path` with every symbolic link, ".", ".." and
+    /// repeated "/" resolved; the path must exist. The corresponding C
+    /// function is `realpath(3)`.
+    package static func realPath(_ path: String) throws(SystemCallError) -> String {
+        guard let resolved = unsafe Glibc.realpath(path, nil) else {
+            throw SystemCallError(call: "realpath", errno: lastErrno, detail: path)
+        }
+        defer { unsafe free(resolved) }
+        return unsafe String(cString: resolved)
+    }
 }

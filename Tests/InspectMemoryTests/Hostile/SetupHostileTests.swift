@@ -71,4 +71,48 @@ import HugeAlloc
         #expect(try read(copy.root + "/sys/kernel/mm/hugepages/hugepages-32768kB/nr_hugepages") == "0\n")
         #expect(!FileManager.default.fileExists(atPath: copy.root + "/mnt/new"), "the directory setup created was left")
     }
+
+    /// The same mount path with a trailing slash, doubled slashes or through
+    /// a symbolic link is the same mount: setup mounts once.
+    @Test(.enabled(if: isRoot, "needs root to write sysfs and mount"))
+    func theSamePathSpelledDifferentlyIsMountedOnce() throws {
+        let pool = try #require(Int(try read(Self.poolKnob).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let base = NSTemporaryDirectory() + "inspect-memory-setup-twice-\(getpid())"
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        defer {
+            Self.unmountAll(below: base)
+            try? FileManager.default.removeItem(atPath: base)
+        }
+        let dir = base + "/huge"
+        try FileManager.default.createSymbolicLink(atPath: base + "/link", withDestinationPath: dir)
+        var spellings = [dir, dir + "/", dir.replacingOccurrences(of: "/", with: "//"), base + "/link", base + "/./huge"]
+        let first = try run(["setup", "--pages", "2M:\(pool)", "--mount", spellings.removeFirst(), "--json"])
+        #expect(first.status == 0, "\(first.err)")
+        for spelling in spellings {
+            let again = try run(["setup", "--pages", "2M:\(pool)", "--mount", spelling, "--json"])
+            #expect(again.status == 0, "\(spelling): \(again.err)")
+            let mount = try #require(((try jsonObject(again.out) as? [String: Any])?["mounts"] as? [[String: Any]])?.first, "\(again.out)")
+            #expect(mount["mounted"] as? Bool == false, "\(spelling): \(again.out)")
+        }
+        #expect(Self.mountPoints(below: base) == [dir], "stacked mounts: \(Self.mountPoints(below: base))")
+    }
+
+    /// A hugetlbfs of another page size already at the path: refused before
+    /// anything changes, never a second mount stacked on it.
+    @Test(.enabled(if: isRoot && FileManager.default.fileExists(atPath: "/sys/kernel/mm/hugepages/hugepages-1048576kB"),
+                   "needs root to mount, and a kernel with 1 GiB pages"))
+    func aHugetlbfsOfAnotherSizeAtThePathIsRefused() throws {
+        let pool = try #require(Int(try read(Self.poolKnob).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let dir = NSTemporaryDirectory() + "inspect-memory-setup-other-size-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer {
+            Self.unmountAll(below: dir)
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try #require(mount("nodev", dir, "hugetlbfs", 0, "pagesize=1G") == 0)
+        let result = try run(["setup", "--pages", "2M:\(pool)", "--mount", dir + "/"])
+        #expect(result.status == 64, "\(result.err)")
+        #expect(result.err.contains("1G pages is mounted there"), "\(result.err)")
+        #expect(Self.mountPoints(below: dir) == [dir])
+    }
 }
