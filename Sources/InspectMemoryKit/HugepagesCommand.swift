@@ -10,13 +10,16 @@ struct HugepagesCommand: ParsableCommand {
         discussion: """
             A stale file is a file on a hugetlbfs mount that pins hugepages while no \
             process has it open (/proc/*/fd) or mapped (/proc/*/maps): what a crashed \
-            DPDK application leaves behind. --clean removes those files, never one in use.
+            DPDK application leaves behind. --clean removes those files, never one in use \
+            or one it cannot prove unused (it locks each file, asks the kernel for an exclusive \
+            lease, and reads /proc again just before the unlink), and reports every file it did \
+            not remove with the reason. The search and the clean stay on the hugetlbfs.
             """
     )
 
     @OptionGroup var options: CommonOptions
 
-    @Flag(help: "Remove stale files on hugetlbfs mounts (never one a process has open or mapped).")
+    @Flag(help: "Remove stale files on hugetlbfs mounts (never one a process has open, mapped or locked, nor one that cannot be proven unused).")
     var clean = false
 
     @Option(help: ArgumentHelp("Look for stale files (and clean) on this hugetlbfs mount only.", valueName: "path"))

@@ -12,7 +12,9 @@ struct SetupCommand: ParsableCommand {
             (/sys/kernel/mm/hugepages/hugepages-<kB>kB, or the node's own directory with --node) \
             and reports what the kernel granted; exits 1 when it granted fewer. \
             --mount mounts a hugetlbfs at PATH with the page size given (with several sizes, \
-            one per size at PATH/<size>, e.g. PATH/2M and PATH/1G).
+            one per size at PATH/<size>, e.g. PATH/2M and PATH/1G); a path already mounted, \
+            however it is spelled, is not mounted again. Mount paths are checked before anything \
+            changes; if a later step fails, what was changed is rolled back.
             """
     )
 
