@@ -43,7 +43,7 @@ let package = Package(
         // kpageflags): a CLI concern, kept out of the library's public API.
         .target(
             name: "HugeAllocDiagnostics",
-            dependencies: ["HugeAlloc"]
+            dependencies: ["HugeAlloc", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The commands of inspect-memory, as a library so tests can drive them.
         .target(

@@ -10,20 +10,28 @@ struct HugepagesCommand: ParsableCommand {
         discussion: """
             A stale file is a file on a hugetlbfs mount that pins hugepages while no \
             process has it open (/proc/*/fd) or mapped (/proc/*/maps): what a crashed \
-            DPDK application leaves behind. --clean removes those files, never one in use.
+            DPDK application leaves behind. --clean removes those files, never one in use \
+            or one it cannot prove unused (it locks each file, asks the kernel for an exclusive \
+            lease, and reads /proc again just before the unlink), and reports every file it did \
+            not remove with the reason. The search and the clean stay on the hugetlbfs.
             """
     )
 
     @OptionGroup var options: CommonOptions
 
-    @Flag(help: "Remove stale files on hugetlbfs mounts (never one a process has open or mapped).")
+    @Flag(help: "Remove stale files on hugetlbfs mounts (never one a process has open, mapped or locked, nor one that cannot be proven unused).")
     var clean = false
 
     @Option(help: ArgumentHelp("Look for stale files (and clean) on this hugetlbfs mount only.", valueName: "path"))
     var mount: String?
 
+    /// `--mount` as /proc/mounts spells it (no trailing or doubled "/", no symbolic link).
+    func mountPoint(_ fs: KernelFiles) -> String? {
+        mount.map { HugepageSetup.canonicalPath($0, in: fs) }
+    }
+
     func validate() throws {
-        if let mount, !StaleHugepageFiles.mounts(in: options.fs).contains(where: { $0.path == mount }) {
+        if let mount, !StaleHugepageFiles.mounts(in: options.fs).contains(where: { $0.path == mountPoint(options.fs) }) {
             throw ValidationError("\(mount) is not a hugetlbfs mount point (see /proc/mounts)")
         }
     }
@@ -67,13 +75,44 @@ struct HugepagesCommand: ParsableCommand {
         var path: String
         var bytes: Int
     }
+    struct Skipped: Encodable {
+        var path: String
+        var reason: String
+    }
+    struct NotRemoved: Encodable {
+        var path: String
+        var bytes: Int
+        var reason: String
+    }
     struct Report: Encodable {
         var pools: [Pool]
         var mounts: [Mount]
         var holders: [Holder]
         var staleFiles: [File]
+        /// Paths the stale-file walk did not enter (another file system mounted there).
+        var skipped: [Skipped]
+        /// Why the stale files cannot be proven unused (some process could not be read), or null.
+        var unprovenReason: String?
+        /// With --clean: every file removed, and every file not removed with the reason.
         var removed: [File]?
-        enum CodingKeys: String, CodingKey { case pools, mounts, holders, staleFiles = "stale_files", removed }
+        var notRemoved: [NotRemoved]?
+        /// The stale files as found, with what identifies them (not printed).
+        var found: [StaleHugepageFile] = []
+        enum CodingKeys: String, CodingKey {
+            case pools, mounts, holders, staleFiles = "stale_files", skipped, removed, notRemoved = "not_removed"
+            case unprovenReason = "unproven_reason"
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(pools, forKey: .pools)
+            try c.encode(mounts, forKey: .mounts)
+            try c.encode(holders, forKey: .holders)
+            try c.encode(staleFiles, forKey: .staleFiles)
+            try c.encode(skipped, forKey: .skipped)
+            try c.encode(unprovenReason, forKey: .unprovenReason)  // null when every process was read
+            try c.encodeIfPresent(removed, forKey: .removed)
+            try c.encodeIfPresent(notRemoved, forKey: .notRemoved)
+        }
     }
 
     /// Gathers the report: pools and mounts from the inventory
@@ -99,23 +138,39 @@ struct HugepagesCommand: ParsableCommand {
         let holders = HugepageHolders.scan(in: fs).map {
             Holder(pid: $0.pid, command: $0.command, pageSize: $0.pageSize, bytes: $0.bytes)
         }
-        let stale = StaleHugepageFiles.find(in: fs, mountPoint: mountPoint).map { File(path: $0.path, bytes: $0.bytes) }
-        return Report(pools: pools, mounts: mounts, holders: holders, staleFiles: stale, removed: nil)
+        let search = StaleHugepageFiles.search(in: fs, mountPoint: mountPoint)
+        return Report(pools: pools, mounts: mounts, holders: holders,
+                      staleFiles: search.files.map { File(path: $0.path, bytes: $0.bytes) },
+                      skipped: search.skipped.map { Skipped(path: $0.path, reason: $0.reason) },
+                      unprovenReason: search.unproven, removed: nil, notRemoved: nil, found: search.files)
     }
 
     func run() throws {
         let fs = options.fs
+        let mount = mountPoint(fs)
         var report = try Self.report(in: fs, mountPoint: mount)
+        var failures: [NotRemovedFile] = []
         if clean {
-            let removed = try StaleHugepageFiles.clean(
-                report.staleFiles.map { StaleHugepageFile(path: $0.path, bytes: $0.bytes) }, in: fs)
-            report.removed = removed.map { File(path: $0.path, bytes: $0.bytes) }
+            let result = StaleHugepageFiles.clean(report.found, in: fs)
+            report.removed = result.removed.map { File(path: $0.path, bytes: $0.bytes) }
+            report.notRemoved = result.notRemoved.map {
+                NotRemoved(path: $0.file.path, bytes: $0.file.bytes, reason: $0.reason.description)
+            }
+            failures = result.notRemoved.filter(\.reason.isFailure)
             report.staleFiles = StaleHugepageFiles.find(in: fs, mountPoint: mount).map { File(path: $0.path, bytes: $0.bytes) }
         }
         if options.json {
             try printJSON(report)
-            return
+        } else {
+            printText(report)
         }
+        if let first = failures.first {
+            let more = failures.count > 1 ? " (and \(failures.count - 1) more; see the report)" : ""
+            throw CommandFailure("\(failures.count) stale file(s) not removed: \(first.file.path): \(first.reason)\(more)")
+        }
+    }
+
+    func printText(_ report: Report) {
         print(table(["SIZE", "NODE", "TOTAL", "FREE", "RESERVED", "SURPLUS", "OVERCOMMIT"], report.pools.map {
             [sizeText($0.pageSize), $0.node.map(String.init) ?? "all", "\($0.total)", "\($0.free)",
              $0.reserved.map(String.init) ?? "-", "\($0.surplus)", $0.overcommit.map(String.init) ?? "-"]
@@ -130,10 +185,20 @@ struct HugepagesCommand: ParsableCommand {
             print("\nremoved stale files:")
             print(removed.isEmpty ? "  none" : table(["  PATH", "BYTES"], removed.map { ["  " + $0.path, bytesText($0.bytes)] }))
         }
+        if let notRemoved = report.notRemoved, !notRemoved.isEmpty {
+            print("\nnot removed:")
+            print(table(["  PATH", "BYTES", "REASON"], notRemoved.map { ["  " + $0.path, bytesText($0.bytes), $0.reason] }))
+        }
         print("\nstale files (no process has them open or mapped):")
         print(report.staleFiles.isEmpty ? "  none" : table(["  PATH", "BYTES"], report.staleFiles.map { ["  " + $0.path, bytesText($0.bytes)] }))
-        if !report.staleFiles.isEmpty && !clean {
+        if let reason = report.unprovenReason, !report.staleFiles.isEmpty {
+            print("  not proven unused: \(reason)")
+        } else if !report.staleFiles.isEmpty && report.removed == nil {
             print("  remove them with: inspect-memory hugepages --clean")
+        }
+        if !report.skipped.isEmpty {
+            print("\nnot searched (not on the hugetlbfs mount):")
+            print(table(["  PATH", "REASON"], report.skipped.map { ["  " + $0.path, $0.reason] }))
         }
     }
 }

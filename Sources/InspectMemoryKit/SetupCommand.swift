@@ -12,7 +12,9 @@ struct SetupCommand: ParsableCommand {
             (/sys/kernel/mm/hugepages/hugepages-<kB>kB, or the node's own directory with --node) \
             and reports what the kernel granted; exits 1 when it granted fewer. \
             --mount mounts a hugetlbfs at PATH with the page size given (with several sizes, \
-            one per size at PATH/<size>, e.g. PATH/2M and PATH/1G).
+            one per size at PATH/<size>, e.g. PATH/2M and PATH/1G); a path already mounted, \
+            however it is spelled, is not mounted again. Mount paths are checked before anything \
+            changes; if a later step fails, what was changed is rolled back.
             """
     )
 
@@ -40,8 +42,16 @@ struct SetupCommand: ParsableCommand {
                 throw ValidationError(DiagnosticsError.noSuchNode(UnknownNode(node: node, available: nodes)).description)
             }
         }
-        if let mount, !mount.hasPrefix("/") {
-            throw ValidationError("--mount needs an absolute path, not \"\(mount)\"")
+        if let mount {
+            guard mount.hasPrefix("/") else { throw ValidationError("--mount needs an absolute path, not \"\(mount)\"") }
+            let requests = (try? HugepageSetup.parseRequests(pages, in: fs)) ?? []
+            for point in HugepageSetup.mountPoints(mount, for: requests) {
+                do {
+                    _ = try HugepageSetup.checkMountPoint(point.path, in: fs)
+                } catch {
+                    throw ValidationError(error.description)
+                }
+            }
         }
     }
 
@@ -81,22 +91,18 @@ struct SetupCommand: ParsableCommand {
         } catch {
             throw UsageError(error.description)
         }
-        var report = Report(grants: [], mounts: [])
-        for request in requests {
-            let g = try HugepageSetup.reserve(request, node: node, in: fs)
-            report.grants.append(Grant(pageSize: g.pageSize, node: g.node, previous: g.previous,
-                                       requested: g.requested, granted: g.granted))
+        let applied: HugepageSetup.Applied
+        do {
+            applied = try HugepageSetup.apply(requests, node: node, mount: mount, in: fs)
+        } catch {
+            if case .invalidMountPoint = error { throw UsageError(error.description) }
+            throw CommandFailure(error.description)
         }
-        if let mount {
-            for request in requests {
-                let path = requests.count == 1 ? mount : mount + "/" + ByteCount.format(request.pageSize)
-                if requests.count > 1 {
-                    try HugepageSetup.makeDirectory(mount, in: fs)
-                }
-                let mounted = try HugepageSetup.mount(at: path, pageSize: request.pageSize, in: fs)
-                report.mounts.append(Mount(path: path, pageSize: request.pageSize, mounted: mounted))
-            }
-        }
+        let report = Report(
+            grants: applied.grants.map {
+                Grant(pageSize: $0.pageSize, node: $0.node, previous: $0.previous, requested: $0.requested, granted: $0.granted)
+            },
+            mounts: applied.mounts.map { Mount(path: $0.path, pageSize: $0.pageSize, mounted: $0.mounted) })
         if options.json {
             try printJSON(report)
         } else {

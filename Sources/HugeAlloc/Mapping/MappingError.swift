@@ -17,6 +17,13 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
     case hugetlbfsQuotaExceeded(mount: String, bytes: Int, command: String)
     /// No hugetlbfs mount of this page size was found.
     case noHugetlbfsMount(pageSize: PageSize, command: String)
+    /// The directory given for ``MappingOptions/Backing/hugetlbfs(mount:)``
+    /// is on another file system (`fileSystem`, e.g. "ext4" or "tmpfs"),
+    /// whose files have base pages, not hugepages.
+    case notHugetlbfs(directory: String, fileSystem: String, pageSize: PageSize, command: String)
+    /// The hugetlbfs mount given for ``MappingOptions/Backing/hugetlbfs(mount:)``
+    /// serves pages of another size (its `statfs` block size).
+    case hugetlbfsPageSizeMismatch(directory: String, mountPageSize: PageSize, requested: PageSize, command: String)
     /// Touching the page at `offset` raised SIGBUS: a hugetlb quota, a
     /// hugetlb cgroup limit or a NORESERVE shortage refused the page.
     case prefaultFailed(offset: Int, pageSize: PageSize)
@@ -44,6 +51,12 @@ public enum MappingError: Error, Equatable, Sendable, CustomStringConvertible {
                 + "(the system pool has enough free pages). Raise the quota with: \(command)"
         case let .noHugetlbfsMount(pageSize, command):
             return "no hugetlbfs mount for \(pageSize) pages. Mount one with: \(command)"
+        case let .notHugetlbfs(directory, fileSystem, pageSize, command):
+            return "\(directory) is not on hugetlbfs but on \(fileSystem): files there get base pages, not \(pageSize) pages. "
+                + "Mount a hugetlbfs and pass its directory: \(command)"
+        case let .hugetlbfsPageSizeMismatch(directory, mountPageSize, requested, command):
+            return "the hugetlbfs mount \(directory) serves \(mountPageSize) pages, not the \(requested) pages asked for. "
+                + "Ask for \(mountPageSize) pages, or mount a hugetlbfs for \(requested) pages: \(command)"
         case let .prefaultFailed(offset, pageSize):
             return "the kernel refused the \(pageSize) page at offset \(offset) when it was touched (SIGBUS): "
                 + "a hugetlb cgroup limit or quota is exhausted; check hugetlb.*.limit_in_bytes of this cgroup "

@@ -329,15 +329,18 @@ public struct MemoryMapping: ~Copyable {
             guard pageSize.isHuge else {
                 throw .unsupportedPageSize(UnsupportedPageSize(requested: pageSize.bytes, offered: HugepagePoolDirectory.offeredSizes()))
             }
+            let command = Self.hugetlbfsMountCommand(for: pageSize)
             guard let directory = mount ?? Self.hugetlbfsMount(for: pageSize) else {
-                throw .noHugetlbfsMount(
-                    pageSize: pageSize,
-                    command: "mkdir -p /dev/hugepages-\(pageSize) && mount -t hugetlbfs -o pagesize=\(pageSize) nodev /dev/hugepages-\(pageSize)")
+                throw .noHugetlbfsMount(pageSize: pageSize, command: command)
             }
             mountPath = directory
+            let directoryFD: FileDescriptor
+            do { directoryFD = try Sys.openDirectory(directory, followLinks: true) } catch { throw .systemCall(error) }
+            defer { Sys.close(directoryFD) }
+            try Self.checkHugetlbfs(directoryFD, directory: directory, pageSize: pageSize, command: command)
             do {
                 do {
-                    fd = try Sys.openTemporaryFile(inDirectory: directory)
+                    fd = try Sys.openTemporaryFile(in: directoryFD, detail: directory)
                 } catch where error.errno == .notSupported || error.errno == .invalidArgument || error.errno == .isDirectory {
                     fd = try Sys.openUnlinkedFile(inDirectory: directory, prefix: "hugealloc.\(getpid()).")
                 }
@@ -364,6 +367,31 @@ public struct MemoryMapping: ~Copyable {
                     pageSize: pageSize, node: nil, needed: needed, free: counters.available, total: counters.total))
             }
             throw .systemCall(error)
+        }
+    }
+
+    /// The command that mounts a hugetlbfs for `size` pages at the
+    /// conventional place (/dev/hugepages-<size>).
+    static func hugetlbfsMountCommand(for size: PageSize) -> String {
+        "mkdir -p /dev/hugepages-\(size) && mount -t hugetlbfs -o pagesize=\(size) nodev /dev/hugepages-\(size)"
+    }
+
+    /// Refuses a backing directory that is not a hugetlbfs of `pageSize`:
+    /// on any other file system the file would get base pages (reported as
+    /// hugepages), and a hugetlbfs of another size gives pages of that size.
+    /// On hugetlbfs, `statfs(2)`'s `f_bsize` is the mount's page size.
+    /// Calls `fstatfs(2)` on the open directory.
+    static func checkHugetlbfs(
+        _ directory: FileDescriptor, directory path: String, pageSize: PageSize, command: String
+    ) throws(MappingError) {
+        let status: Sys.FileSystemStatus
+        do { status = try Sys.fileSystemStatus(of: directory) } catch { throw .systemCall(error) }
+        guard status.isHugetlbfs else {
+            throw .notHugetlbfs(directory: path, fileSystem: status.typeName, pageSize: pageSize, command: command)
+        }
+        guard status.blockSize == pageSize.bytes else {
+            let mountSize = PageSize(rawValue: status.blockSize)
+            throw .hugetlbfsPageSizeMismatch(directory: path, mountPageSize: mountSize ?? .base, requested: pageSize, command: command)
         }
     }
 

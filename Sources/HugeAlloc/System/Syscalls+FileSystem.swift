@@ -5,7 +5,8 @@ import Glibc
 #endif
 
 /// File-system calls used by the diagnostics layer beyond the inventory's
-/// reads: stat, readlink, unlink, mkdir, sysfs writes and hugetlbfs mounts.
+/// reads: stat, readlink, unlink, mkdir and rmdir, sysfs writes, hugetlbfs
+/// mounts and unmounts.
 extension Sys {
     /// What ``fileStatus(_:followLinks:)`` reports about a path.
     package struct FileStatus {
@@ -84,5 +85,26 @@ extension Sys {
         _ = try retryingInterrupts("mount", detail: "hugetlbfs at \(path), \(options)") {
             unsafe Glibc.mount("nodev", path, "hugetlbfs", 0, options)
         }
+    }
+
+    /// Removes an empty directory. The corresponding C function is `rmdir(2)`.
+    package static func removeDirectory(_ path: String) throws(SystemCallError) {
+        _ = try retryingInterrupts("rmdir", detail: path) { unsafe Glibc.rmdir(path) }
+    }
+
+    /// Unmounts the file system mounted at `path`. The corresponding C function is `umount2(2)`.
+    package static func unmount(_ path: String) throws(SystemCallError) {
+        _ = try retryingInterrupts("umount2", detail: path) { unsafe Glibc.umount2(path, 0) }
+    }
+
+    /// The absolute path of `path` with every symbolic link, ".", ".." and
+    /// repeated "/" resolved; the path must exist. The corresponding C
+    /// function is `realpath(3)`.
+    package static func realPath(_ path: String) throws(SystemCallError) -> String {
+        guard let resolved = unsafe Glibc.realpath(path, nil) else {
+            throw SystemCallError(call: "realpath", errno: lastErrno, detail: path)
+        }
+        defer { unsafe free(resolved) }
+        return unsafe String(cString: resolved)
     }
 }

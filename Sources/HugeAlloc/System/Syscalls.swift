@@ -166,21 +166,23 @@ package enum Sys {
         return FileDescriptor(rawValue: fd)
     }
 
-    /// Opens an unnamed file in `directory` (`O_TMPFILE`): nothing is left on
-    /// the file system if the process dies. The corresponding C function is `open(2)`.
-    static func openTemporaryFile(inDirectory directory: String) throws(SystemCallError) -> FileDescriptor {
-        let fd = try retryingInterrupts("open", detail: "\(directory), O_TMPFILE") {
-            unsafe Glibc.open(directory, HA_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
-        }
-        return FileDescriptor(rawValue: fd)
-    }
-
-    /// Creates a uniquely named file in `directory` and unlinks it at once.
-    /// The corresponding C functions are `mkstemp(3)` and `unlink(2)`.
+    /// Creates a uniquely named file in `directory`, takes a shared lock on
+    /// it, and unlinks it at once. The lock (which the descriptor keeps)
+    /// tells a cleaner that takes an exclusive lock before removing a file
+    /// (DPDK's convention; `inspect-memory hugepages --clean`) that the file
+    /// is in use during the moment it has a name.
+    /// The corresponding C functions are `mkstemp(3)`, `flock(2)` with `LOCK_SH`, and `unlink(2)`.
     static func openUnlinkedFile(inDirectory directory: String, prefix: String) throws(SystemCallError) -> FileDescriptor {
         var template = Array("\(directory)/\(prefix)XXXXXX".utf8CString)
         let fd = try retryingInterrupts("mkostemp", detail: directory) {
             unsafe template.withUnsafeMutableBufferPointer { unsafe mkstemp($0.baseAddress!) }
+        }
+        do {
+            try lock(FileDescriptor(rawValue: fd), .shared)
+        } catch {
+            _ = unsafe template.withUnsafeBufferPointer { unsafe Glibc.unlink($0.baseAddress!) }
+            _ = Glibc.close(fd)
+            throw error
         }
         let unlinked = unsafe template.withUnsafeBufferPointer { unsafe Glibc.unlink($0.baseAddress!) }
         if unlinked != 0 {

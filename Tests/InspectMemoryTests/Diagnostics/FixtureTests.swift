@@ -58,7 +58,7 @@ import Testing
         let report = try HugepagesCommand.report(in: copy.fs)
         #expect(report.staleFiles.map(\.path) == stale.map(\.path))
 
-        let removed = try StaleHugepageFiles.clean(stale, in: copy.fs)
+        let removed = StaleHugepageFiles.clean(stale, in: copy.fs).removed
         #expect(removed == stale)
         for path in ["/mnt/huge/rtemap_1", "/mnt/huge/sub/rtemap_2"] {
             #expect(!FileManager.default.fileExists(atPath: copy.root + path))
@@ -84,7 +84,7 @@ import Testing
         // Between find and clean, a process opens it.
         try FileManager.default.createDirectory(atPath: copy.root + "/proc/77/fd", withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: copy.root + "/proc/77/fd/9", withDestinationPath: "/mnt/huge/held")
-        let removed = try StaleHugepageFiles.clean(stale, in: copy.fs)
+        let removed = StaleHugepageFiles.clean(stale, in: copy.fs).removed
         #expect(!removed.map(\.path).contains("/mnt/huge/held"))
         #expect(FileManager.default.fileExists(atPath: copy.root + "/mnt/huge/held"))
     }
