@@ -32,6 +32,14 @@ func withVethPair(_ body: (UInt32, UInt32) throws -> Void) throws {
     try #require(runIP(["link", "add", a, "type", "veth", "peer", "name", b]), "ip link add \(a) type veth peer name \(b)")
     defer { runIP(["link", "del", a]) }
     try #require(runIP(["link", "set", a, "up"]) && runIP(["link", "set", b, "up"]))
+    // The kernel finishes bringing a link up (carrier, queueing) from a work
+    // queue; a frame sent before that is dropped. Wait until both say so.
+    let deadline = Date().addingTimeInterval(5)
+    func operational(_ name: String) -> Bool {
+        (try? Kernel.text("/sys/class/net/\(name)/operstate")) == "up\n"
+    }
+    while !(operational(a) && operational(b)) && Date() < deadline { usleep(1_000) }
+    try #require(operational(a) && operational(b), "veth pair \(a)/\(b) not up after 5 s")
     let sender = if_nametoindex(a), receiver = if_nametoindex(b)
     try #require(sender != 0 && receiver != 0)
     try body(sender, receiver)
