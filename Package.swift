@@ -68,18 +68,26 @@ let package = Package(
         ),
         // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
         .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc"]),
-        .testTarget(
-            name: "HugeAllocTests",
-            dependencies: [
-                "HugeAlloc", "CHugeAllocShims",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ],
+        // What both test targets share: the fixture trees (one per machine),
+        // independent readers of the kernel's files, this process's own
+        // memory counters and leak check, and the turn-taking trait for
+        // tests that use the hugepage pool. Under Tests/ as nothing ships it.
+        .target(
+            name: "HugeAllocTestSupport",
+            dependencies: ["HugeAlloc"],
+            path: "Tests/HugeAllocTestSupport",
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
+            name: "HugeAllocTests",
+            dependencies: [
+                "HugeAlloc", "HugeAllocTestSupport", "CHugeAllocShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
             name: "InspectMemoryTests",
-            dependencies: ["InspectMemoryKit", "HugeAllocDiagnostics", "HugeAlloc"],
-            resources: [.copy("Fixtures")]
+            dependencies: ["InspectMemoryKit", "HugeAllocDiagnostics", "HugeAlloc", "HugeAllocTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,76 +1,10 @@
 import Foundation
-import Testing
 import HugeAlloc
+import HugeAllocTestSupport
+import Testing
 
-/// The inspect-memory executable built beside this test bundle.
-let inspectMemoryPath: String = {
-    let bundleDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for candidate in [bundleDir, bundleDir.deletingLastPathComponent()] {
-        let path = candidate.appendingPathComponent("inspect-memory").path
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-    }
-    return bundleDir.appendingPathComponent("inspect-memory").path
-}()
-
-let isRoot = getuid() == 0
-
-func free2M() -> Int {
-    let dir = "/sys/kernel/mm/hugepages/hugepages-2048kB"
-    let read = { (n: String) in Int((try? String(contentsOfFile: "\(dir)/\(n)", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0 }
-    return read("free_hugepages") - read("resv_hugepages")
-}
-
-func hugetlbfsFiles() -> Set<String> {
-    let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
-    var files = Set<String>()
-    for line in mounts.split(separator: "\n") {
-        let f = line.split(separator: " ")
-        guard f.count > 2, f[2] == "hugetlbfs" else { continue }
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: String(f[1]))) ?? [] { files.insert("\(f[1])/\(name)") }
-    }
-    return files
-}
-
-/// A running `inspect-memory` with pipes on its standard streams.
-final class RunningCommand {
-    let process = Process()
-    let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
-
-    init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: inspectMemoryPath)
-        process.arguments = arguments
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        process.standardError = stderr
-        try process.run()
-    }
-
-    /// Reads standard output until it holds one complete JSON object.
-    func readJSONObject(timeout: TimeInterval = 30) throws -> [String: Any] {
-        var data = Data()
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            let chunk = stdout.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            data.append(chunk)
-            if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] { return object }
-        }
-        let err = String(decoding: stderr.fileHandleForReading.availableData, as: UTF8.self)
-        throw CocoaError(.fileReadCorruptFile, userInfo: [NSLocalizedDescriptionKey: "no JSON from probe: \(String(decoding: data, as: UTF8.self)) \(err)"])
-    }
-}
-
-func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-    let command = try RunningCommand(arguments)
-    try command.stdin.fileHandleForWriting.close()
-    let out = command.stdout.fileHandleForReading.readDataToEndOfFile()
-    let err = command.stderr.fileHandleForReading.readDataToEndOfFile()
-    command.process.waitUntilExit()
-    return (command.process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-}
-
-@Suite(.serialized) struct ProbeTests {
-    @Test(.enabled(if: isRoot && free2M() >= 8, "needs root (PFNs) and 8 free 2 MiB hugepages"),
+@Suite(.usesHugepagePool) struct ProbeTests {
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 8, "needs root (PFNs) and 8 free 2 MiB hugepages"),
           arguments: [("2M", 8), ("4K", 32)])
     func heldAddressesMatchAnotherProcesssPagemapRead(pageSize: String, pages: Int) throws {
         let probe = try RunningCommand(["probe", "--page-size", pageSize, "--pages", "\(pages)", "--json", "--hold"])
@@ -98,7 +32,7 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         #expect(probe.process.terminationStatus == 0)
     }
 
-    @Test(.enabled(if: isRoot && free2M() >= 16, "needs root (PFNs) and 16 free 2 MiB hugepages"),
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 16, "needs root (PFNs) and 16 free 2 MiB hugepages"),
           arguments: [("2M", "16M"), ("4K", "32K"), ("4K", "64K")])
     func contiguousBlockIsContiguousInBothSpacesToAnotherProcess(pageSize: String, wanted: String) throws {
         // A block of 2 MiB pages can only be as long as the longest run the
@@ -106,12 +40,9 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         // much, up to the size named.
         var bytes = wanted
         if pageSize == "2M" {
-            let free = free2M()
-            let pool = try MemoryMapping(length: free * (2 << 20), options: .init(backing: .memfd))
-            let largest = FragmentationReport(pool).largestRunBytes
-            try pool.unmap()
+            let largest = try largestFree2MiBRun(cap: ByteCount.parse(wanted)!).bytes
             try #require(largest >= 4 << 20, "the free pool holds no run of two 2 MiB pages")
-            bytes = ByteCount.format(min(largest, ByteCount.parse(wanted)!))
+            bytes = ByteCount.format(largest)
         }
         let probe = try RunningCommand(["probe", "--page-size", pageSize, "--contiguous", bytes, "--json", "--hold"])
         let object = try probe.readJSONObject()
@@ -139,27 +70,43 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
         #expect(probe.process.terminationStatus == 0)
     }
 
-    @Test(.enabled(if: isRoot && free2M() >= 64, "needs root and 64 free 2 MiB hugepages"),
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 64, "needs root and 64 free 2 MiB hugepages"),
           arguments: ["anonymous", "memfd", "hugetlbfs"])
     func sigkillAtAnyPointLeavesNothingBehind(backing: String) throws {
-        let mountDir = NSTemporaryDirectory() + "hugealloc-kill-\(getpid())"
-        try FileManager.default.createDirectory(atPath: mountDir, withIntermediateDirectories: true)
-        #expect(mount("none", mountDir, "hugetlbfs", 0, "pagesize=2M") == 0)
-        defer { umount2(mountDir, Int32(MNT_DETACH)); try? FileManager.default.removeItem(atPath: mountDir) }
-        let freeBefore = free2M(), filesBefore = hugetlbfsFiles()
-        for attempt in 0..<12 {
-            let command = try RunningCommand(["probe", "--page-size", "2M", "--pages", "48", "--backing", backing,
-                                              "--mount", mountDir, "--hold"])
-            // Kill at spread-out moments: before, during and after mapping.
-            usleep(UInt32(attempt * 4_000 + Int.random(in: 0..<3_000)))
-            kill(command.process.processIdentifier, SIGKILL)
-            command.process.waitUntilExit()
-            #expect(command.process.terminationReason == .uncaughtSignal || command.process.terminationStatus == 0)
+        // A mount of its own with a quota of 64 pages: its statfs counts
+        // what the probes' files hold, and no other process touches it.
+        try withHugetlbfsMount(pageSize: .huge2M, options: "size=128M") { mountDir in
+            var killed: [Int32] = []
+            for attempt in 0..<12 {
+                let command = try RunningCommand(["probe", "--page-size", "2M", "--pages", "48", "--backing", backing,
+                                                  "--mount", mountDir, "--hold"])
+                // Kill at spread-out moments: before, during and after mapping.
+                usleep(UInt32(attempt * 4_000 + Int.random(in: 0..<3_000)))
+                kill(command.process.processIdentifier, SIGKILL)
+                command.process.waitUntilExit()
+                #expect(command.process.terminationReason == .uncaughtSignal || command.process.terminationStatus == 0)
+                killed.append(command.process.processIdentifier)
+            }
+            // A killed probe's mappings and descriptors go with it; what
+            // could outlive it is a file on the mount (holding its pages) or
+            // a SysV shared memory segment it created.
+            func mountPages() throws -> (total: Int, free: Int) {
+                var fs = statvfs()
+                try #require(statvfs(mountDir, &fs) == 0)
+                return (Int(fs.f_blocks), Int(fs.f_bfree))
+            }
+            var pages = try mountPages()
+            for _ in 0..<20 where pages.free != pages.total { usleep(100_000); pages = try mountPages() }
+            #expect(pages.total == 64 && pages.free == pages.total, "2 MiB pages of the mount's 64 still held: \(pages.total - pages.free)")
+            #expect(Kernel.directory(mountDir).isEmpty, "left on the mount: \(Kernel.directory(mountDir))")
+            // /proc/sysvipc/shm: key shmid perms size cpid ...
+            let segments = ((try? Kernel.text("/proc/sysvipc/shm")) ?? "").split(separator: "\n").dropFirst()
+            let left = segments.filter { line in
+                let fields = line.split(whereSeparator: \.isWhitespace)
+                return fields.count > 4 && Int32(fields[4]).map(killed.contains) == true
+            }
+            #expect(left.isEmpty, "shared memory segments of killed probes: \(left)")
         }
-        var free = free2M()
-        for _ in 0..<20 where free != freeBefore { usleep(100_000); free = free2M() }
-        #expect(free == freeBefore, "2 MiB pages free before \(freeBefore), after \(free)")
-        #expect(hugetlbfsFiles() == filesBefore)
     }
 
     /// Runs inspect-memory as user nobody with no capabilities: the kernel
@@ -208,10 +155,12 @@ func run(_ arguments: [String]) throws -> (status: Int32, out: String, err: Stri
     }
 
     @Test func tooManyPagesExitsOneWithNeededFreeAndCommand() throws {
-        let result = try run(["probe", "--page-size", "2M", "--pages", "\(free2M() + 5000)"])
+        // Read once: the count moves, and the error names what was asked.
+        let needed = freeHugepages(.huge2M) + 5000
+        let result = try run(["probe", "--page-size", "2M", "--pages", "\(needed)"])
         #expect(result.status == 1)
         let lines = result.err.split(separator: "\n")
         #expect(lines.count == 1)
-        #expect(result.err.contains("needed \(free2M() + 5000)") && result.err.contains("echo "))
+        #expect(result.err.contains("needed \(needed)") && result.err.contains("echo "))
     }
 }

@@ -1,14 +1,9 @@
 import ArgumentParser
 import Foundation
 import HugeAlloc
+import HugeAllocTestSupport
 import InspectMemoryKit
 import Testing
-
-/// The fixture trees of the HugeAlloc tests, found next to this file.
-private func fixture(_ name: String, file: String = #filePath) -> String {
-    URL(fileURLWithPath: file).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("HugeAllocTests/Fixtures/\(name)").path
-}
 
 /// The JSON object `inspect-memory --json` prints for `root`, decoded with JSONSerialization.
 private func summaryJSON(root: String = "/") throws -> [String: Any] {
@@ -19,32 +14,7 @@ private func summaryJSON(root: String = "/") throws -> [String: Any] {
 private func object(_ value: Any?) throws -> [String: Any] { try #require(value as? [String: Any]) }
 private func objects(_ value: Any?) throws -> [[String: Any]] { try #require(value as? [[String: Any]]) }
 
-private enum Kernel {
-    static func text(_ path: String) throws -> String { try String(contentsOfFile: path, encoding: .utf8) }
-    static func integer(_ path: String) throws -> Int {
-        try #require(Int(text(path).trimmingCharacters(in: .whitespacesAndNewlines)))
-    }
-    static func meminfo(_ key: String) throws -> Int? {
-        for line in try text("/proc/meminfo").split(separator: "\n") {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            if parts.count == 2, parts[0] == key { return Int(parts[1].split(separator: " ").first ?? "") }
-        }
-        return nil
-    }
-    /// [size_bytes: [total, free, reserved, surplus, overcommit]] from /sys/kernel/mm/hugepages.
-    static func pools() throws -> [Int: [Int]] {
-        var pools: [Int: [Int]] = [:]
-        for name in try FileManager.default.contentsOfDirectory(atPath: "/sys/kernel/mm/hugepages") {
-            let directory = "/sys/kernel/mm/hugepages/\(name)/"
-            let size = try #require(Int(name.dropFirst("hugepages-".count).dropLast(2))) * 1024
-            pools[size] = try ["nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages",
-                               "nr_overcommit_hugepages"].map { try integer(directory + $0) }
-        }
-        return pools
-    }
-    static var isRoot: Bool { getuid() == 0 }
-    static let pool2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-}
+private let pool2M = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 
 /// The pools of a decoded report in the shape of `Kernel.pools()`.
 private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
@@ -56,9 +26,9 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
     return pools
 }
 
-@Suite(.serialized) struct SummaryCommandTests {
+@Suite struct SummaryCommandTests {
     @Test func jsonHasExactlyTheDocumentedKeys() throws {
-        let json = try summaryJSON(root: fixture("four-node"))
+        let json = try summaryJSON(root: fixtureRoot("four-node"))
         #expect(Set(json.keys) == ["kernel", "base_page_size", "hugepage_sizes", "numa", "transparent_hugepages",
                                    "memlock_limit_bytes", "capabilities", "physical_addresses_visible", "iommu"])
         for size in try objects(json["hugepage_sizes"]) {
@@ -78,7 +48,7 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
     }
 
     @Test func jsonValuesOfTheFourNodeFixture() throws {
-        let json = try summaryJSON(root: fixture("four-node"))
+        let json = try summaryJSON(root: fixtureRoot("four-node"))
         #expect(json["kernel"] as? String == "5.15.0-91-generic")
         #expect(json["base_page_size"] as? Int == Int(getpagesize()))
         let sizes = try objects(json["hugepage_sizes"])
@@ -104,25 +74,19 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
     }
 
     @Test func jsonLimitedMemlockAndMissingTHP() throws {
-        let limited = try object(try summaryJSON(root: fixture("one-node"))["memlock_limit_bytes"])
+        let limited = try object(try summaryJSON(root: fixtureRoot("one-node"))["memlock_limit_bytes"])
         #expect(limited["soft"] as? Int == 65536)
         #expect(limited["hard"] as? Int == 131072)
-        let noNUMA = try summaryJSON(root: fixture("no-numa"))
+        let noNUMA = try summaryJSON(root: fixtureRoot("no-numa"))
         #expect(try object(noNUMA["numa"])["available"] as? Bool == false)
         #expect(try objects(try object(noNUMA["numa"])["nodes"]).isEmpty)
         #expect(try object(noNUMA["transparent_hugepages"])["enabled"] is NSNull)
         #expect(try object(noNUMA["memlock_limit_bytes"])["hard"] is NSNull)
     }
 
-    @Test func jsonAgreesWithTheKernelsFiles() throws {
-        var json: [String: Any] = [:]
-        var kernelPools: [Int: [Int]] = [:]
-        for _ in 0..<5 {  // global counters move while other tests run; retry until a still reading agrees
-            let before = try Kernel.pools()
-            json = try summaryJSON()
-            kernelPools = try Kernel.pools()
-            if before == kernelPools, try pools(json) == kernelPools { break }
-        }
+    @Test(.usesHugepagePool) func jsonAgreesWithTheKernelsFiles() throws {
+        // Global counters move with other processes: judge a still reading.
+        let (kernelPools, json) = try stableReading(Kernel.pools, { try summaryJSON() }, pools)
         #expect(try pools(json) == kernelPools)
         let defaultSize = try Kernel.meminfo("Hugepagesize").map { $0 * 1024 }
         #expect(try objects(json["hugepage_sizes"]).filter { $0["default"] as? Bool == true }.map { $0["size_bytes"] as? Int }
@@ -130,10 +94,8 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
         #expect(json["kernel"] as? String == (try Kernel.text("/proc/sys/kernel/osrelease")).trimmingCharacters(in: .whitespacesAndNewlines))
         #expect(json["base_page_size"] as? Int == Int(getpagesize()))
 
-        let nodeIDs = try FileManager.default.contentsOfDirectory(atPath: "/sys/devices/system/node")
-            .compactMap { $0.hasPrefix("node") ? Int($0.dropFirst(4)) : nil }.sorted()
         let nodes = try objects(try object(json["numa"])["nodes"])
-        #expect(nodes.map { $0["node"] as? Int } == nodeIDs)
+        #expect(nodes.map { $0["node"] as? Int } == Kernel.nodeIDs())
         for node in nodes {
             let id = try #require(node["node"] as? Int)
             let distance = try Kernel.text("/sys/devices/system/node/node\(id)/distance")
@@ -147,8 +109,7 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
         #expect(memlock["hard"] as? Int == Int(fields[1]))
         #expect((memlock["soft"] is NSNull) == (fields[0] == "unlimited"))
 
-        let capEff = try #require(try Kernel.text("/proc/self/status").split(separator: "\n").first { $0.hasPrefix("CapEff:") })
-        let mask = try #require(UInt64(capEff.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16))
+        let mask = try Kernel.capEff()
         #expect(try object(json["capabilities"])["sys_admin"] as? Bool == (mask & (1 << 21) != 0))
         #expect(try object(json["capabilities"])["ipc_lock"] as? Bool == (mask & (1 << 14) != 0))
         #expect(json["physical_addresses_visible"] as? Bool == (mask & (1 << 21) != 0))
@@ -156,29 +117,28 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
         #expect(enabled.contains("[\(try #require(try object(json["transparent_hugepages"])["enabled"] as? String))]"))
     }
 
-    /// The one test that changes nr_hugepages: +2 pages of 2 MiB, restored on the way out.
-    @Test(.enabled(if: Kernel.isRoot && FileManager.default.fileExists(atPath: Kernel.pool2M),
-                   "changing nr_hugepages needs root and a 2 MiB hugepage pool"))
+    /// The one test that changes nr_hugepages: +2 pages of 2 MiB, restored on
+    /// the way out, under the lock every writer of nr_hugepages takes.
+    @Test(.enabled(if: isRoot && FileManager.default.fileExists(atPath: pool2M),
+                   "changing nr_hugepages needs root and a 2 MiB hugepage pool"),
+          .usesHugepagePool)
     func jsonFollowsAChangeOfNrHugepages() throws {
+        try withHugepageReservationLock(jsonFollowsAChangeOfNrHugepagesHoldingTheLock)
+    }
+
+    func jsonFollowsAChangeOfNrHugepagesHoldingTheLock() throws {
         func write(_ value: Int) throws {
-            let handle = try #require(FileHandle(forWritingAtPath: Kernel.pool2M))
+            let handle = try #require(FileHandle(forWritingAtPath: pool2M))
             defer { try? handle.close() }
             try handle.write(contentsOf: Data("\(value)\n".utf8))
         }
-        let original = try Kernel.integer(Kernel.pool2M)
+        let original = try Kernel.integer(pool2M)
         defer { try? write(original) }
         try write(original + 2)
-        try #require(try Kernel.integer(Kernel.pool2M) == original + 2,
+        try #require(try Kernel.integer(pool2M) == original + 2,
                      "the kernel could not add two 2 MiB pages (memory too fragmented?)")
 
-        var json: [String: Any] = [:]
-        var kernelPools: [Int: [Int]] = [:]
-        for _ in 0..<5 {
-            let before = try Kernel.pools()
-            json = try summaryJSON()
-            kernelPools = try Kernel.pools()
-            if before == kernelPools, try pools(json) == kernelPools { break }
-        }
+        let (kernelPools, json) = try stableReading(Kernel.pools, { try summaryJSON() }, pools)
         #expect(try pools(json)[2 << 20]?.first == original + 2)
         #expect(try pools(json) == kernelPools)
         if try Kernel.meminfo("Hugepagesize") == 2048 {
@@ -192,7 +152,7 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
     }
 
     @Test func textReportIsAligned() throws {
-        let text = SummaryCommand.text(try SystemInventory.read(root: fixture("four-node")))
+        let text = SummaryCommand.text(try SystemInventory.read(root: fixtureRoot("four-node")))
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(lines.contains("kernel                      5.15.0-91-generic"))
         #expect(lines.contains("memlock limit               soft unlimited, hard unlimited"))
@@ -212,7 +172,7 @@ private func pools(_ json: [String: Any]) throws -> [Int: [Int]] {
     @Test func exitCodes() throws {
         var failing = try #require(try InspectMemory.parseAsRoot(["--root", "/nonexistent-root"]) as? SummaryCommand)
         #expect(throws: ExitCode.failure) { try failing.run() }
-        failing.root = fixture("malformed")
+        failing.root = fixtureRoot("malformed")
         #expect(throws: ExitCode.failure) { try failing.run() }
 
         let usage = try #require(throws: (any Error).self) { try InspectMemory.parseAsRoot(["--no-such-option"]) }

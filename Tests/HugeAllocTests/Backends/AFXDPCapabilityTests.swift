@@ -1,8 +1,9 @@
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
 /// A refusal for want of privilege names the capability and the fix (hostile-inputs #16).
-@Suite struct AFXDPCapabilityTests {
+@Suite(.usesHugepagePool) struct AFXDPCapabilityTests {
     /// CAP_NET_RAW in linux/capability.h.
     static let capNetRaw: Int32 = 13
 

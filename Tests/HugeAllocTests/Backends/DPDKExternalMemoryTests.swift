@@ -1,8 +1,9 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
-@Suite(.serialized) struct DPDKExternalMemoryTests {
+@Suite(.usesHugepagePool) struct DPDKExternalMemoryTests {
     @Test(.enabled(if: canMakePools, "needs root (physical addresses) and free 2 MiB hugepages"))
     func describesAPoolForRteExtmemRegister() throws {
         let pool = try makePacketPool(count: 3000)
@@ -15,7 +16,7 @@ import Testing
         #expect(memory.hasAllIOVAs)
         // Every page's IOVA is the kernel's physical address of that page.
         for (page, iova) in memory.pageIOVAs.enumerated() {
-            let expected = try #require(pagemapPhysicalAddress(memory.virtualAddress + UInt(page * memory.pageSize.bytes)))
+            let expected = try #require(Kernel.physicalAddress(memory.virtualAddress + UInt(page * memory.pageSize.bytes)))
             #expect(iova.rawValue == expected)
         }
         // And it translates every buffer as the buffer itself says.
@@ -34,7 +35,7 @@ import Testing
         let mapping = try MemoryMapping(length: 4 << 20, options: MappingOptions(pageSize: .huge2M))
         let memory = DPDKExternalMemory(mapping: mapping)
         #expect(memory.validate() == nil && memory.pageCount == 2)
-        #expect(memory.pageIOVAs[1].rawValue == pagemapPhysicalAddress(UInt(bitPattern: mapping.base) + (2 << 20)))
+        #expect(memory.pageIOVAs[1].rawValue == Kernel.physicalAddress(UInt(bitPattern: mapping.base) + (2 << 20)))
     }
 
     @Test func checksRteExtmemRegisterRules() {

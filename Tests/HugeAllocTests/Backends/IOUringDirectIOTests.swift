@@ -1,5 +1,6 @@
 import Foundation
 import SystemPackage
+import HugeAllocTestSupport
 import Testing
 import CHugeAllocShims
 @testable import HugeAlloc
@@ -7,7 +8,7 @@ import CHugeAllocShims
 /// O_DIRECT into AF_XDP packet buffers: a misaligned fixed read is a typed
 /// error naming what is misaligned, and the AF_XDP + O_DIRECT preset
 /// satisfies both (hostile-inputs #15).
-@Suite(.serialized) struct IOUringDirectIOTests {
+@Suite(.usesHugepagePool, .serialized) struct IOUringDirectIOTests {
     @Test(.enabled(if: canMakePools && directIODirectory() != nil, "needs root, free 2 MiB hugepages and an O_DIRECT-capable directory"))
     func misalignedDirectIOIsATypedErrorAndThePresetWorks() throws {
         let contents = patternBytes(8 * 4096, seed: 7)

@@ -2,6 +2,7 @@ import Foundation
 import SystemPackage
 import Testing
 import CHugeAllocShims
+import HugeAllocTestSupport
 @testable import HugeAlloc
 
 /// A directory on a file system that accepts O_DIRECT (tmpfs before Linux
@@ -29,10 +30,10 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 2654435761 &+ seed &* 40503) >> 7) }
 }
 
-@Suite(.serialized) struct IOUringTests {
+@Suite(.usesHugepagePool) struct IOUringTests {
     @Test(.enabled(if: canMakePools && directIODirectory() != nil, "needs root, free 2 MiB hugepages and an O_DIRECT-capable directory"))
     func io_uringReadFixedFillsPacketBuffersFromAnODirectFile() throws {
-        try expectNoProcessLeak {
+        try expectNoLeak {
             // 4 KiB-aligned data starts, as O_DIRECT wants: 64 bytes of
             // metadata + 4032 bytes of headroom put the data 4096 bytes in.
             let pool = try PacketPool(configuration: PacketPoolConfiguration(
@@ -96,7 +97,7 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
 
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringRegionsSplitAtTheLimitAndEachServesItsBuffers() throws {
-        try expectNoProcessLeak {
+        try expectNoLeak {
             let pool = try makePacketPool(count: 3000, cacheSize: 0)
             let limit = 1 << 20
             let plan = try IOUringFixedBuffers(pool: pool, maximumRegionLength: limit)
@@ -142,7 +143,7 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
 
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringLimitsAreTypedErrors() throws {
-        try expectNoProcessLeak {
+        try expectNoLeak {
             let pool = try makePacketPool(count: 16385, cacheSize: 0)
             #expect(throws: IOUringError.regionTooLarge(bytes: 2240, maximum: 2048)) {
                 _ = try IOUringFixedBuffers(pool: pool, maximumRegionLength: 2048)
@@ -184,7 +185,7 @@ func patternBytes(_ count: Int, seed: Int) -> [UInt8] {
 
     @Test(.enabled(if: canMakePools, "needs root and free 2 MiB hugepages"))
     func io_uringProvidedBufferRingHandsPacketBuffersToReads() throws {
-        try expectNoProcessLeak {
+        try expectNoLeak {
             let pool = try makePacketPool(count: 64, cacheSize: 0)
             let contents = patternBytes(9 * 1000, seed: 3)
             try withTemporaryFile(in: NSTemporaryDirectory(), contents: contents) { path in

@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Synchronization
 import Testing
 @testable import HugeAlloc
@@ -37,7 +38,7 @@ final class RecordingBackend: Sendable {
     }
 }
 
-@Suite(.serialized) struct MemoryEventTests {
+@Suite(.usesHugepagePool) struct MemoryEventTests {
     @Test(.enabled(if: canMakePools, "needs root (physical addresses) and free 2 MiB hugepages"))
     func handlersHearOfPoolMemoryAddedAndRemoved() throws {
         let arena = MemoryArena()
@@ -56,7 +57,7 @@ final class RecordingBackend: Sendable {
         for i in stride(from: 0, to: 1000, by: 37) {
             let b = try #require(first!.buffer(at: i))
             #expect(early.translate(UInt(bitPattern: b.data)) == b.dataPhysicalAddress)
-            #expect(early.translate(UInt(bitPattern: b.data))?.rawValue == pagemapPhysicalAddress(UInt(bitPattern: b.data)))
+            #expect(early.translate(UInt(bitPattern: b.data))?.rawValue == Kernel.physicalAddress(UInt(bitPattern: b.data)))
         }
 
         // A handler registered later is told of what is already there.

@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import SystemPackage
 import Testing
 @testable import HugeAlloc
@@ -7,15 +8,16 @@ import Testing
 @Suite struct InventoryErrorTests {
     /// Reads a copy of `fixture` with one file replaced and returns the error.
     func error(in fixture: String = "four-node", replacing relative: String, with content: String) throws -> InventoryError {
-        let root = try InventoryFixtures.copy(fixture, editing: [relative: content])
-        defer { InventoryFixtures.remove(root) }
+        let copy = try FixtureCopy(fixture, editing: [relative: content])
+        defer { copy.remove() }
+        let root = copy.root
         let error = try #require(throws: InventoryError.self) { try SystemInventory.read(root: root) }
         #expect(error.path == root + "/" + relative, "the error names the file")
         return error
     }
 
     @Test func malformedFixtureNamesMeminfoAndLine() throws {
-        let root = InventoryFixtures.root("malformed")
+        let root = fixtureRoot("malformed")
         #expect(throws: InventoryError.malformed(MalformedFile(
             path: root + "/proc/meminfo", line: 20, text: "Hugepagesize:       2O48 kB",
             expected: "\"Hugepagesize: <count>\" or \"Hugepagesize: <number> kB\""))) {
@@ -42,7 +44,7 @@ import Testing
     }
 
     @Test func malformedMountPageSize() throws {
-        let mounts = try String(contentsOfFile: InventoryFixtures.root("four-node") + "/proc/mounts", encoding: .utf8)
+        let mounts = try String(contentsOfFile: fixtureRoot("four-node") + "/proc/mounts", encoding: .utf8)
             + "none /mnt/odd hugetlbfs rw,pagesize=3M 0 0\nshort line\n"
         let error = try error(replacing: "proc/mounts", with: mounts)
         guard case .malformed(let errorFile) = error, case let line = errorFile.line, case let text = errorFile.text, case let expected = errorFile.expected else { Issue.record("\(error)"); return }
@@ -54,7 +56,7 @@ import Testing
     }
 
     @Test func malformedMemlockAndCapabilityLines() throws {
-        let limits = try String(contentsOfFile: InventoryFixtures.root("four-node") + "/proc/self/limits", encoding: .utf8)
+        let limits = try String(contentsOfFile: fixtureRoot("four-node") + "/proc/self/limits", encoding: .utf8)
             .replacingOccurrences(of: "Max locked memory         unlimited", with: "Max locked memory         lots     ")
         let memlock = try error(replacing: "proc/self/limits", with: limits)
         guard case .malformed(let memlockFile) = memlock, memlockFile.line == 10, case let text = memlockFile.text else { Issue.record("\(memlock)"); return }
@@ -76,8 +78,9 @@ import Testing
     }
 
     @Test func missingRequiredFileIsUnreadableWithErrno() throws {
-        let root = try InventoryFixtures.copy("one-node", editing: [:])
-        defer { InventoryFixtures.remove(root) }
+        let copy = try FixtureCopy("one-node")
+        defer { copy.remove() }
+        let root = copy.root
         try FileManager.default.removeItem(atPath: root + "/proc/meminfo")
         #expect(throws: InventoryError.unreadable(UnreadableFile(path: root + "/proc/meminfo", errno: .noSuchFileOrDirectory))) {
             try SystemInventory.read(root: root)

@@ -1,3 +1,4 @@
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
@@ -7,7 +8,7 @@ import Testing
     let gib1 = PageSize.huge1G
 
     @Test func oneNodeMachine() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("one-node"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("one-node"))
         #expect(inventory.kernelRelease == "6.1.0-18-amd64")
         #expect(inventory.basePageSize == .base)
         #expect(inventory.defaultHugepageSize == mib2)
@@ -32,7 +33,7 @@ import Testing
     }
 
     @Test func fourNodePoolsOfBothSizes() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("four-node"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("four-node"))
         #expect(inventory.kernelRelease == "5.15.0-91-generic")
         #expect(inventory.hugepagePools.map(\.pageSize) == [mib2, gib1], "sorted by size")
         #expect(inventory.pool(mib2) == HugepagePool(pageSize: mib2, total: 1000, free: 940, reserved: 20, surplus: 0, overcommit: 0))
@@ -48,7 +49,7 @@ import Testing
     }
 
     @Test func fourNodeCPUsIncludingAMemoryOnlyNode() throws {
-        let numa = try NUMATopology.read(root: InventoryFixtures.root("four-node"))
+        let numa = try NUMATopology.read(root: fixtureRoot("four-node"))
         #expect(numa.available)
         #expect(numa.nodes.map(\.id) == [0, 1, 2, 3])
         #expect(numa.nodes[0].cpus == [0, 1, 2, 3, 16, 17, 18, 19])
@@ -63,7 +64,7 @@ import Testing
     }
 
     @Test func fourNodeDistanceMatrix() throws {
-        let numa = try NUMATopology.read(root: InventoryFixtures.root("four-node"))
+        let numa = try NUMATopology.read(root: fixtureRoot("four-node"))
         #expect(numa.nodes.map(\.distances) == [[10, 16, 16, 22], [16, 10, 22, 16], [16, 22, 10, 16], [22, 16, 16, 10]])
         for a in 0..<4 {
             #expect(numa.distance(from: a, to: a) == 10)
@@ -76,7 +77,7 @@ import Testing
     }
 
     @Test func fourNodePerNodeHugepagesAndMemory() throws {
-        let numa = try NUMATopology.read(root: InventoryFixtures.root("four-node"))
+        let numa = try NUMATopology.read(root: fixtureRoot("four-node"))
         func counts(_ total: Int, _ free: Int, _ size: PageSize) -> NodeHugepageCounts {
             NodeHugepageCounts(pageSize: size, total: total, free: free, surplus: 0)
         }
@@ -89,7 +90,7 @@ import Testing
     }
 
     @Test func fourNodeMountsLimitsAndIOMMU() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("four-node"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("four-node"))
         #expect(inventory.hugetlbfsMounts == [HugetlbfsMount(path: "/dev/hugepages", pageSize: mib2),
                                               HugetlbfsMount(path: "/mnt/huge1G", pageSize: gib1)],
                 "pagesize=1024M is 1 GiB")
@@ -97,11 +98,11 @@ import Testing
         #expect(inventory.capabilities == Capabilities(sysAdmin: true, ipcLock: true))
         #expect(inventory.iommu == IOMMUSummary(groups: 3, vfio: true))
         #expect(inventory.transparentHugepages == TransparentHugepageModes(enabled: "madvise", defrag: "madvise"))
-        #expect(inventory.numa == (try NUMATopology.read(root: InventoryFixtures.root("four-node"))))
+        #expect(inventory.numa == (try NUMATopology.read(root: fixtureRoot("four-node"))))
     }
 
     @Test func twoNodeMachineWithSurplusAndOvercommit() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("two-node"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("two-node-surplus-overcommit"))
         #expect(inventory.hugepagePools == [HugepagePool(pageSize: mib2, total: 12, free: 3, reserved: 1, surplus: 2, overcommit: 4)])
         #expect(inventory.numa.nodes.map(\.cpus) == [[0, 2, 4, 6], [1, 3, 5, 7]])
         #expect(inventory.numa.nodes.map(\.distances) == [[10, 21], [21, 10]])
@@ -118,7 +119,7 @@ import Testing
     }
 
     @Test func oddHugetlbfsMounts() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("odd-mounts"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("odd-mounts"))
         #expect(inventory.hugetlbfsMounts == [
             HugetlbfsMount(path: "/dev/hugepages", pageSize: mib2),   // no pagesize=: the default size
             HugetlbfsMount(path: "/mnt/huge-1g", pageSize: gib1),     // pagesize=1G
@@ -129,9 +130,9 @@ import Testing
     }
 
     @Test func numaUnavailableWithoutNodeDirectories() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("no-numa"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("no-numa"))
         #expect(inventory.numa == NUMATopology(available: false, nodes: []))
-        #expect(try NUMATopology.read(root: InventoryFixtures.root("no-numa")) == inventory.numa)
+        #expect(try NUMATopology.read(root: fixtureRoot("no-numa")) == inventory.numa)
         #expect(inventory.pool(mib2)?.total == 8, "hugepages do not need NUMA")
         #expect(inventory.nodeCounts(for: mib2).isEmpty)
         #expect(inventory.transparentHugepages == TransparentHugepageModes(enabled: nil, defrag: nil))
@@ -140,7 +141,7 @@ import Testing
     }
 
     @Test func kernelWithoutHugepagesIsAValidInventory() throws {
-        let inventory = try SystemInventory.read(root: InventoryFixtures.root("no-hugepages"))
+        let inventory = try SystemInventory.read(root: fixtureRoot("kernel-without-hugetlb"))
         #expect(inventory.defaultHugepageSize == nil)
         #expect(inventory.hugepagePools.isEmpty)
         #expect(inventory.hugetlbfsMounts.isEmpty)

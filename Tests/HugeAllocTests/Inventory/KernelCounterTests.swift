@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
@@ -10,8 +11,9 @@ import Testing
 
     @Test func negativeReservedCountReadsAsZeroWithAWarning() throws {
         // -8 as the kernel's unsigned long.
-        let root = try InventoryFixtures.copy("one-node", editing: [Self.resv: "18446744073709551608\n"])
-        defer { InventoryFixtures.remove(root) }
+        let copy = try FixtureCopy("one-node", editing: [Self.resv: "18446744073709551608\n"])
+        defer { copy.remove() }
+        let root = copy.root
         let inventory = try SystemInventory.read(root: root)
         let pool = try #require(inventory.pool(.huge2M))
         #expect(pool.reserved == 0)
@@ -24,8 +26,9 @@ import Testing
     @Test func aCounterThatIsNoNumberIsStillMalformed() throws {
         // Negative control: the tolerance is for the kernel's unsigned wrap only.
         for bad in ["-8", "lots", "18446744073709551616"] {
-            let root = try InventoryFixtures.copy("one-node", editing: [Self.resv: bad + "\n"])
-            defer { InventoryFixtures.remove(root) }
+            let copy = try FixtureCopy("one-node", editing: [Self.resv: bad + "\n"])
+            defer { copy.remove() }
+            let root = copy.root
             let error = try #require(throws: InventoryError.self) { try SystemInventory.read(root: root) }
             guard case .malformed(let file) = error else { Issue.record("\(error)"); continue }
             #expect(file.path == root + "/" + Self.resv && file.text == bad)

@@ -1,11 +1,12 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
 /// `.hugetlbfs(mount:)` must map hugetlbfs files only, of the page size asked
 /// for: a directory on ext4 or tmpfs gives base pages, which the mapping
 /// would otherwise report as hugepages.
-@Suite(.serialized) struct HugetlbfsBackingCheckTests {
+@Suite(.usesHugepagePool, .serialized) struct HugetlbfsBackingCheckTests {
     /// Free (unreserved) 2 MiB pages, read from sysfs.
     static var free2MPages: Int {
         let dir = "/sys/kernel/mm/hugepages/hugepages-2048kB"

@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
@@ -6,7 +7,7 @@ import Testing
 /// O_TMPFILE is refused) holds a shared flock on its file, so a cleaner that
 /// takes an exclusive lock first (DPDK's convention, inspect-memory's
 /// --clean) sees it in use during the moment it has a name.
-@Suite struct HugetlbfsNamedFileLockTests {
+@Suite(.usesHugepagePool) struct HugetlbfsNamedFileLockTests {
     @Test func theNamedFileIsHeldWithASharedLock() throws {
         let dir = NSTemporaryDirectory() + "hugealloc-named-lock-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

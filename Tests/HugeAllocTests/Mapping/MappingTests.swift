@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
@@ -33,7 +34,7 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
     }
 }
 
-@Suite(.serialized) struct MappingTests {
+@Suite(.usesHugepagePool) struct MappingTests {
     @Test(.enabled(if: isRoot && hasFree2M, "needs root (PFNs) and 32 free 2 MiB hugepages: run tools/test as root"),
           arguments: ["anonymous", "memfd", "hugetlbfs"])
     func maps2MiBPagesWithEveryBacking(backing: String) throws {
@@ -53,8 +54,11 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
 
     @Test(.enabled(if: isRoot && hasFree2M, "needs root and free 2 MiB hugepages"))
     func hugetlbfsMountFoundWithoutAPath() throws {
-        // tools/test mounts hugetlbfs when the machine has none; otherwise
-        // any 2 MiB mount present at process start serves.
+        // Any 2 MiB mount the library finds serves (libhugetlbfs's, from
+        // process start, else /proc/mounts); with none, the typed error.
+        if let gone = vanishedLibhugetlbfsMount(.huge2M) {
+            try Test.cancel("libhugetlbfs chose \(gone) when this process started; another process has unmounted it since")
+        }
         guard MemoryMapping.hugetlbfsMount(for: .huge2M) != nil else {
             #expect(throws: MappingError.self) { _ = try MemoryMapping(length: 2 << 20, options: .init(backing: .hugetlbfs(mount: nil))) }
             return
@@ -85,19 +89,22 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
             #expect(throws: MappingError.self) { _ = try MemoryMapping(length: 1 << 30, options: .init(pageSize: .huge1G)) }
             return
         }
-        let original = try String(contentsOfFile: nr, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        var reserved = false
-        if freeHugepages(.huge1G) < 1 {
-            try "\(Int(original)! + 1)".write(toFile: nr, atomically: false, encoding: .utf8)
-            reserved = true
-        }
-        defer { if reserved { try? original.write(toFile: nr, atomically: false, encoding: .utf8) } }
-        try #require(freeHugepages(.huge1G) >= 1, "the kernel could not reserve a 1 GiB page (memory too fragmented)")
-        try expectNoLeak {
-            let mapping = try MemoryMapping(length: 1 << 30, options: .init(pageSize: .huge1G))
-            let size = mapping.pageSize
-            #expect(size == .huge1G)
-            try verifyAgainstKernel(mapping)
+        // Another run's reservation cannot come and go in between.
+        try withHugepageReservationLock {
+            let original = try String(contentsOfFile: nr, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            var reserved = false
+            if freeHugepages(.huge1G) < 1 {
+                try "\(Int(original)! + 1)".write(toFile: nr, atomically: false, encoding: .utf8)
+                reserved = true
+            }
+            defer { if reserved { try? original.write(toFile: nr, atomically: false, encoding: .utf8) } }
+            try #require(freeHugepages(.huge1G) >= 1, "the kernel could not reserve a 1 GiB page (memory too fragmented)")
+            try expectNoLeak {
+                let mapping = try MemoryMapping(length: 1 << 30, options: .init(pageSize: .huge1G))
+                let size = mapping.pageSize
+                #expect(size == .huge1G)
+                try verifyAgainstKernel(mapping)
+            }
         }
     }
 
@@ -178,14 +185,21 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
     }
 
     @Test func tooManyHugepagesNamesNeededFreeAndTheCommand() throws {
-        let free = freeHugepages(.huge2M)
-        let needed = free + 1000
-        guard case let .insufficientHugepages(shortage)? = mappingError(length: needed * (2 << 20)) else {
-            Issue.record("mapping more pages than are free succeeded"); return
+        // Far more than any machine here holds: no other process freeing
+        // pages can make the mapping succeed.
+        let needed = freeHugepages(.huge2M) + 100_000
+        // The free count the error reports is sysfs's at that moment: read
+        // around the attempt until the count held still (other processes move it).
+        let (free, error) = try stableReading({ freeHugepages(.huge2M) }, { mappingError(length: needed * (2 << 20)) }) { error in
+            guard case let .insufficientHugepages(shortage)? = error else { return -1 }
+            return shortage.free
+        }
+        guard case let .insufficientHugepages(shortage)? = error else {
+            Issue.record("mapping more pages than are free succeeded: \(String(describing: error))"); return
         }
         let (pageSize, n, f, node, command) = (shortage.pageSize, shortage.needed, shortage.free, shortage.node, shortage.command)
         #expect(pageSize == .huge2M && n == needed && node == nil)
-        #expect(abs(f - free) < 64, "free \(f) agrees with sysfs \(free)")
+        #expect(f == free, "free \(f) agrees with sysfs \(free)")
         #expect(command.contains("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"))
         let message = "\(MappingError.insufficientHugepages(shortage))"
         #expect(message.contains("needed \(n)") && message.contains("free \(f)") && message.contains("echo "))
@@ -215,6 +229,9 @@ private func verifyAgainstKernel(_ mapping: borrowing MemoryMapping) throws {
         guard let size = candidates.first(where: { MemoryMapping.hugetlbfsMount(for: $0) == nil }) else {
             // Every size with free pages is mounted here: then the mount must be found.
             let size = try #require(candidates.first)
+            if let gone = vanishedLibhugetlbfsMount(size) {
+                try Test.cancel("libhugetlbfs chose \(gone) when this process started; another process has unmounted it since")
+            }
             let error = mappingError(length: size.bytes, options: .init(pageSize: size, backing: .hugetlbfs(mount: nil)))
             #expect(error == nil, "a \(size) mount exists but mapping through it failed: \(String(describing: error))")
             return

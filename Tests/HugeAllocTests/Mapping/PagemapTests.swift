@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import HugeAllocTestSupport
 @testable import HugeAlloc
 
 

@@ -1,3 +1,4 @@
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 

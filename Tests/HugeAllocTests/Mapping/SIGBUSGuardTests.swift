@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 import CHugeAllocShims
 @testable import HugeAlloc

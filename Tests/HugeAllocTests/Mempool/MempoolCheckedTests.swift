@@ -1,8 +1,9 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
-@Suite(.serialized, .enabled(if: hasFree2M, "needs free 2 MiB hugepages")) struct MempoolCheckedTests {
+@Suite(.usesHugepagePool, .enabled(if: hasFree2M, "needs free 2 MiB hugepages")) struct MempoolCheckedTests {
     func checkedPool(cache: Int = 8) throws -> Mempool {
         try Mempool(configuration: MempoolConfiguration(count: 64, objectSize: 100, cacheSize: cache, checked: true))
     }

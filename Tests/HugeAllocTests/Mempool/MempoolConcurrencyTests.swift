@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Synchronization
 import Testing
 @testable import HugeAlloc
@@ -6,7 +7,7 @@ import Testing
 /// Concurrent get/put: no object lost, none handed out twice, counts exact
 /// once caches are flushed (by thread exit). Small enough for ThreadSanitizer
 /// (tools/test-tsan runs this suite).
-@Suite(.serialized) struct MempoolConcurrencyTests {
+@Suite(.usesHugepagePool) struct MempoolConcurrencyTests {
     static let threads = 4
     static let rounds = 2000
 

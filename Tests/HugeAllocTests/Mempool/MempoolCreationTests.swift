@@ -1,8 +1,9 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
-@Suite(.serialized) struct MempoolCreationTests {
+@Suite(.usesHugepagePool) struct MempoolCreationTests {
     @Test func zeroCountIsATypedError() {
         #expect(throws: MempoolError.zeroCount(requested: 0)) {
             _ = try Mempool(configuration: MempoolConfiguration(count: 0, objectSize: 64))

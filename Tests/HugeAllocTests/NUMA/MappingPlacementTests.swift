@@ -1,8 +1,9 @@
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
 /// NUMA policies applied through MemoryMapping (MappingOptions.numaPolicy).
-@Suite("MemoryMapping NUMA placement", .serialized)
+@Suite("MemoryMapping NUMA placement", .usesHugepagePool)
 struct MappingPlacementTests {
     @Test("numaPolicy bind(0): the kernel holds MPOL_BIND on node 0 and every page is there",
           .enabled(if: hasFree2M, "needs 32 free 2 MiB hugepages"),

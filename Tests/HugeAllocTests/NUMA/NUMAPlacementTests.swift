@@ -1,15 +1,9 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
-/// Free 2 MiB hugepages on node 0, read from sysfs.
-private func freeHugepagesOnNode0() -> Int {
-    let path = "/sys/devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages"
-    return (try? String(contentsOfFile: path, encoding: .utf8))
-        .flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
-}
-
-private let hugepagesFree = freeHugepagesOnNode0() >= 4
+private let hugepagesFree = freeHugepages(.huge2M, node: 0) >= 4
 
 /// A private anonymous mapping of `pages` pages of `pageSize`, unmapped on deinit.
 private struct TestMapping: ~Copyable {
@@ -36,7 +30,7 @@ private struct TestMapping: ~Copyable {
 @Suite("NUMA placement")
 struct NUMAPlacementTests {
     @Test("bind(0) sets MPOL_BIND on the range, pages land on node 0 and verify passes",
-          .enabled(if: hugepagesFree, "needs 4 free 2 MiB hugepages on node 0"))
+          .enabled(if: hugepagesFree, "needs 4 free 2 MiB hugepages on node 0"), .usesHugepagePool)
     func bindNode0() throws {
         let mapping = try TestMapping(pages: 4, huge: true)
         try NUMAPlacement.apply(.bind(0), to: mapping.base, length: mapping.length)
@@ -127,7 +121,7 @@ struct NUMAPlacementTests {
 
     @Test("checkFreeHugepages on a fixture: error names node, size, needed, free and the command")
     func checkFreeFixture() throws {
-        let root = try #require(Bundle.module.url(forResource: "Fixtures", withExtension: nil)).path + "/numa-free-hugepages"
+        let root = fixtureRoot("two-node-pool-on-node1")
         try NUMAPlacement.checkFreeHugepages(node: 1, pageSize: .huge2M, needed: 3, root: root)
         let error = NUMAError.notEnoughHugepages(HugepageShortage(pageSize: .huge2M, node: 1, needed: 4, free: 3, total: 5))
         #expect(throws: error) {
@@ -144,9 +138,10 @@ struct NUMAPlacementTests {
         }
     }
 
-    @Test("checkFreeHugepages on this machine: passes within free, fails beyond it with the command")
+    @Test("checkFreeHugepages on this machine: passes within free, fails beyond it with the command",
+          .usesHugepagePool)
     func checkFreeLive() throws {
-        let free = freeHugepagesOnNode0()
+        let free = freeHugepages(.huge2M, node: 0)
         if free > 0 { try NUMAPlacement.checkFreeHugepages(node: 0, pageSize: .huge2M, needed: 1) }
         // Far more than any machine here has; other tests moving the count cannot make this pass.
         let needed = free + 1_000_000

@@ -1,4 +1,5 @@
 import Synchronization
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 

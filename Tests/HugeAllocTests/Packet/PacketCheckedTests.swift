@@ -1,8 +1,9 @@
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAlloc
 
 /// Checked packet pools: typed errors from a checked free (hostile-inputs #13).
-@Suite struct PacketCheckedTests {
+@Suite(.usesHugepagePool) struct PacketCheckedTests {
     func checkedPool(count: Int = 64, cacheSize: Int = 0) throws -> PacketPool {
         try PacketPool(configuration: PacketPoolConfiguration(count: count, cacheSize: cacheSize, checked: true))
     }

@@ -1,9 +1,10 @@
 import Foundation
+import HugeAllocTestSupport
 import Synchronization
 import Testing
 @testable import HugeAlloc
 
-@Suite(.serialized) struct PacketPoolTests {
+@Suite(.usesHugepagePool) struct PacketPoolTests {
     @Test func metadataLayoutIsPinned() {
         #expect(MemoryLayout<PacketBuffer>.size == MemoryLayout<UnsafeMutableRawPointer>.size)
         #expect(MemoryLayout<PacketBuffer>.stride == 8)
@@ -43,7 +44,7 @@ import Testing
 
     @Test(.enabled(if: canMakePools, "needs root (physical addresses) and free 2 MiB hugepages"))
     func freshBuffersHaveTheirLayoutAndPhysicalAddresses() throws {
-        try expectNoProcessLeak {
+        try expectNoLeak {
             let pool = try makePacketPool(count: 2000)
             #expect(pool.count == 2000 && pool.bufferSize == 64 + 128 + 2048)
             let buffers = try #require(pool.allocate(count: 2000))
@@ -58,8 +59,8 @@ import Testing
                 #expect(b.tailroom == 2048 && b.bufferLength == 128 + 2048)
                 #expect(pool.buffer(at: b.index) == b)
                 // The kernel's own answer for the first and last data byte.
-                let first = try #require(pagemapPhysicalAddress(UInt(bitPattern: b.data)))
-                let last = try #require(pagemapPhysicalAddress(UInt(bitPattern: b.data + 2047)))
+                let first = try #require(Kernel.physicalAddress(UInt(bitPattern: b.data)))
+                let last = try #require(Kernel.physicalAddress(UInt(bitPattern: b.data + 2047)))
                 #expect(b.dataPhysicalAddress?.rawValue == first)
                 #expect(b.bufferPhysicalAddress?.rawValue == first - 128)
                 #expect(last == first + 2047, "a buffer's data is physically contiguous")
@@ -163,7 +164,7 @@ import Testing
         let all = try #require(pool.allocate(count: 16))
         for b in all {
             #expect(!b.isIndirect && b.data == b.metadata + 64 + 128 && b.bufferLength == 2176)
-            #expect(b.dataPhysicalAddress?.rawValue == pagemapPhysicalAddress(UInt(bitPattern: b.data)))
+            #expect(b.dataPhysicalAddress?.rawValue == Kernel.physicalAddress(UInt(bitPattern: b.data)))
         }
         pool.free(all)
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import HugeAlloc
+import HugeAllocTestSupport
 
 /// The commands as an operator runs them: exit statuses, one-line errors, JSON shapes.
 @Suite struct InspectMemoryCommandLineTests {
@@ -8,7 +9,7 @@ import HugeAlloc
     /// on stderr and no crash. Setup runs against a fixture copy so a missed
     /// validation could never touch the live pools.
     @Test func badInputIsOneLineAndTheRightStatus() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         let cases: [([String], Int32)] = [
             (["setup", "--pages", "3M:5"], 64),
@@ -45,7 +46,7 @@ import HugeAlloc
     }
 
     @Test func hugepagesJSONHasHoldersAndStaleFiles() throws {
-        let result = try run(["hugepages", "--json", "--root", try fixturePath("two-nodes")])
+        let result = try run(["hugepages", "--json", "--root", fixtureRoot("two-node-dpdk-host")])
         #expect(result.status == 0, "\(result.err)")
         let object = try #require(try jsonObject(result.out) as? [String: Any])
         let holders = try #require(object["holders"] as? [[String: Any]])
@@ -60,7 +61,7 @@ import HugeAlloc
     }
 
     @Test func processJSONListsMappingsWithHexAddresses() throws {
-        let result = try run(["process", "4242", "--json", "--root", try fixturePath("two-nodes")])
+        let result = try run(["process", "4242", "--json", "--root", fixtureRoot("two-node-dpdk-host")])
         #expect(result.status == 0, "\(result.err)")
         let object = try #require(try jsonObject(result.out) as? [String: Any])
         let mappings = try #require(object["mappings"] as? [[String: Any]])
@@ -74,11 +75,11 @@ import HugeAlloc
     }
 
     @Test func doctorExitsOneOnAnyFailAndZeroOtherwise() throws {
-        let failing = try run(["doctor", "--root", try fixturePath("no-hugepages")])
+        let failing = try run(["doctor", "--root", fixtureRoot("empty-hugepage-pool")])
         #expect(failing.status == 1)
         #expect(failing.out.split(separator: "\n").contains { $0.hasPrefix("FAIL  hugepages") && $0.contains("fix: inspect-memory setup --pages 2M:512") })
         #expect(failing.err.split(separator: "\n").count == 1)
-        let warning = try run(["doctor", "--json", "--root", try fixturePath("two-nodes")])
+        let warning = try run(["doctor", "--json", "--root", fixtureRoot("two-node-dpdk-host")])
         #expect(warning.status == 0, "\(warning.err)")
         let object = try #require(try jsonObject(warning.out) as? [String: Any])
         #expect(object["ok"] as? Bool == true)
@@ -87,7 +88,7 @@ import HugeAlloc
     }
 
     @Test func setupReportsGrantAgainstAFixtureTree() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         let result = try run(["setup", "--pages", "2M:64,1G:1", "--node", "1", "--json", "--root", copy.root])
         #expect(result.status == 0, "\(result.err)")

@@ -1,10 +1,11 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 @testable import HugeAllocDiagnostics
 @testable import InspectMemoryKit
 
 /// Names with newlines and trailing spaces (hostile-inputs, minor).
-@Suite struct EscapingTests {
+@Suite(.usesHugepagePool) struct EscapingTests {
     @Test func controlCharactersAreEscapedInTextTables() {
         #expect(TextTable.escaped("plain name") == "plain name")
         #expect(TextTable.escaped("evil\nname\t\u{1b}[31m") == "evil\\nname\\t\\x1b[31m")
@@ -21,7 +22,7 @@ import Testing
         #expect(anonymous.path == nil)
     }
 
-    @Test(.enabled(if: isRoot && free2M() >= 1, "needs root and a free 2 MiB hugepage"))
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 1, "needs root and a free 2 MiB hugepage"))
     func aHolderNamedWithANewlineStaysOnOneLine() throws {
         // A process that renames itself "evil<newline>name" and holds a hugepage.
         let script = """

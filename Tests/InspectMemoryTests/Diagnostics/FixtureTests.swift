@@ -2,11 +2,12 @@
 import Foundation
 import Testing
 @testable import HugeAlloc
+import HugeAllocTestSupport
 @testable import InspectMemoryKit
 
 @Suite struct DiagnosticsFixtureTests {
     @Test func smapsAndNumaMapsDescribeEveryMapping() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         let maps = try ProcessMemoryMap.read(pid: 4242, in: fs)
         #expect(maps.count == 5)
         let rtemap = try #require(maps.first { $0.path == "/mnt/huge/rtemap_0" })
@@ -23,13 +24,13 @@ import Testing
     }
 
     @Test func missingProcessIsNamedNotCrashed() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         #expect(throws: DiagnosticsError.noSuchProcess(pid: 9999)) { try ProcessMemoryMap.read(pid: 9999, in: fs) }
         #expect(throws: DiagnosticsError.self) { try ProcessMemoryMap.parseSmaps("Rss: 4 kB\n") }
     }
 
     @Test func holdersSumPrivateAndSharedHugetlbPerSize() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         let holders = HugepageHolders.scan(in: fs)
         #expect(holders == [
             HugepageHolder(pid: 4242, command: "l2fwd", pageSize: 2 << 20, bytes: 8 << 20),
@@ -38,7 +39,7 @@ import Testing
     }
 
     @Test func mountsAreParsedWithPageSizeAndEscapes() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         #expect(StaleHugepageFiles.mounts(in: fs) == [
             HugetlbfsMount(path: "/mnt/huge", pageSize: .huge2M),
             HugetlbfsMount(path: "/mnt/huge 1g", pageSize: .huge1G),
@@ -46,7 +47,7 @@ import Testing
     }
 
     @Test func staleFilesSkipOpenMappedAndEmptyFilesAndCleanRemovesOnlyStale() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         // Process 4242 holds /mnt/huge/held open; it maps rtemap_0 (its maps file).
         try FileManager.default.createDirectory(atPath: copy.root + "/proc/4242/fd", withIntermediateDirectories: true)
@@ -77,7 +78,7 @@ import Testing
     }
 
     @Test func cleanNeverRemovesAFileThatBecameBusy() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         let stale = StaleHugepageFiles.find(in: copy.fs)
         #expect(stale.map(\.path).contains("/mnt/huge/held"))
@@ -90,7 +91,7 @@ import Testing
     }
 
     @Test func hugepagePoolsPerSizeAndNode() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         let report = try HugepagesCommand.report(in: fs)
         let all2M = try #require(report.pools.first { $0.pageSize == 2 << 20 && $0.node == nil })
         #expect(all2M.total == 512 && all2M.free == 508 && all2M.reserved == 0 && all2M.overcommit == 0)
@@ -102,7 +103,7 @@ import Testing
     }
 
     @Test func doctorWarnsWithFixCommands() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         let checks = Dictionary(uniqueKeysWithValues: Doctor.run(in: fs).map { ($0.name, $0) })
         #expect(checks["hugepages"]?.status == .ok)
         #expect(checks["hugepages-free"]?.status == .warn)  // no free 1G page
@@ -124,7 +125,7 @@ import Testing
     }
 
     @Test func numaReportHasNodesDistancesAndHugepages() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         let report = try NumaCommand.report(node: nil, in: fs)
         #expect(report.nodes.map(\.node) == [0, 1])
         let node1 = try #require(report.nodes.last)
@@ -135,7 +136,7 @@ import Testing
     }
 
     @Test func doctorFailsWithoutHugepages() throws {
-        let fs = KernelFiles(root: try fixturePath("no-hugepages"))
+        let fs = KernelFiles(root: fixtureRoot("empty-hugepage-pool"))
         let checks = Dictionary(uniqueKeysWithValues: Doctor.run(in: fs).map { ($0.name, $0) })
         #expect(checks["hugepages"]?.status == .fail)
         #expect(checks["hugepages"]?.fix?.hasPrefix("inspect-memory setup --pages 2M:512") == true)
@@ -145,7 +146,7 @@ import Testing
     }
 
     @Test func pageRequestsAreValidated() throws {
-        let fs = KernelFiles(root: try fixturePath("two-nodes"))
+        let fs = KernelFiles(root: fixtureRoot("two-node-dpdk-host"))
         #expect(try HugepageSetup.parseRequests("2M:512,1G:2", in: fs) == [
             HugepageRequest(pageSize: 2 << 20, count: 512), HugepageRequest(pageSize: 1 << 30, count: 2),
         ])
@@ -156,7 +157,7 @@ import Testing
     }
 
     @Test func setupWritesThePoolAndReportsTheGrant() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         let grant = try HugepageSetup.reserve(HugepageRequest(pageSize: 2 << 20, count: 256), node: 1, in: copy.fs)
         #expect(grant == HugepageGrant(pageSize: 2 << 20, node: 1, previous: 0, requested: 256, granted: 256))
@@ -171,7 +172,7 @@ import Testing
         let flags = KernelPageFlags(rawValue: 1 << 17 | 1 << 15 | 1 << 11 | 1 << 33 | 1 << 60)
         #expect(flags.flagNames == ["MMAP", "COMPOUND_HEAD", "HUGE", "MLOCKED", "BIT_60"])
         #expect(flags.contains(.huge) && flags.contains(.compoundHead) && !flags.contains(.thp))
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         try copy.writeWords("/proc/kpageflags", [(3, 1 << 10), (4, 1 << 12 | 1 << 5)])
         #expect(try KernelPageFlags.read(pfn: 3, in: copy.fs) == .buddy)
@@ -182,7 +183,7 @@ import Testing
     /// A process 4343 with one 2 MiB hugetlb mapping of three pages: two
     /// physically adjacent, one elsewhere on node 1; and a swapped base page.
     func translationFixture() throws -> FixtureCopy {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         try copy.write("/proc/4343/comm", "dpdk-app\n")
         try copy.write("/proc/4343/smaps", """
             00200000-00800000 rw-p 00000000 00:00 0

@@ -1,24 +1,13 @@
 import Foundation
 import Testing
 import HugeAlloc
-
-/// Reads this process's own pagemap entry for `address` with a plain pread:
-/// an independent check of what inspect-memory reports.
-func ownPagemapWord(_ address: UInt) throws -> UInt64 {
-    let fd = open("/proc/self/pagemap", O_RDONLY)
-    try #require(fd >= 0)
-    defer { close(fd) }
-    var word: UInt64 = 0
-    let n = pread(fd, &word, 8, off_t(address / UInt(getpagesize()) * 8))
-    try #require(n == 8)
-    return word
-}
+import HugeAllocTestSupport
 
 /// The machine itself: a hugepage mapping of this test process must show up
 /// in `hugepages` and `process`; `translate` must agree with its own pagemap;
 /// a stale file must be cleaned while a held one survives.
-@Suite(.serialized) struct InspectMemoryLiveTests {
-    static let canRun = isRoot && free2M() >= 8
+@Suite(.usesHugepagePool) struct InspectMemoryLiveTests {
+    static let canRun = isRoot && freeHugepages(.huge2M) >= 8
 
     @Test(.enabled(if: canRun, "needs root and 8 free 2 MiB hugepages"))
     func hugepageMappingShowsInHugepagesAndProcess() throws {
@@ -68,7 +57,7 @@ func ownPagemapWord(_ address: UInt) throws -> UInt64 {
         let list = try #require(try jsonObject(result.out) as? [[String: Any]])
         #expect(list.count == 2)
         for (object, address) in zip(list, [huge, small]) {
-            let word = try ownPagemapWord(address)
+            let word = try #require(Kernel.pagemapWord(address))
             let pfn = word & ((1 << 55) - 1)
             #expect(object["virtual"] as? String == "0x" + String(address, radix: 16))
             #expect(object["present"] as? Bool == (word >> 63 == 1))
@@ -101,13 +90,10 @@ func ownPagemapWord(_ address: UInt) throws -> UInt64 {
 
     @Test(.enabled(if: canRun, "needs root (mount) and 8 free 2 MiB hugepages"))
     func staleFileIsCleanedWhileHeldFileSurvives() throws {
-        let dir = NSTemporaryDirectory() + "inspect-memory-stale-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try #require(mount("nodev", dir, "hugetlbfs", 0, "pagesize=2M") == 0)
-        defer {
-            umount2(dir, Int32(MNT_DETACH))
-            try? FileManager.default.removeItem(atPath: dir)
-        }
+        try withHugetlbfsMount(pageSize: .huge2M) { dir in try staleFileIsCleanedWhileHeldFileSurvives(mount: dir) }
+    }
+
+    func staleFileIsCleanedWhileHeldFileSurvives(mount dir: String) throws {
         let stalePath = dir + "/rtemap_0", heldPath = dir + "/rtemap_1"
         close(try makeHugepageFile(stalePath))
         let held = try makeHugepageFile(heldPath)
@@ -137,15 +123,15 @@ func ownPagemapWord(_ address: UInt) throws -> UInt64 {
     /// /proc/PID/fd; it is matched by device and inode and never cleaned.
     @Test(.enabled(if: canRun, "needs root (mount) and 8 free 2 MiB hugepages"))
     func fileHeldThroughABindMountIsNotStale() throws {
-        let dir = NSTemporaryDirectory() + "inspect-memory-bind-\(getpid())"
+        try withHugetlbfsMount(pageSize: .huge2M) { dir in try fileHeldThroughABindMountIsNotStale(mount: dir) }
+    }
+
+    func fileHeldThroughABindMountIsNotStale(mount dir: String) throws {
         let alias = dir + "-alias"
-        for d in [dir, alias] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        try #require(mount("nodev", dir, "hugetlbfs", 0, "pagesize=2M") == 0)
+        try FileManager.default.createDirectory(atPath: alias, withIntermediateDirectories: true)
         defer {
             umount2(alias, Int32(MNT_DETACH))
-            umount2(dir, Int32(MNT_DETACH))
             try? FileManager.default.removeItem(atPath: alias)
-            try? FileManager.default.removeItem(atPath: dir)
         }
         try #require(mount(dir, alias, "", UInt(MS_BIND), nil) == 0)
         let held = try makeHugepageFile(alias + "/held")
@@ -162,45 +148,68 @@ func ownPagemapWord(_ address: UInt) throws -> UInt64 {
 
     @Test(.enabled(if: isRoot, "needs root to write sysfs and mount"))
     func setupKeepsThePoolAndMountsHugetlbfs() throws {
-        let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-        let before = try #require(Int(try String(contentsOfFile: knob, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
-        defer { try? "\(before)\n".write(toFile: knob, atomically: false, encoding: .utf8) }
-        let dir = NSTemporaryDirectory() + "inspect-memory-setup-\(getpid())"
-        defer {
-            umount2(dir, Int32(MNT_DETACH))
-            try? FileManager.default.removeItem(atPath: dir)
+        // No other run's write to nr_hugepages lands between the read and
+        // the setup, or is undone by the restore.
+        try withHugepageReservationLock {
+            let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+            let before = try Kernel.integer(knob)
+            defer { try? "\(before)\n".write(toFile: knob, atomically: false, encoding: .utf8) }
+            let dir = NSTemporaryDirectory() + "inspect-memory-setup-\(getpid())"
+            defer {
+                umount2(dir, Int32(MNT_DETACH))
+                try? FileManager.default.removeItem(atPath: dir)
+            }
+            // Asking for the pool the session already has changes nothing.
+            let result = try run(["setup", "--pages", "2M:\(before)", "--mount", dir, "--json"])
+            #expect(result.status == 0, "\(result.err)")
+            let object = try #require(try jsonObject(result.out) as? [String: Any])
+            let grant = try #require((object["grants"] as? [[String: Any]])?.first)
+            #expect(grant["requested"] as? Int == before && grant["granted"] as? Int == before && grant["previous"] as? Int == before)
+            let mounts = try String(contentsOfFile: "/proc/mounts", encoding: .utf8)
+            #expect(mounts.split(separator: "\n").contains { $0.contains(" \(dir) hugetlbfs ") && $0.contains("pagesize=2M") })
+            // A second run finds the mount already there.
+            let again = try run(["setup", "--pages", "2M:\(before)", "--mount", dir, "--json"])
+            let mount = try #require(((try jsonObject(again.out) as? [String: Any])?["mounts"] as? [[String: Any]])?.first)
+            #expect(mount["mounted"] as? Bool == false)
         }
-        // Asking for the pool the session already has changes nothing.
-        let result = try run(["setup", "--pages", "2M:\(before)", "--mount", dir, "--json"])
-        #expect(result.status == 0, "\(result.err)")
-        let object = try #require(try jsonObject(result.out) as? [String: Any])
-        let grant = try #require((object["grants"] as? [[String: Any]])?.first)
-        #expect(grant["requested"] as? Int == before && grant["granted"] as? Int == before && grant["previous"] as? Int == before)
-        let mounts = try String(contentsOfFile: "/proc/mounts", encoding: .utf8)
-        #expect(mounts.split(separator: "\n").contains { $0.contains(" \(dir) hugetlbfs ") && $0.contains("pagesize=2M") })
-        // A second run finds the mount already there.
-        let again = try run(["setup", "--pages", "2M:\(before)", "--mount", dir, "--json"])
-        let mount = try #require(((try jsonObject(again.out) as? [String: Any])?["mounts"] as? [[String: Any]])?.first)
-        #expect(mount["mounted"] as? Bool == false)
     }
 
     @Test func numaMatchesTheKernelsNodeFiles() throws {
-        let result = try run(["numa", "--json"])
-        #expect(result.status == 0, "\(result.err)")
-        let object = try #require(try jsonObject(result.out) as? [String: Any])
-        let nodes = try #require(object["nodes"] as? [[String: Any]])
-        let sysfs = try FileManager.default.contentsOfDirectory(atPath: "/sys/devices/system/node")
-            .filter { $0.hasPrefix("node") }.compactMap { Int($0.dropFirst(4)) }.sorted()
-        #expect(nodes.compactMap { $0["node"] as? Int } == sysfs)
-        for node in nodes {
-            let id = try #require(node["node"] as? Int)
-            for pool in try #require(node["hugepages"] as? [[String: Any]]) {
-                let size = try #require(pool["page_size"] as? Int)
-                let file = "/sys/devices/system/node/node\(id)/hugepages/hugepages-\(size >> 10)kB/nr_hugepages"
-                let total = Int(try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))
-                #expect(pool["total"] as? Int == total)
+        /// [node: [page size: total]]
+        typealias Totals = [Int: [Int: Int]]
+        func kernelTotals() throws -> Totals {
+            var totals: Totals = [:]
+            for id in Kernel.nodeIDs() {
+                let directory = "/sys/devices/system/node/node\(id)/hugepages/"
+                totals[id] = [:]
+                for name in Kernel.directory(directory) {
+                    let size = try #require(Int(name.dropFirst("hugepages-".count).dropLast(2))) << 10
+                    totals[id]![size] = try Kernel.integer(directory + name + "/nr_hugepages")
+                }
             }
+            return totals
         }
+        func reportedTotals(_ nodes: [[String: Any]]) throws -> Totals {
+            var totals: Totals = [:]
+            for node in nodes {
+                let id = try #require(node["node"] as? Int)
+                totals[id] = [:]
+                for pool in try #require(node["hugepages"] as? [[String: Any]]) {
+                    totals[id]![try #require(pool["page_size"] as? Int)] = try #require(pool["total"] as? Int)
+                }
+            }
+            return totals
+        }
+        // Other processes change the pool (tools/test reserves pages): judge
+        // a report taken while the kernel's totals held still.
+        let (kernel, nodes) = try stableReading(kernelTotals, {
+            let result = try run(["numa", "--json"])
+            #expect(result.status == 0, "\(result.err)")
+            let object = try #require(try jsonObject(result.out) as? [String: Any])
+            return try #require(object["nodes"] as? [[String: Any]])
+        }, reportedTotals)
+        #expect(nodes.compactMap { $0["node"] as? Int } == Kernel.nodeIDs())
+        #expect(try reportedTotals(nodes) == kernel)
     }
 
     @Test(.enabled(if: isRoot, "needs root"))

@@ -1,13 +1,14 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 import HugeAlloc
 @testable import HugeAllocDiagnostics
 
 /// `hugepages --clean` against an attacker-minded tester: every file it
 /// removes and every file it leaves is reported, with the reason.
-@Suite(.serialized) struct CleanHostileTests {
+@Suite(.usesHugepagePool, .serialized) struct CleanHostileTests {
     static let isRoot = getuid() == 0
-    static let canMount = isRoot && free2M() >= 4
+    static let canMount = isRoot && freeHugepages(.huge2M) >= 4
 
     /// A new directory under the temporary directory, removed (after
     /// `cleanup`, e.g. unmounting) when `body` returns or throws.
@@ -58,7 +59,7 @@ import HugeAlloc
     /// EBUSY (a file is bind-mounted over it) while /mnt/huge/held and
     /// /mnt/huge/rtemap_1 can be removed. Unmounts and removes everything.
     private func withOneUnremovableFile(_ body: (FixtureCopy) throws -> Void) throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         let source = copy.root + "/bind-source", target = copy.root + "/mnt/huge/sub/rtemap_2"
         try Data(repeating: 0x5a, count: 8192).write(to: URL(fileURLWithPath: source))
@@ -104,7 +105,7 @@ import HugeAlloc
     /// A file that became busy between find and clean is reported as kept,
     /// in use, and is no failure (exit 0).
     @Test func aFileThatBecameBusyIsReportedAsInUseAndIsNoFailure() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         let stale = StaleHugepageFiles.find(in: copy.fs)
         try FileManager.default.createDirectory(atPath: copy.root + "/proc/77/fd", withIntermediateDirectories: true)
@@ -197,7 +198,7 @@ import HugeAlloc
     /// not show it: the clean takes `LOCK_EX | LOCK_NB` first and leaves a
     /// locked file, reported as in use (no failure).
     @Test func aFileLockedByAnotherOpenFileIsReportedInUseAndKept() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         // This process is not in the fixture's /proc: only its lock shows the use.
         let fd = open(copy.root + "/mnt/huge/rtemap_1", O_RDONLY)

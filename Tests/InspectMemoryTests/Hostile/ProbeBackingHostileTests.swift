@@ -1,10 +1,11 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 
 /// `probe --backing hugetlbfs --mount DIR` with a DIR that is not hugetlbfs
 /// must fail, not report base pages as hugepages.
-@Suite struct ProbeBackingHostileTests {
-    @Test(.enabled(if: free2M() >= 4, "needs free 2 MiB hugepages (so only the directory can be refused)"))
+@Suite(.usesHugepagePool) struct ProbeBackingHostileTests {
+    @Test(.enabled(if: freeHugepages(.huge2M) >= 4, "needs free 2 MiB hugepages (so only the directory can be refused)"))
     func probeRefusesADirectoryThatIsNotHugetlbfs() throws {
         let dir = NSTemporaryDirectory() + "inspect-memory-probe-ext-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

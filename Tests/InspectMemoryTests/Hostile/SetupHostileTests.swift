@@ -1,11 +1,12 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 import HugeAlloc
 
 /// `setup` against an attacker-minded tester: it validates everything before
 /// it changes anything, rolls back what it changed when a later step fails,
 /// and mounts a hugetlbfs at a path once, however the path is spelled.
-@Suite(.serialized) struct SetupHostileTests {
+@Suite(.usesHugepagePool, .serialized) struct SetupHostileTests {
     static let isRoot = getuid() == 0
     static let poolKnob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 
@@ -33,7 +34,7 @@ import HugeAlloc
     }
 
     @Test func aMountPathThatIsARegularFileIsRefusedBeforeThePoolChanges() throws {
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer { copy.remove() }
         try copy.write("/mnt/afile", "not a directory\n")
         for (pages, mount) in [("2M:64", "/mnt/afile"), ("2M:64,1G:1", "/mnt/afile"), ("2M:64", "/mnt/afile/sub")] {
@@ -55,7 +56,7 @@ import HugeAlloc
     @Test(.enabled(if: isRoot, "needs root to reach mount(2)"))
     func aFailedMountRollsThePoolBack() throws {
         guard !FileManager.default.fileExists(atPath: "/sys/kernel/mm/hugepages/hugepages-32768kB") else { return }
-        let copy = try FixtureCopy("two-nodes")
+        let copy = try FixtureCopy("two-node-dpdk-host")
         defer {
             Self.unmountAll(below: copy.root)
             copy.remove()

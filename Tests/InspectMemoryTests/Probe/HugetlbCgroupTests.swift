@@ -1,11 +1,12 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 import HugeAlloc
 @testable import HugeAllocDiagnostics
 
 /// A hugetlb cgroup limit is named as such, with the limit to raise; the
 /// pool is never "fixed" by a count below its size (hostile-inputs #7).
-@Suite(.serialized) struct HugetlbCgroupTests {
+@Suite(.usesHugepagePool, .serialized) struct HugetlbCgroupTests {
     static let unified = hugetlbUnified
 
     static var v1Possible: Bool {
@@ -20,13 +21,13 @@ import HugeAlloc
 
     // cgroup2 first: once the v1 controller has been mounted, the kernel may
     // keep it bound to v1 until reboot, and cgroup2 cannot have it.
-    @Test(.enabled(if: isRoot && free2M() >= 8 && v2Possible,
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 8 && v2Possible,
                    "needs root, 8 free 2 MiB hugepages and the hugetlb controller free for cgroup2"))
     func cgroup2LimitsAreNamedWithTheLimitToRaise() throws {
         try limitsAreNamed(version: 2)
     }
 
-    @Test(.enabled(if: isRoot && free2M() >= 8 && v1Possible,
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 8 && v1Possible,
                    "needs root, 8 free 2 MiB hugepages and the hugetlb controller free for a v1 mount"))
     func cgroup1LimitsAreNamedWithTheLimitToRaise() throws {
         try limitsAreNamed(version: 1)

@@ -1,4 +1,5 @@
 import Foundation
+import HugeAllocTestSupport
 import Testing
 
 /// The hugealloc-bench executable built beside this test bundle.
@@ -9,7 +10,7 @@ let benchPath: String = (inspectMemoryPath as NSString).deletingLastPathComponen
 /// own, whose usage counters count this path's pages alone — whatever other
 /// processes on the machine do with hugepages — and must be back at zero once
 /// the killed processes are gone; a private hugetlbfs mount must hold no file.
-@Suite(.serialized) struct KillSuiteTests {
+@Suite(.usesHugepagePool, .serialized) struct KillSuiteTests {
     static let kills = 20
 
     /// (name, command line); `MOUNT` is replaced by the private hugetlbfs mount.
@@ -22,7 +23,7 @@ let benchPath: String = (inspectMemoryPath as NSString).deletingLastPathComponen
         ("packet pool", "'\(benchPath)' create --buffers 262143"),
     ]
 
-    @Test(.enabled(if: isRoot && usableHugetlbCgroupVersion != nil && free2M() >= 128,
+    @Test(.enabled(if: isRoot && usableHugetlbCgroupVersion != nil && freeHugepages(.huge2M) >= 128,
                    "needs root, a hugetlb cgroup controller and 128 free 2 MiB hugepages"),
           arguments: paths.map(\.0))
     func sigkillAtRandomPointsLeavesNothingBehind(path name: String) throws {

@@ -1,4 +1,6 @@
 import Foundation
+import HugeAlloc
+import HugeAllocTestSupport
 import Testing
 @testable import InspectMemoryKit
 
@@ -21,7 +23,8 @@ import Testing
 
     static let script = ["/usr/bin/script", "/bin/script"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
-    @Test(.enabled(if: isRoot && free2M() >= 300 && script != nil, "needs root, 300 free 2 MiB pages and script(1) for a pseudo-terminal"))
+    @Test(.enabled(if: isRoot && freeHugepages(.huge2M) >= 300 && script != nil, "needs root, 300 free 2 MiB pages and script(1) for a pseudo-terminal"),
+          .usesHugepagePool)
     func aLongProbeOnATerminalDrawsTheBarAndAPipeGetsNone() throws {
         // On a pseudo-terminal (script(1)): the bar is drawn on standard error.
         let process = Process()
