@@ -395,17 +395,20 @@ public struct MemoryMapping: ~Copyable {
         }
     }
 
-    /// A hugetlbfs mount of page size `size`: libhugetlbfs first
-    /// (`hugetlbfs_find_path_for_size`), then the inventory's reading of
-    /// /proc/mounts (libhugetlbfs reads the mount table once, when the
-    /// process starts).
+    /// A hugetlbfs mount of page size `size` that exists now: the one
+    /// libhugetlbfs prefers (`hugetlbfs_find_path_for_size`) when /proc/mounts
+    /// still lists it — libhugetlbfs reads the mount table once, when the
+    /// process starts, and may name a mount that is gone — else the first of
+    /// /proc/mounts.
     static func hugetlbfsMount(for size: PageSize) -> String? {
-        if let path = unsafe hugetlbfs_find_path_for_size(size.bytes) {
-            return unsafe String(cString: path)
-        }
         let files = KernelFiles.live
-        let mounts = try? SystemInventory.readMounts(files, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: files)) ?? nil)
-        return mounts?.first(where: { $0.pageSize == size })?.path
+        let mounts = ((try? SystemInventory.readMounts(files, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: files)) ?? nil)) ?? [])
+            .filter { $0.pageSize == size }
+        if let path = unsafe hugetlbfs_find_path_for_size(size.bytes) {
+            let preferred = unsafe String(cString: path)
+            if mounts.contains(where: { $0.path == preferred }) { return preferred }
+        }
+        return mounts.first?.path
     }
 
     static func buildTranslation(
