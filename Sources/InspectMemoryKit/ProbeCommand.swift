@@ -27,6 +27,9 @@ public struct ProbeCommand: ParsableCommand {
     @Option(name: .long, help: "Allocate one physically contiguous block of this many bytes (K/M/G suffixes).")
     var contiguous: String?
 
+    @Option(name: .long, help: "With --contiguous: the most bytes mapped at once while looking (K/M/G suffixes; default: every free hugepage, or 64M of base pages).")
+    var budget: String?
+
     @Option(name: .long, help: "What backs the pages: anonymous, memfd, or hugetlbfs (a mount of that page size, or --mount).")
     var backing: String = "anonymous"
 
@@ -54,8 +57,14 @@ public struct ProbeCommand: ParsableCommand {
                 throw ValidationError("--contiguous takes a positive size such as 32K, 16M or 1G (got '\(contiguous)')")
             }
             guard bytes <= 1 << 46 else { throw ValidationError("--contiguous \(contiguous) is more memory than any machine has") }
+            if let budget {
+                guard let limit = ByteCount.parse(budget), limit >= bytes else {
+                    throw ValidationError("--budget takes a size of at least the block (\(contiguous)), such as 64M (got '\(budget)')")
+                }
+            }
             return try validateBacking()
         }
+        if budget != nil { throw ValidationError("--budget goes with --contiguous") }
         guard let pages else { throw ValidationError("give --pages N or --contiguous BYTES") }
         guard pages > 0 else { throw ValidationError("--pages must be at least 1 (got \(pages))") }
         guard pages.multipliedReportingOverflow(by: size.bytes).overflow == false, pages * size.bytes <= 1 << 46 else {
@@ -86,7 +95,8 @@ public struct ProbeCommand: ParsableCommand {
         do {
             if let contiguous {
                 mapping = try ContiguousMemory.allocate(
-                    ContiguousRequest(bytes: ByteCount.parse(contiguous)!, pageSize: size, numaPolicy: placement))
+                    ContiguousRequest(bytes: ByteCount.parse(contiguous)!, pageSize: size, numaPolicy: placement,
+                                      budgetBytes: budget.flatMap(ByteCount.parse)))
             } else {
                 let options = MappingOptions(pageSize: size, backing: backing, numaPolicy: placement)
                 mapping = try MemoryMapping(length: pages! * size.bytes, options: options)

@@ -44,7 +44,9 @@ import Testing
             try #require(largest >= 4 << 20, "the free pool holds no run of two 2 MiB pages")
             bytes = ByteCount.format(largest)
         }
-        let probe = try RunningCommand(["probe", "--page-size", pageSize, "--contiguous", bytes, "--json", "--hold"])
+        // At most 512 pages mapped while looking: never the whole free pool.
+        let budget = pageSize == "2M" ? ["--budget", "1G"] : []
+        let probe = try RunningCommand(["probe", "--page-size", pageSize, "--contiguous", bytes, "--json", "--hold"] + budget)
         let object = try probe.readJSONObject()
         let pid = try #require(object["pid"] as? Int32)
         let size = try #require(object["page_size"] as? Int)
@@ -152,6 +154,10 @@ import Testing
         #expect(absurd.status == 64 && absurd.err.contains("more memory than any machine has"))
         let backing = try run(["probe", "--pages", "1", "--backing", "tmpfs"])
         #expect(backing.status == 64)
+        let small = try run(["probe", "--contiguous", "16M", "--budget", "8M"])
+        #expect(small.status == 64 && small.err.contains("at least the block (16M)"))
+        let stray = try run(["probe", "--pages", "2", "--budget", "8M"])
+        #expect(stray.status == 64 && stray.err.contains("--budget goes with --contiguous"))
     }
 
     @Test func tooManyPagesExitsOneWithNeededFreeAndCommand() throws {
