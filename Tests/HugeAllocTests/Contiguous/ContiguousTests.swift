@@ -144,6 +144,22 @@ private func expectOneRun(_ mapping: borrowing MemoryMapping, bytes: Int) throws
         #expect(throws: ContiguousError.self) { _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: Int.max)) }
     }
 
+    @Test(.enabled(if: isRoot && hasFree2M, "needs root (PFNs) and free 2 MiB hugepages"))
+    func anAlignmentAlreadyMetByEveryPageIsAccepted() throws {
+        // Every 2 MiB page starts 4 KiB-aligned: 16K aligned to 4096 is one page.
+        try expectNoLeak {
+            let block = try ContiguousMemory.allocate(ContiguousRequest(bytes: 16 << 10, physicalAlignment: 4096))
+            #expect(block.pageSize == .huge2M && block.runs.count == 1)
+            let first = block.physicalAddress(ofPage: 0)
+            let physical = try #require(first)
+            #expect(physical.rawValue % 4096 == 0 && physical.rawValue % (2 << 20) == 0)
+            // A larger alignment than the page is still searched for, and 0 is no power of two.
+            #expect(throws: ContiguousError.invalidRequest("the physical alignment must be a power of two (got 0)")) {
+                _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 16 << 10, physicalAlignment: 0))
+            }
+        }
+    }
+
     @Test func fragmentationReportGroupsRunsByPhysicalOrderAndNode() {
         let ps = 2 << 20
         let physical = [5, 1, 2, 9, 3, 10, 11, 20].map { PhysicalAddress(UInt64($0 * ps)) }
