@@ -4,7 +4,8 @@ import Synchronization
 /// that is a whole number of pages, and the physical address of each page.
 ///
 /// The pool reads each page's physical address once, at creation, into a
-/// table, so ``Mempool/physicalAddress(of:)`` is O(1) afterwards.
+/// ``PhysicalTranslation``, so ``Mempool/physicalAddress(of:)`` is O(1)
+/// afterwards.
 @safe
 public struct MempoolMemory: @unchecked Sendable {
     public var base: UnsafeMutableRawPointer
@@ -121,13 +122,17 @@ public final class Mempool: @unchecked Sendable {
     @usableFromInline let backendIsRing: Bool
     @usableFromInline let checked: Bool
     @usableFromInline let statisticsEnabled: Bool
+    /// The shared backend: the ring, or the stack (the other one is empty).
     @usableFromInline let ring: MempoolRing
     @usableFromInline let stack: MempoolStack
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline let length: Int
     @usableFromInline let pageShift: Int
-    /// Physical address per page, 0 when unknown.
-    @usableFromInline let pagePhysical: UnsafeMutablePointer<UInt64>
+    /// The physical address of every page: the mapping's own translation
+    /// (read once from `/proc/self/pagemap` when it was mapped), or one
+    /// built from ``MempoolMemory/physicalAddress``. A page whose address is
+    /// unknown holds 0. nil when no address is known.
+    @usableFromInline let translation: PhysicalTranslation?
     /// Checked mode: 1 while an object is handed out, 0 while it is in the pool.
     @usableFromInline let objectState: UnsafeMutablePointer<Atomic<UInt8>>
 
@@ -175,18 +180,10 @@ public final class Mempool: @unchecked Sendable {
             }
             throw .memoryUnavailable(neededBytes: bytes, underlying: error.description)
         }
-        var physical = [UInt64](repeating: 0, count: mapping.pageCount)
-        for p in 0..<mapping.pageCount {
-            physical[p] = mapping.physicalAddress(atOffset: p * mapping.pageSize.bytes)?.rawValue ?? 0
-        }
-        let mappedPageSize = mapping.pageSize.bytes
-        let memory = unsafe MempoolMemory(
-            base: mapping.base, length: mapping.length, pageSize: mapping.pageSize,
-            physicalAddress: { offset in
-                let value = physical[offset / mappedPageSize]
-                return value == 0 ? nil : PhysicalAddress(rawValue: value)
-            })
-        try self.init(memory: memory, configuration: c, releaseMemory: nil, owning: mapping)
+        let (base, length, mappedPageSize, translation) = unsafe (mapping.base, mapping.length, mapping.pageSize, mapping.translation)
+        try unsafe self.init(
+            base: base, length: length, pageSize: mappedPageSize, translation: translation, configuration: c,
+            releaseMemory: nil, owning: mapping)
     }
 
     /// Creates a pool in memory the caller provides and keeps alive for the
@@ -195,27 +192,39 @@ public final class Mempool: @unchecked Sendable {
         memory: MempoolMemory, configuration: MempoolConfiguration,
         releaseMemory: (@Sendable () -> Void)? = nil
     ) throws(MempoolError) {
-        try self.init(memory: memory, configuration: configuration, releaseMemory: releaseMemory, owning: nil)
+        let pageSize = memory.pageSize.bytes
+        let pages = memory.length / pageSize
+        var physical = [UInt64](repeating: 0, count: pages)
+        var known = false
+        for p in 0..<pages {
+            if let address = memory.physicalAddress(p * pageSize) {
+                physical[p] = address.rawValue
+                known = true
+            }
+        }
+        let translation = known ? PhysicalTranslation(pagePhysical: physical, pageSize: pageSize) : nil
+        try unsafe self.init(
+            base: memory.base, length: memory.length, pageSize: memory.pageSize, translation: translation,
+            configuration: configuration, releaseMemory: releaseMemory, owning: nil)
     }
 
     init(
-        memory: MempoolMemory, configuration: MempoolConfiguration,
-        releaseMemory: (@Sendable () -> Void)?, owning mapping: consuming MemoryMapping?
+        base: UnsafeMutableRawPointer, length: Int, pageSize: PageSize, translation: PhysicalTranslation?,
+        configuration: MempoolConfiguration, releaseMemory: (@Sendable () -> Void)?,
+        owning mapping: consuming MemoryMapping?
     ) throws(MempoolError) {
         let c = configuration
         guard c.cacheSize >= 0, c.cacheSize <= Self.maximumCacheSize else {
             throw .cacheSizeOutOfRange(requested: c.cacheSize, maximum: Self.maximumCacheSize)
         }
-        let pageSize = memory.pageSize.bytes
-        let pages = memory.length / pageSize
-        var physical = [UInt64](repeating: 0, count: pages)
-        for p in 0..<pages { physical[p] = memory.physicalAddress(p * pageSize)?.rawValue ?? 0 }
+        let pageBytes = pageSize.bytes
+        let table = translation?.pagePhysical ?? []
         let layout = try MempoolLayout.plan(
             count: c.count, objectSize: c.objectSize, alignment: c.alignment, checked: c.checked,
-            channels: c.memoryChannels, length: memory.length, pageSize: pageSize,
+            channels: c.memoryChannels, length: length, pageSize: pageBytes,
             contiguous: { p in
-                p + 1 < pages && physical[p] != 0
-                    && physical[p + 1] == physical[p] &+ UInt64(pageSize)
+                // Unknown addresses (0) are never contiguous.
+                p + 1 < table.count && table[p] != 0 && table[p + 1] == table[p] &+ UInt64(pageBytes)
             })
         let ticket = try MempoolRegistry.reserveSlot()
 
@@ -223,6 +232,7 @@ public final class Mempool: @unchecked Sendable {
         self.configuration = c
         self.releaseMemory = releaseMemory
         self.mapping = mapping
+        self.translation = translation
         id = ticket.id
         slot = ticket.slot
         singleThread = c.threading == .singleThread
@@ -234,12 +244,9 @@ public final class Mempool: @unchecked Sendable {
         checked = c.checked
         ring = MempoolRing(capacity: backendIsRing ? c.count : 0)
         stack = MempoolStack(capacity: backendIsRing ? 0 : c.count)
-        unsafe base = memory.base
-        length = memory.length
-        pageShift = pageSize.trailingZeroBitCount
-        unsafe pagePhysical = UnsafeMutablePointer<UInt64>.allocate(capacity: max(1, pages))
-        unsafe pagePhysical.initialize(repeating: 0, count: max(1, pages))
-        for p in 0..<pages { unsafe pagePhysical[p] = physical[p] }
+        unsafe self.base = base
+        self.length = length
+        pageShift = pageBytes.trailingZeroBitCount
         unsafe objectState = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: c.checked ? c.count : 1)
         for i in 0..<(c.checked ? c.count : 1) { unsafe (objectState + i).initialize(to: Atomic(0)) }
 
@@ -254,15 +261,16 @@ public final class Mempool: @unchecked Sendable {
         unsafe all.withUnsafeBufferPointer { buffer in
             _ = unsafe backendEnqueue(buffer.baseAddress!, count: buffer.count)
         }
-        MempoolRegistry.publish(
-            slot: slot, entry: .init(id: id, ring: ring, stack: stack, backendIsRing: backendIsRing, singleThread: singleThread))
+        if backendIsRing { ring.handle._checkInvariants() }
+        let backend: MempoolRegistry.Backend = backendIsRing
+            ? .ring(ring.handle) : .stack(stack.handle, locked: !singleThread)
+        MempoolRegistry.publish(slot: slot, entry: .init(id: id, backend: backend))
     }
 
     deinit {
+        // First, so no thread's exit puts objects into the backend any more;
+        // the ring and stack free their storage after this body.
         MempoolRegistry.retire(slot: slot, id: id)
-        ring.deallocate()
-        stack.deallocate()
-        unsafe pagePhysical.deallocate()
         unsafe objectState.deallocate()
         releaseMemory?()
     }
@@ -365,14 +373,14 @@ public final class Mempool: @unchecked Sendable {
     // MARK: addresses
 
     /// The physical address (IOVA) of a byte in the pool, in O(1) from the
-    /// per-page table read from `/proc/self/pagemap` at creation; nil when the
+    /// per-page table of the pool's ``PhysicalTranslation`` (read from
+    /// `/proc/self/pagemap` once, when the memory was mapped); nil when the
     /// kernel hid it.
     @inlinable
     public func physicalAddress(of pointer: UnsafeRawPointer) -> PhysicalAddress? {
         let offset = unsafe pointer - UnsafeRawPointer(base)
-        guard offset >= 0, offset < length else { return nil }
-        let page = unsafe pagePhysical[offset &>> pageShift]
-        if page == 0 { return nil }
+        guard offset >= 0, offset < length, let page = translation?.pagePhysical[offset &>> pageShift], page != 0
+        else { return nil }
         return PhysicalAddress(rawValue: page &+ UInt64(offset & ((1 &<< pageShift) &- 1)))
     }
 
