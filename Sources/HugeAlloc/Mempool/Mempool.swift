@@ -145,49 +145,68 @@ public final class Mempool: @unchecked Sendable {
     /// The guard cookie written after every object in checked mode.
     public static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
 
+    /// Bytes of `pageSize` pages a pool of `configuration` needs, planned
+    /// for the worst case, no two pages physically contiguous: what
+    /// ``init(configuration:mapping:)`` maps, and enough for
+    /// ``init(memory:configuration:releaseMemory:)`` whatever the pages'
+    /// physical addresses. It is the pages the layout fills, so at most the
+    /// last page is partly unused. Throws the error creation would throw
+    /// for an invalid configuration.
+    public static func memoryNeeded(for configuration: MempoolConfiguration, pageSize: PageSize) throws(MempoolError) -> Int {
+        try MempoolLayout.memoryNeeded(configuration: configuration, pageSize: pageSize.bytes)
+    }
+
     /// Creates a pool in a new mapping it owns: hugepages of
     /// `mapping.pageSize` (2 MiB by default), populated, with every page's
     /// physical address read from `/proc/self/pagemap`, placed on a NUMA node
     /// by `mapping.numaPolicy` (`mbind(2)`; `.any` lets the kernel choose,
-    /// `.bind(n)` fails rather than fall back). The mapping is sized for the
-    /// worst case, pages that are not physically contiguous, so `count`
-    /// objects always fit.
+    /// `.bind(n)` fails rather than fall back). The mapping is exactly
+    /// ``memoryNeeded(for:pageSize:)``: sized for the worst case, pages that
+    /// are not physically contiguous, so `count` objects always fit. When
+    /// the mapping falls back to smaller pages
+    /// (``MappingOptions/PageSizePolicy/fallBackToSmaller``), it is made
+    /// again at the size those pages need.
     public convenience init(
         configuration: MempoolConfiguration, mapping options: MappingOptions = MappingOptions()
     ) throws(MempoolError) {
         let c = configuration
-        guard c.count > 0 else { throw .zeroCount(requested: c.count) }
-        guard c.objectSize > 0 else { throw .zeroObjectSize(requested: c.objectSize) }
-        guard c.alignment > 0, c.alignment & (c.alignment - 1) == 0 else {
-            throw .alignmentNotPowerOfTwo(requested: c.alignment)
+        let bytes = try MempoolLayout.memoryNeeded(configuration: c, pageSize: options.pageSize.bytes)
+        var mapping = try Self.map(bytes, options: options, configuration: c)
+        if mapping.pageSize != options.pageSize {
+            let needed = try MempoolLayout.memoryNeeded(configuration: c, pageSize: mapping.pageSize.bytes)
+            if needed != mapping.length {
+                var exact = options
+                exact.pageSize = mapping.pageSize
+                exact.pageSizePolicy = .exact
+                _ = consume mapping
+                mapping = try Self.map(needed, options: exact, configuration: c)
+            }
         }
-        let pageSize = options.pageSize.bytes
-        let sizes = MempoolLayout.elementSizes(
-            objectSize: c.objectSize, alignment: c.alignment, checked: c.checked, channels: c.memoryChannels)
-        guard let bytes = MempoolLayout.bytesNeeded(count: c.count, stride: sizes.stride, span: sizes.span, pageSize: pageSize)
-        else {
-            throw .objectLargerThanPage(elementSize: sizes.span, pageSize: pageSize, contiguousBytesAvailable: pageSize)
-        }
-        let mapping: MemoryMapping
+        let (base, length, pageSize, translation) = unsafe (mapping.base, mapping.length, mapping.pageSize, mapping.translation)
+        try unsafe self.init(
+            base: base, length: length, pageSize: pageSize, translation: translation, configuration: c,
+            releaseMemory: nil, owning: mapping)
+    }
+
+    /// Maps `bytes` for a pool, turning a shortage of hugepages into what would fit.
+    static func map(_ bytes: Int, options: MappingOptions, configuration c: MempoolConfiguration) throws(MempoolError) -> MemoryMapping {
         do {
-            mapping = try MemoryMapping(length: bytes, options: options)
+            return try MemoryMapping(length: bytes, options: options)
         } catch {
             if case .insufficientHugepages(let size, let needed, let free, let node, let command) = error {
-                let fits = min(c.count, free * ((pageSize - sizes.span) / sizes.stride + 1))
+                let fits = MempoolLayout.objectsFitting(pages: free, configuration: c, pageSize: size.bytes)
                 throw .notEnoughHugepages(
                     requested: c.count, fits: fits, pagesNeeded: needed, pagesFree: free, pageSize: size,
                     node: node, command: command)
             }
             throw .memoryUnavailable(neededBytes: bytes, underlying: error.description)
         }
-        let (base, length, mappedPageSize, translation) = unsafe (mapping.base, mapping.length, mapping.pageSize, mapping.translation)
-        try unsafe self.init(
-            base: base, length: length, pageSize: mappedPageSize, translation: translation, configuration: c,
-            releaseMemory: nil, owning: mapping)
     }
 
     /// Creates a pool in memory the caller provides and keeps alive for the
     /// pool's lifetime; `releaseMemory` runs when the pool is destroyed.
+    /// ``memoryNeeded(for:pageSize:)`` bytes always suffice; with pages
+    /// that are physically contiguous, fewer may.
     public convenience init(
         memory: MempoolMemory, configuration: MempoolConfiguration,
         releaseMemory: (@Sendable () -> Void)? = nil
@@ -214,14 +233,10 @@ public final class Mempool: @unchecked Sendable {
         owning mapping: consuming MemoryMapping?
     ) throws(MempoolError) {
         let c = configuration
-        guard c.cacheSize >= 0, c.cacheSize <= Self.maximumCacheSize else {
-            throw .cacheSizeOutOfRange(requested: c.cacheSize, maximum: Self.maximumCacheSize)
-        }
         let pageBytes = pageSize.bytes
         let table = translation?.pagePhysical ?? []
         let layout = try MempoolLayout.plan(
-            count: c.count, objectSize: c.objectSize, alignment: c.alignment, checked: c.checked,
-            channels: c.memoryChannels, length: length, pageSize: pageBytes,
+            configuration: c, length: length, pageSize: pageBytes,
             contiguous: { p in
                 // Unknown addresses (0) are never contiguous.
                 p + 1 < table.count && table[p] != 0 && table[p + 1] == table[p] &+ UInt64(pageBytes)
