@@ -205,7 +205,8 @@ extension Mempool {
     func cachedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let record = threadRecord()
         let have = record.count
-        if _slowPath(n > have) {
+        // Unsigned: a negative n takes the slow path, which refuses it.
+        if _slowPath(UInt(bitPattern: n) > UInt(bitPattern: have)) {
             return unsafe refillAndGet(record, into: objects, count: n)
         }
         // The top `n` of the cache, most recently put back first in bulk
@@ -218,11 +219,15 @@ extension Mempool {
 
     /// The cache holds fewer than `n`: refill it by half its size (plus what
     /// this call takes) from the backend, or fetch `n` directly when `n` is
-    /// larger than half the cache.
+    /// larger than half the cache. Refuses a count outside `0...count`.
     @usableFromInline @inline(never)
     func refillAndGet(
         _ record: MempoolRecord, into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int
     ) -> Bool {
+        guard n >= 0, n <= count else {
+            if statisticsEnabled { record.bump(.getFailures, by: 1) }
+            return false
+        }
         var have = record.count
         let slots = unsafe record.slots
         if n > cacheHalf {
@@ -249,26 +254,29 @@ extension Mempool {
     }
 
     @inlinable @inline(__always)
-    func cachedPut(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
+    func cachedPut(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let record = threadRecord()
         let have = record.count
-        if _slowPath(have &+ n > cacheCapacity) {
-            unsafe flushAndPut(record, objects, count: n)
-            return
+        // Unsigned: a negative n takes the slow path, which refuses it.
+        if _slowPath(UInt(bitPattern: n) > UInt(bitPattern: cacheCapacity &- have)) {
+            return unsafe flushAndPut(record, objects, count: n)
         }
         unsafe MempoolObjects.copy(record.slots + have, from: objects, count: n)
         record.setCount(have &+ n)
         if statisticsEnabled { record.bump(.puts, by: n) }
+        return true
     }
 
     /// The cache would overflow: flush all but half of it to the backend, or
-    /// put `n` directly when `n` is larger than half the cache.
+    /// put `n` directly when `n` is larger than half the cache. Refuses a
+    /// count outside `0...count`.
     @usableFromInline @inline(never)
-    func flushAndPut(_ record: MempoolRecord, _ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
+    func flushAndPut(_ record: MempoolRecord, _ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        guard n >= 0, n <= count else { return false }
         if statisticsEnabled { record.bump(.puts, by: n) }
         if n > cacheHalf {
             if unsafe !backendEnqueue(objects, count: n) { backendOverflow(n) }
-            return
+            return true
         }
         let have = record.count
         let slots = unsafe record.slots
@@ -276,6 +284,7 @@ extension Mempool {
         if statisticsEnabled { record.bump(.flushes, by: 1) }
         unsafe (slots + cacheHalf).update(from: objects, count: n)
         record.setCount(cacheHalf + n)
+        return true
     }
 
     /// Puts every object in the calling thread's cache back into the shared

@@ -1,11 +1,13 @@
 import Synchronization
 
-/// The memory a ``Mempool`` carves its objects from: a base address, a length
-/// that is a whole number of pages, and the physical address of each page.
+/// The memory a ``Mempool`` carves its objects from: a base address at a
+/// page boundary, a length that is a positive whole number of pages, and the
+/// physical address of each page.
 ///
 /// The pool reads each page's physical address once, at creation, into a
 /// ``PhysicalTranslation``, so ``Mempool/physicalAddress(of:)`` is O(1)
-/// afterwards.
+/// afterwards. ``Mempool/memoryNeeded(for:pageSize:)`` says how much memory
+/// a configuration needs.
 @safe
 public struct MempoolMemory: @unchecked Sendable {
     public var base: UnsafeMutableRawPointer
@@ -46,7 +48,7 @@ public struct MempoolConfiguration: Sendable {
         case singleThread
     }
 
-    /// How many objects; at least 1.
+    /// How many objects: 1 to ``Mempool/maximumCount``.
     public var count: Int
     /// Bytes per object; at least 1.
     public var objectSize: Int
@@ -110,6 +112,9 @@ public struct MempoolConfiguration: Sendable {
 public final class Mempool: @unchecked Sendable {
     /// The largest per-thread cache.
     public static let maximumCacheSize = 512
+    /// The most objects one pool holds (the ring's indices are 32 bits wide,
+    /// as in DPDK, whose rings hold at most 2³¹ − 1 objects too).
+    public static let maximumCount = Int(Int32.max)
 
     // MARK: stored state read by the inlinable hot paths
 
@@ -212,6 +217,15 @@ public final class Mempool: @unchecked Sendable {
         releaseMemory: (@Sendable () -> Void)? = nil
     ) throws(MempoolError) {
         let pageSize = memory.pageSize.bytes
+        let address = UInt(bitPattern: unsafe memory.base)
+        guard memory.length > 0, memory.length <= MempoolLayout.maximumLength, memory.length % pageSize == 0,
+              address % UInt(pageSize) == 0, address <= UInt.max - UInt(memory.length)
+        else {
+            throw .invalidMemory(address: address, length: memory.length, pageSize: pageSize)
+        }
+        // Checked before the translation is built, so a bad configuration
+        // costs no page lookups.
+        _ = try MempoolLayout.element(for: configuration, pageSize: pageSize, contiguousBytes: memory.length)
         let pages = memory.length / pageSize
         var physical = [UInt64](repeating: 0, count: pages)
         var known = false
@@ -330,6 +344,15 @@ public final class Mempool: @unchecked Sendable {
         backendIsRing ? ring.count : stack.count
     }
 
+    /// The backend refused a put of `n`: false for a count no put can have
+    /// (negative, or more than the pool holds); otherwise more objects came
+    /// back than were handed out, and the process stops.
+    @usableFromInline @inline(never)
+    func backendRefusedPut(_ n: Int) -> Bool {
+        guard n >= 0, n <= count else { return false }
+        backendOverflow(n)
+    }
+
     @usableFromInline @inline(never)
     func backendOverflow(_ n: Int) -> Never {
         fatalError("mempool: \(n) objects put back do not fit: more objects were put than the pool of \(count) handed out (a double free; create the pool with checked: true to find it)")
@@ -338,7 +361,7 @@ public final class Mempool: @unchecked Sendable {
     // MARK: hot paths
 
     /// Takes `n` objects into `objects`, all or none. Returns false (and takes
-    /// nothing) when fewer than `n` are available.
+    /// nothing) when fewer than `n` are available, and for a negative `n`.
     @inlinable @inline(__always)
     public func get(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let ok: Bool
@@ -351,22 +374,21 @@ public final class Mempool: @unchecked Sendable {
         return ok
     }
 
-    /// Puts `n` objects back. In checked mode a misuse stops the process with
-    /// a message saying what went wrong; use ``putChecked(from:count:)`` to get
-    /// it as an error instead.
-    @inlinable @inline(__always)
-    public func put(from objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
-        if checked { unsafe putCheckedOrDie(objects, count: n); return }
-        unsafe putUnchecked(objects, count: n)
+    /// Puts `n` objects back. Returns false, putting nothing back, when `n`
+    /// is negative or larger than the pool. In checked mode a misuse stops
+    /// the process with a message saying what went wrong; use
+    /// ``putChecked(from:count:)`` to get it as an error instead.
+    @inlinable @inline(__always) @discardableResult
+    public func put(from objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if checked { return unsafe putCheckedOrDie(objects, count: n) }
+        return unsafe putUnchecked(objects, count: n)
     }
 
     @inlinable @inline(__always)
-    func putUnchecked(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
-        if usesThreadRecord {
-            unsafe cachedPut(objects, count: n)
-        } else if unsafe !backendEnqueue(objects, count: n) {
-            backendOverflow(n)
-        }
+    func putUnchecked(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if usesThreadRecord { return unsafe cachedPut(objects, count: n) }
+        if _fastPath(unsafe backendEnqueue(objects, count: n)) { return true }
+        return backendRefusedPut(n)
     }
 
     /// Takes one object, or nil when the pool is empty.
@@ -382,7 +404,7 @@ public final class Mempool: @unchecked Sendable {
     @inlinable @inline(__always)
     public func put(_ object: UnsafeMutableRawPointer) {
         var object = unsafe object
-        unsafe withUnsafePointer(to: &object) { p in unsafe put(from: p, count: 1) }
+        unsafe withUnsafePointer(to: &object) { p in _ = unsafe put(from: p, count: 1) }
     }
 
     // MARK: addresses

@@ -29,7 +29,9 @@ struct MempoolLayout {
 
         /// The element of a configuration: the object, then (checked) an
         /// 8-byte cookie at the next 8-byte boundary, rounded up to
-        /// `alignment`, then padded for memory channels.
+        /// `alignment`, then padded for memory channels. The caller has
+        /// checked `objectSize` and `alignment` against ``maximumLength``, so
+        /// nothing here overflows.
         init(objectSize: Int, alignment: Int, checked: Bool, channels: Int?) {
             var span = objectSize
             var cookie: Int? = nil
@@ -91,6 +93,7 @@ struct MempoolLayout {
         for c: MempoolConfiguration, pageSize: Int, contiguousBytes: Int
     ) throws(MempoolError) -> Element {
         guard c.count > 0 else { throw .zeroCount(requested: c.count) }
+        guard c.count <= Mempool.maximumCount else { throw .countTooLarge(requested: c.count, maximum: Mempool.maximumCount) }
         guard c.objectSize > 0 else { throw .zeroObjectSize(requested: c.objectSize) }
         guard c.alignment > 0, c.alignment & (c.alignment - 1) == 0 else {
             throw .alignmentNotPowerOfTwo(requested: c.alignment)
@@ -98,6 +101,11 @@ struct MempoolLayout {
         guard c.alignment <= pageSize else { throw .alignmentLargerThanPage(alignment: c.alignment, pageSize: pageSize) }
         guard c.cacheSize >= 0, c.cacheSize <= Mempool.maximumCacheSize else {
             throw .cacheSizeOutOfRange(requested: c.cacheSize, maximum: Mempool.maximumCacheSize)
+        }
+        // Checked before the element is computed, so that a huge object
+        // size cannot overflow it (contiguousBytes <= maximumLength).
+        guard c.objectSize <= contiguousBytes else {
+            throw .objectLargerThanPage(elementSize: c.objectSize, pageSize: pageSize, contiguousBytesAvailable: contiguousBytes)
         }
         let element = Element(objectSize: c.objectSize, alignment: c.alignment, checked: c.checked, channels: c.memoryChannels)
         guard element.span <= contiguousBytes else {

@@ -24,7 +24,8 @@ import Glibc
 struct MempoolRing: ~Copyable, @unchecked Sendable {
     @usableFromInline let handle: _UnsafeHandle
 
-    /// Allocates a ring for at least `capacity` objects.
+    /// Allocates a ring for at least `capacity` objects (at most
+    /// ``Mempool/maximumCount``).
     init(capacity: Int) {
         handle = _UnsafeHandle.allocate(capacity: capacity)
     }
@@ -36,13 +37,15 @@ struct MempoolRing: ~Copyable, @unchecked Sendable {
     /// Objects in the ring now (exact when no operation is in flight).
     @inlinable var count: Int { handle.count }
 
-    /// Adds `n` objects, all or none. Returns false when they do not fit.
+    /// Adds `n` objects, all or none. Returns false when they do not fit,
+    /// and for a negative `n`.
     @inlinable @inline(__always)
     func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         unsafe handle.enqueue(objects, count: n)
     }
 
-    /// Removes `n` objects, all or none. Returns false when fewer are there.
+    /// Removes `n` objects, all or none. Returns false when fewer are there,
+    /// and for a negative `n`.
     @inlinable @inline(__always)
     func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         unsafe handle.dequeue(into: objects, count: n)
@@ -87,6 +90,11 @@ extension MempoolRing {
     /// ``MempoolRing`` that made it frees the storage. The pool registry
     /// keeps one to put a thread's cached objects back when the thread
     /// exits, and drops it (under its lock) before the ring is freed.
+    ///
+    /// Its surface is checked: a count outside `0...available` is refused
+    /// by the same unsigned comparison that checks availability, so a
+    /// negative or 64-bit count costs nothing extra and can never be
+    /// truncated to 32 bits.
     @usableFromInline
     @safe
     struct _UnsafeHandle: @unchecked Sendable {
@@ -96,7 +104,7 @@ extension MempoolRing {
         @usableFromInline let capacity: UInt32
 
         static func allocate(capacity: Int) -> _UnsafeHandle {
-            precondition(capacity >= 0 && capacity < Int(UInt32.max / 2), "ring capacity \(capacity) out of range")
+            precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "ring capacity \(capacity) out of range")
             var size = 1
             while size <= capacity { size <<= 1 }
             let bytes = unsafe MemoryLayout<Header>.stride + size * MemoryLayout<UnsafeMutableRawPointer>.stride
@@ -134,13 +142,14 @@ extension MempoolRing {
 
         @inlinable @inline(__always)
         func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-            let n32 = UInt32(truncatingIfNeeded: n)
             var head = unsafe header.pointee.producerHead.value.load(ordering: .acquiring)
             var next: UInt32
             while true {
                 let tail = unsafe header.pointee.consumerTail.value.load(ordering: .acquiring)
-                if n32 > capacity &+ tail &- head { return false }
-                next = head &+ n32
+                // Unsigned and 64 bits wide: a negative n, or one that does
+                // not fit in 32 bits, is larger than any free space.
+                if UInt(bitPattern: n) > UInt(capacity &+ tail &- head) { return false }
+                next = head &+ UInt32(truncatingIfNeeded: n)
                 let (done, seen) = unsafe header.pointee.producerHead.value.weakCompareExchange(
                     expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
                 if done { break }
@@ -168,13 +177,12 @@ extension MempoolRing {
 
         @inlinable @inline(__always)
         func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-            let n32 = UInt32(truncatingIfNeeded: n)
             var head = unsafe header.pointee.consumerHead.value.load(ordering: .acquiring)
             var next: UInt32
             while true {
                 let tail = unsafe header.pointee.producerTail.value.load(ordering: .acquiring)
-                if n32 > tail &- head { return false }
-                next = head &+ n32
+                if UInt(bitPattern: n) > UInt(tail &- head) { return false }
+                next = head &+ UInt32(truncatingIfNeeded: n)
                 let (done, seen) = unsafe header.pointee.consumerHead.value.weakCompareExchange(
                     expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
                 if done { break }

@@ -18,7 +18,7 @@ import Synchronization
 struct MempoolStack: ~Copyable, @unchecked Sendable {
     @usableFromInline let handle: _UnsafeHandle
 
-    /// Allocates a stack for `capacity` objects.
+    /// Allocates a stack for `capacity` objects (at most ``Mempool/maximumCount``).
     init(capacity: Int) {
         handle = _UnsafeHandle.allocate(capacity: capacity)
     }
@@ -31,14 +31,14 @@ struct MempoolStack: ~Copyable, @unchecked Sendable {
     @inlinable var count: Int { handle.count }
 
     /// Pushes `n` objects, all or none: false when more than `capacity`
-    /// would be on the stack.
+    /// would be on the stack, and for a negative `n`.
     @inlinable @inline(__always)
     func push(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
         unsafe handle.push(objects, count: n, locked: locked)
     }
 
     /// Pops `n` objects, all or none, the most recently pushed first: false
-    /// when fewer are there.
+    /// when fewer are there, and for a negative `n`.
     @inlinable @inline(__always)
     func pop(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
         unsafe handle.pop(into: objects, count: n, locked: locked)
@@ -60,6 +60,9 @@ extension MempoolStack {
     /// ``MempoolStack`` that made it frees the storage. The pool registry
     /// keeps one to put a thread's cached objects back when the thread
     /// exits, and drops it (under its lock) before the stack is freed.
+    ///
+    /// Its surface is checked: a count outside `0...available` is refused
+    /// by the same unsigned comparison that checks availability.
     @usableFromInline
     @safe
     struct _UnsafeHandle: @unchecked Sendable {
@@ -67,7 +70,7 @@ extension MempoolStack {
         @usableFromInline let capacity: Int
 
         static func allocate(capacity: Int) -> _UnsafeHandle {
-            precondition(capacity >= 0, "stack capacity \(capacity) out of range")
+            precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "stack capacity \(capacity) out of range")
             let bytes = unsafe MemoryLayout<Header>.stride + capacity * MemoryLayout<UnsafeMutableRawPointer>.stride
             let storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
             let header = unsafe storage.bindMemory(to: Header.self, capacity: 1)
@@ -108,7 +111,7 @@ extension MempoolStack {
         func push(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
             if locked { lock() }
             let top = unsafe header.pointee.count.value.load(ordering: .relaxed)
-            if top + n > capacity {
+            if UInt(bitPattern: n) > UInt(bitPattern: capacity &- top) {
                 if locked { unlock() }
                 return false
             }
@@ -123,7 +126,7 @@ extension MempoolStack {
         func pop(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
             if locked { lock() }
             let top = unsafe header.pointee.count.value.load(ordering: .relaxed)
-            if n > top {
+            if UInt(bitPattern: n) > UInt(bitPattern: top) {
                 if locked { unlock() }
                 return false
             }
