@@ -49,18 +49,12 @@ struct MempoolRecord {
 
     /// Allocates a record with room for `capacity` objects, none cached.
     static func allocate(poolID: UInt64, capacity: Int) -> MempoolRecord {
-        let storage = unsafe UnsafeMutableRawPointer.allocate(
-            byteCount: MemoryLayout<Header>.stride + max(1, capacity) * MemoryLayout<UnsafeMutableRawPointer>.stride,
-            alignment: 64)
-        let header = unsafe storage.bindMemory(to: Header.self, capacity: 1)
-        unsafe header.initialize(to: Header(poolID: poolID, capacity: capacity))
-        unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: max(1, capacity))
+        let header = unsafe MempoolStorage.allocate(Header(poolID: poolID, capacity: capacity), slots: capacity, alignment: 64)
         return unsafe MempoolRecord(header: header)
     }
 
     func deallocate() {
-        unsafe header.deinitialize(count: 1)
-        unsafe UnsafeMutableRawPointer(header).deallocate()
+        unsafe MempoolStorage.deallocate(header)
     }
 
     /// The record whose address a thread table holds, nil for 0.
@@ -89,9 +83,7 @@ struct MempoolRecord {
 
     /// The cached object pointers, `capacity` slots.
     @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
-        @inline(__always) get {
-            unsafe UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-        }
+        @inline(__always) get { unsafe MempoolStorage.slots(after: header) }
     }
 
     /// Adds to a counter only this thread writes: a relaxed load and store.

@@ -52,29 +52,6 @@ struct MempoolRing: ~Copyable, @unchecked Sendable {
     }
 }
 
-/// One index of a ring (or the lock word of a stack) alone in a 128-byte block.
-@usableFromInline
-struct MempoolPaddedIndex: ~Copyable {
-    @usableFromInline let value: Atomic<UInt32>
-    let _word: UInt32
-    let _padding: MempoolPadding120
-
-    init() {
-        value = Atomic(0)
-        _word = 0
-        _padding = mempoolPadding120
-    }
-}
-
-/// 120 bytes of padding: after an 8-byte word, the rest of a 128-byte block.
-@usableFromInline
-typealias MempoolPadding120 = (
-    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64
-)
-
-let mempoolPadding120: MempoolPadding120 = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-
 extension MempoolRing {
     /// The start of the ring's storage; the slots follow it.
     @usableFromInline
@@ -107,11 +84,7 @@ extension MempoolRing {
             precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "ring capacity \(capacity) out of range")
             var size = 1
             while size <= capacity { size <<= 1 }
-            let bytes = unsafe MemoryLayout<Header>.stride + size * MemoryLayout<UnsafeMutableRawPointer>.stride
-            let storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
-            let header = unsafe storage.bindMemory(to: Header.self, capacity: 1)
-            unsafe header.initialize(to: Header())
-            unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: size)
+            let header = unsafe MempoolStorage.allocate(Header(), slots: size, alignment: 128)
             let handle = unsafe _UnsafeHandle(header: header, mask: UInt32(size - 1), capacity: UInt32(capacity))
             handle._checkInvariants()
             return handle
@@ -125,12 +98,11 @@ extension MempoolRing {
         }
 
         func deallocate() {
-            unsafe header.deinitialize(count: 1)
-            unsafe UnsafeMutableRawPointer(header).deallocate()
+            unsafe MempoolStorage.deallocate(header)
         }
 
         @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
-            unsafe UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+            unsafe MempoolStorage.slots(after: header)
         }
 
         /// Objects in the ring now (exact when no operation is in flight).

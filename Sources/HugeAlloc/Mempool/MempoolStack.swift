@@ -71,11 +71,7 @@ extension MempoolStack {
 
         static func allocate(capacity: Int) -> _UnsafeHandle {
             precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "stack capacity \(capacity) out of range")
-            let bytes = unsafe MemoryLayout<Header>.stride + capacity * MemoryLayout<UnsafeMutableRawPointer>.stride
-            let storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
-            let header = unsafe storage.bindMemory(to: Header.self, capacity: 1)
-            unsafe header.initialize(to: Header())
-            unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: capacity)
+            let header = unsafe MempoolStorage.allocate(Header(), slots: capacity, alignment: 128)
             return unsafe _UnsafeHandle(header: header, capacity: capacity)
         }
 
@@ -86,12 +82,11 @@ extension MempoolStack {
         }
 
         func deallocate() {
-            unsafe header.deinitialize(count: 1)
-            unsafe UnsafeMutableRawPointer(header).deallocate()
+            unsafe MempoolStorage.deallocate(header)
         }
 
         @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
-            unsafe UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+            unsafe MempoolStorage.slots(after: header)
         }
 
         @inlinable var count: Int { unsafe header.pointee.count.value.load(ordering: .relaxed) }
@@ -149,17 +144,5 @@ extension MempoolStack {
             precondition(count >= 0 && count <= capacity, "stack: count \(count) outside 0...\(capacity)")
             #endif
         }
-    }
-}
-
-/// The object count of a stack alone in a 128-byte block.
-@usableFromInline
-struct MempoolPaddedCount: ~Copyable {
-    @usableFromInline let value: Atomic<Int>
-    let _padding: MempoolPadding120
-
-    init() {
-        value = Atomic(0)
-        _padding = mempoolPadding120
     }
 }
