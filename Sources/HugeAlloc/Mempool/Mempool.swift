@@ -128,8 +128,17 @@ public final class Mempool: @unchecked Sendable {
     @usableFromInline let checked: Bool
     @usableFromInline let statisticsEnabled: Bool
     /// The shared backend: the ring, or the stack (the other one is empty).
-    @usableFromInline let ring: MempoolRing
-    @usableFromInline let stack: MempoolStack
+    /// The owners free their storage when the pool goes.
+    let ring: MempoolRing
+    let stack: MempoolStack
+    /// Views of the owners' storage, for the hot paths. Reading a
+    /// noncopyable stored property borrows it, and the optimizer then hoists
+    /// the backend's addresses out of a caller's loop even when the loop
+    /// only touches the cache: measured, 7 % more instructions per object
+    /// on the bench's cached bulk-32 loop. Copyable views are loaded where
+    /// used, as before.
+    @usableFromInline let ringHandle: MempoolRing._UnsafeHandle
+    @usableFromInline let stackHandle: MempoolStack._UnsafeHandle
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline let length: Int
     @usableFromInline let pageShift: Int
@@ -273,6 +282,8 @@ public final class Mempool: @unchecked Sendable {
         checked = c.checked
         ring = MempoolRing(capacity: backendIsRing ? c.count : 0)
         stack = MempoolStack(capacity: backendIsRing ? 0 : c.count)
+        ringHandle = ring.handle
+        stackHandle = stack.handle
         unsafe self.base = base
         self.length = length
         pageShift = pageBytes.trailingZeroBitCount
@@ -290,9 +301,9 @@ public final class Mempool: @unchecked Sendable {
         unsafe all.withUnsafeBufferPointer { buffer in
             _ = unsafe backendEnqueue(buffer.baseAddress!, count: buffer.count)
         }
-        if backendIsRing { ring.handle._checkInvariants() }
+        if backendIsRing { ringHandle._checkInvariants() }
         let backend: MempoolRegistry.Backend = backendIsRing
-            ? .ring(ring.handle) : .stack(stack.handle, locked: !singleThread)
+            ? .ring(ringHandle) : .stack(stackHandle, locked: !singleThread)
         MempoolRegistry.publish(slot: slot, entry: .init(id: id, backend: backend))
     }
 
@@ -329,19 +340,19 @@ public final class Mempool: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func backendDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if backendIsRing { return unsafe ring.dequeue(into: objects, count: n) }
-        return unsafe stack.pop(into: objects, count: n, locked: !singleThread)
+        if backendIsRing { return unsafe ringHandle.dequeue(into: objects, count: n) }
+        return unsafe stackHandle.pop(into: objects, count: n, locked: !singleThread)
     }
 
     @inlinable @inline(__always)
     func backendEnqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if backendIsRing { return unsafe ring.enqueue(objects, count: n) }
-        return unsafe stack.push(objects, count: n, locked: !singleThread)
+        if backendIsRing { return unsafe ringHandle.enqueue(objects, count: n) }
+        return unsafe stackHandle.push(objects, count: n, locked: !singleThread)
     }
 
     @inlinable
     func backendCount() -> Int {
-        backendIsRing ? ring.count : stack.count
+        backendIsRing ? ringHandle.count : stackHandle.count
     }
 
     /// The backend refused a put of `n`: false for a count no put can have

@@ -64,9 +64,10 @@ extension MempoolRing {
 
     /// A view of the ring's storage (header, then a power of two of slots):
     /// the only code that computes addresses in it. It owns nothing; the
-    /// ``MempoolRing`` that made it frees the storage. The pool registry
-    /// keeps one to put a thread's cached objects back when the thread
-    /// exits, and drops it (under its lock) before the ring is freed.
+    /// ``MempoolRing`` that made it frees the storage. The pool keeps one
+    /// beside the owner for its hot paths; the pool registry keeps one to
+    /// put a thread's cached objects back when the thread exits, and drops
+    /// it (under its lock) before the ring is freed.
     ///
     /// Its surface is checked: a count outside `0...available` is refused
     /// by the same unsigned comparison that checks availability, so a

@@ -57,9 +57,10 @@ extension MempoolStack {
 
     /// A view of the stack's storage (header, then `capacity` slots): the
     /// only code that computes addresses in it. It owns nothing; the
-    /// ``MempoolStack`` that made it frees the storage. The pool registry
-    /// keeps one to put a thread's cached objects back when the thread
-    /// exits, and drops it (under its lock) before the stack is freed.
+    /// ``MempoolStack`` that made it frees the storage. The pool keeps one
+    /// beside the owner for its hot paths; the pool registry keeps one to
+    /// put a thread's cached objects back when the thread exits, and drops
+    /// it (under its lock) before the stack is freed.
     ///
     /// Its surface is checked: a count outside `0...available` is refused
     /// by the same unsigned comparison that checks availability.
