@@ -120,6 +120,8 @@ public final class Mempool: @unchecked Sendable {
 
     @usableFromInline let id: UInt64
     @usableFromInline let slot: Int
+    /// How many objects the pool holds: the largest count a put can have.
+    @usableFromInline let objectCount: Int
     @usableFromInline let cacheCapacity: Int
     @usableFromInline let cacheHalf: Int
     @usableFromInline let usesThreadRecord: Bool
@@ -273,6 +275,7 @@ public final class Mempool: @unchecked Sendable {
         self.translation = translation
         id = ticket.id
         slot = ticket.slot
+        objectCount = c.count
         singleThread = c.threading == .singleThread
         cacheCapacity = singleThread ? 0 : c.cacheSize
         cacheHalf = max(1, cacheCapacity / 2)
@@ -355,15 +358,6 @@ public final class Mempool: @unchecked Sendable {
         backendIsRing ? ringHandle.count : stackHandle.count
     }
 
-    /// The backend refused a put of `n`: false for a count no put can have
-    /// (negative, or more than the pool holds); otherwise more objects came
-    /// back than were handed out, and the process stops.
-    @usableFromInline @inline(never)
-    func backendRefusedPut(_ n: Int) -> Bool {
-        guard n >= 0, n <= count else { return false }
-        backendOverflow(n)
-    }
-
     @usableFromInline @inline(never)
     func backendOverflow(_ n: Int) -> Never {
         fatalError("mempool: \(n) objects put back do not fit: more objects were put than the pool of \(count) handed out (a double free; create the pool with checked: true to find it)")
@@ -399,7 +393,11 @@ public final class Mempool: @unchecked Sendable {
     func putUnchecked(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         if usesThreadRecord { return unsafe cachedPut(objects, count: n) }
         if _fastPath(unsafe backendEnqueue(objects, count: n)) { return true }
-        return backendRefusedPut(n)
+        // Refused: a count no put can have returns false; any other count
+        // means more objects came back than were handed out. No returning
+        // call here, so the caller's loop keeps its registers.
+        if UInt(bitPattern: n) > UInt(bitPattern: objectCount) { return false }
+        backendOverflow(n)
     }
 
     /// Takes one object, or nil when the pool is empty.
