@@ -6,7 +6,10 @@ struct HugeAllocBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hugealloc-bench",
         abstract: "Benchmarks for HugeAlloc (build with -c release).",
-        subcommands: [MappingBench.self, ContiguousBench.self, MempoolBench.self, PacketsBench.self, CreateBench.self]
+        subcommands: [
+            MappingBench.self, TranslateBench.self, ContiguousBench.self, MempoolBench.self, PacketsBench.self,
+            CreateBench.self,
+        ]
     )
 }
 

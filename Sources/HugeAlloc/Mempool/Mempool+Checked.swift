@@ -69,8 +69,10 @@ extension Mempool {
     /// Puts `n` objects back after checking each: it must be this pool's,
     /// at an object's start, handed out (not already put back), with its guard
     /// cookie intact. On an error nothing is put back.
+    /// A count outside `0...count` throws ``MempoolError/bulkCountOutOfRange(requested:maximum:)``.
     public func putChecked(from objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) throws(MempoolError) {
         guard checked, let cookieOffset = layout.cookieOffset else { throw .checksDisabled }
+        guard n >= 0, n <= count else { throw .bulkCountOutOfRange(requested: n, maximum: count) }
         var indices = [Int]()
         indices.reserveCapacity(n)
         for i in 0..<n {
@@ -91,7 +93,7 @@ extension Mempool {
                 throw .doubleFree(address: UInt(bitPattern: unsafe objects[i]), objectIndex: index)
             }
         }
-        unsafe putUnchecked(objects, count: n)
+        _ = unsafe putUnchecked(objects, count: n)
     }
 
     /// Puts one object back after the checks of ``putChecked(from:count:)``.
@@ -102,10 +104,15 @@ extension Mempool {
         }
     }
 
+    /// The checked put behind ``put(from:count:)``: false for a count no
+    /// put can have, a fatal error for any misuse.
     @usableFromInline @inline(never)
-    func putCheckedOrDie(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) {
+    func putCheckedOrDie(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         do {
             try unsafe putChecked(from: objects, count: n)
+            return true
+        } catch .bulkCountOutOfRange {
+            return false
         } catch {
             fatalError("mempool (checked): \(error)")
         }

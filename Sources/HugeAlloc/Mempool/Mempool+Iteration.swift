@@ -41,8 +41,9 @@ extension Mempool {
     public var memoryChunks: [MempoolChunk] {
         let pages = (layout.usedLength + pageSize - 1) / pageSize
         var chunks = [MempoolChunk]()
+        let table = translation?.pagePhysical
         for page in 0..<pages {
-            let physical = unsafe pagePhysical[page]
+            let physical = table?[page] ?? 0
             if let last = chunks.last, let lastPhysical = last.physicalAddress, physical != 0,
                lastPhysical.rawValue &+ UInt64(last.length) == physical
             {

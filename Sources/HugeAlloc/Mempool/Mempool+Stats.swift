@@ -43,10 +43,7 @@ extension Mempool {
         let cached = MempoolRegistry.state.withLock { s -> Int in
             guard let entry = s.entries[slot], entry.id == id else { return 0 }
             var total = 0
-            for bits in entry.records {
-                let record = unsafe UnsafeMutableRawPointer(bitPattern: bits)!
-                total += unsafe MempoolRecord.counter(record, MempoolRecord.countOffset).pointee.load(ordering: .relaxed)
-            }
+            for record in entry.records { total += record.count }
             return total
         }
         return backendCount() + cached
@@ -66,9 +63,7 @@ extension Mempool {
         return MempoolRegistry.state.withLock { s -> MempoolStatistics in
             guard let entry = s.entries[slot], entry.id == id else { return MempoolStatistics() }
             var total = entry.retired
-            for bits in entry.records {
-                total += unsafe MempoolRecord.statistics(UnsafeMutableRawPointer(bitPattern: bits)!)
-            }
+            for record in entry.records { total += record.statistics }
             return total
         }
     }

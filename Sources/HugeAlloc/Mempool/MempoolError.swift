@@ -3,6 +3,8 @@
 public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The object count was zero or negative.
     case zeroCount(requested: Int)
+    /// The object count was above ``Mempool/maximumCount``.
+    case countTooLarge(requested: Int, maximum: Int)
     /// The object size was zero or negative.
     case zeroObjectSize(requested: Int)
     /// The alignment was not a power of two (or was larger than a page).
@@ -25,6 +27,11 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
     case tooManyPools(maximum: Int)
     /// A bulk get asked for more objects than are available right now.
     case notEnoughObjects(requested: Int, available: Int)
+    /// A bulk operation's count was negative or larger than the pool.
+    case bulkCountOutOfRange(requested: Int, maximum: Int)
+    /// The memory given for a pool does not start at a page boundary, is
+    /// not a positive whole number of pages, or runs past the address space.
+    case invalidMemory(address: UInt, length: Int, pageSize: Int)
     /// A pointer that lies outside this pool's memory.
     case foreignPointer(address: UInt)
     /// A pointer inside the pool that is not at the start of an object.
@@ -41,6 +48,8 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .zeroCount(let n):
             return "mempool object count \(n) is not positive: ask for at least 1 object"
+        case .countTooLarge(let n, let max):
+            return "mempool object count \(n) is above the maximum of \(max) objects per pool: create several pools"
         case .zeroObjectSize(let n):
             return "mempool object size \(n) is not positive: ask for at least 1 byte"
         case .alignmentNotPowerOfTwo(let a):
@@ -64,6 +73,11 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
             return "at most \(max) mempools can be alive at once: destroy a pool before creating another"
         case .notEnoughObjects(let n, let avail):
             return "asked the mempool for \(n) objects but only \(avail) are available: put objects back or create a larger pool"
+        case .bulkCountOutOfRange(let n, let max):
+            return "a bulk count of \(n) objects is out of range: use 0 to \(max) (the pool's size)"
+        case .invalidMemory(let a, let length, let page):
+            return "memory of \(length) bytes at \(hex(a)) cannot hold a mempool: give memory that starts at a \(page)-byte page boundary "
+                + "and is a positive whole number of pages (Mempool.memoryNeeded(for:pageSize:) says how many bytes)"
         case .foreignPointer(let a):
             return "pointer \(hex(a)) does not belong to this mempool: put it back into the pool it came from"
         case .notAnObjectStart(let a, let nearest):

@@ -12,126 +12,186 @@ import Glibc
 /// producers reserve slots by moving `producerHead` with a compare-exchange,
 /// write their pointers, then publish by moving `producerTail` in reservation
 /// order; consumers do the same with the consumer indices. Bulk operations
-/// are all-or-nothing. The four indices sit on separate 128-byte blocks so
-/// producers and consumers do not share a cache line (nor an adjacent-line
-/// prefetch pair).
+/// are all-or-nothing. The four indices sit in separate 128-byte blocks
+/// (``Header``) so producers and consumers do not share a cache line (nor an
+/// adjacent-line prefetch pair).
 ///
-/// All pointer arithmetic for the ring lives in this type.
+/// The ring owns its storage: it is noncopyable and frees the storage in
+/// `deinit`, exactly once. All pointer arithmetic happens in
+/// ``_UnsafeHandle``.
 @usableFromInline
 @safe
-struct MempoolRing: @unchecked Sendable {
-    @inlinable static var indexSpacing: Int { 128 }
-    @inlinable static var slotsOffset: Int { 4 * indexSpacing }
+struct MempoolRing: ~Copyable, @unchecked Sendable {
+    @usableFromInline let handle: _UnsafeHandle
 
-    @usableFromInline let storage: UnsafeMutableRawPointer
-    @usableFromInline let mask: UInt32
-    /// The most objects the ring holds at once.
-    @usableFromInline let capacity: UInt32
-
-    /// Allocates a ring for at least `capacity` objects.
+    /// Allocates a ring for at least `capacity` objects (at most
+    /// ``Mempool/maximumCount``).
     init(capacity: Int) {
-        var size = 1
-        while size <= capacity { size <<= 1 }
-        let bytes = unsafe Self.slotsOffset + size * MemoryLayout<UnsafeMutableRawPointer>.stride
-        unsafe storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
-        mask = UInt32(size - 1)
-        self.capacity = UInt32(capacity)
-        for i in 0..<4 {
-            unsafe (storage + i * Self.indexSpacing)
-                .bindMemory(to: Atomic<UInt32>.self, capacity: 1)
-                .initialize(to: Atomic(0))
-        }
-        unsafe (storage + Self.slotsOffset).bindMemory(to: UnsafeMutableRawPointer.self, capacity: size)
+        handle = _UnsafeHandle.allocate(capacity: capacity)
     }
 
-    func deallocate() {
-        unsafe storage.deallocate()
-    }
-
-    @inlinable var producerHead: UnsafeMutablePointer<Atomic<UInt32>> {
-        unsafe storage.assumingMemoryBound(to: Atomic<UInt32>.self)
-    }
-    @inlinable var producerTail: UnsafeMutablePointer<Atomic<UInt32>> {
-        unsafe (storage + Self.indexSpacing).assumingMemoryBound(to: Atomic<UInt32>.self)
-    }
-    @inlinable var consumerHead: UnsafeMutablePointer<Atomic<UInt32>> {
-        unsafe (storage + 2 * Self.indexSpacing).assumingMemoryBound(to: Atomic<UInt32>.self)
-    }
-    @inlinable var consumerTail: UnsafeMutablePointer<Atomic<UInt32>> {
-        unsafe (storage + 3 * Self.indexSpacing).assumingMemoryBound(to: Atomic<UInt32>.self)
-    }
-    @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
-        unsafe (storage + Self.slotsOffset).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+    deinit {
+        handle.deallocate()
     }
 
     /// Objects in the ring now (exact when no operation is in flight).
-    @inlinable var count: Int {
-        let tail = unsafe consumerTail.pointee.load(ordering: .acquiring)
-        let head = unsafe producerTail.pointee.load(ordering: .acquiring)
-        return Int(head &- tail)
-    }
+    @inlinable var count: Int { handle.count }
 
-    /// Adds `n` objects, all or none. Returns false when they do not fit.
+    /// Adds `n` objects, all or none. Returns false when they do not fit,
+    /// and for a negative `n`.
     @inlinable @inline(__always)
     func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        let n32 = UInt32(truncatingIfNeeded: n)
-        var head = unsafe producerHead.pointee.load(ordering: .acquiring)
-        var next: UInt32
-        while true {
-            let tail = unsafe consumerTail.pointee.load(ordering: .acquiring)
-            if n32 > capacity &+ tail &- head { return false }
-            next = head &+ n32
-            let (done, seen) = unsafe producerHead.pointee.weakCompareExchange(
-                expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
-            if done { break }
-            head = seen
-        }
-        let start = Int(head & mask)
-        if _fastPath(start &+ n <= Int(mask) &+ 1) {
-            unsafe MempoolRecord.copy(slots + start, from: objects, count: n)
-        } else {
-            let first = Int(mask) &+ 1 &- start
-            unsafe (slots + start).update(from: objects, count: first)
-            unsafe slots.update(from: objects + first, count: n &- first)
-        }
-        // Publish in reservation order: wait for earlier producers. The load
-        // acquires, so each earlier producer's writes happen before this
-        // release and consumers that acquire our tail see all of them.
-        var spins = 0
-        while unsafe producerTail.pointee.load(ordering: .acquiring) != head { Self.spinPause(&spins) }
-        unsafe producerTail.pointee.store(next, ordering: .releasing)
-        return true
+        unsafe handle.enqueue(objects, count: n)
     }
 
-    /// Removes `n` objects, all or none. Returns false when fewer are there.
+    /// Removes `n` objects, all or none. Returns false when fewer are there,
+    /// and for a negative `n`.
     @inlinable @inline(__always)
     func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        let n32 = UInt32(truncatingIfNeeded: n)
-        var head = unsafe consumerHead.pointee.load(ordering: .acquiring)
-        var next: UInt32
-        while true {
-            let tail = unsafe producerTail.pointee.load(ordering: .acquiring)
-            if n32 > tail &- head { return false }
-            next = head &+ n32
-            let (done, seen) = unsafe consumerHead.pointee.weakCompareExchange(
-                expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
-            if done { break }
-            head = seen
+        unsafe handle.dequeue(into: objects, count: n)
+    }
+}
+
+extension MempoolRing {
+    /// The start of the ring's storage; the slots follow it.
+    @usableFromInline
+    struct Header: ~Copyable {
+        @usableFromInline let producerHead = MempoolPaddedIndex()
+        @usableFromInline let producerTail = MempoolPaddedIndex()
+        @usableFromInline let consumerHead = MempoolPaddedIndex()
+        @usableFromInline let consumerTail = MempoolPaddedIndex()
+    }
+
+    /// A view of the ring's storage (header, then a power of two of slots):
+    /// the only code that computes addresses in it. It owns nothing; the
+    /// ``MempoolRing`` that made it frees the storage. The pool keeps one
+    /// beside the owner for its hot paths; the pool registry keeps one to
+    /// put a thread's cached objects back when the thread exits, and drops
+    /// it (under its lock) before the ring is freed.
+    ///
+    /// Its surface is checked: a count outside `0...available` is refused
+    /// by the same unsigned comparison that checks availability, so a
+    /// negative or 64-bit count costs nothing extra and can never be
+    /// truncated to 32 bits.
+    @usableFromInline
+    @safe
+    struct _UnsafeHandle: @unchecked Sendable {
+        @usableFromInline let header: UnsafeMutablePointer<Header>
+        @usableFromInline let mask: UInt32
+        /// The most objects the ring holds at once.
+        @usableFromInline let capacity: UInt32
+
+        static func allocate(capacity: Int) -> _UnsafeHandle {
+            precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "ring capacity \(capacity) out of range")
+            var size = 1
+            while size <= capacity { size <<= 1 }
+            let header = unsafe MempoolStorage.allocate(Header(), slots: size, alignment: 128)
+            let handle = unsafe _UnsafeHandle(header: header, mask: UInt32(size - 1), capacity: UInt32(capacity))
+            handle._checkInvariants()
+            return handle
         }
-        let start = Int(head & mask)
-        if _fastPath(start &+ n <= Int(mask) &+ 1) {
-            unsafe MempoolRecord.copy(objects, from: slots + start, count: n)
-        } else {
-            let first = Int(mask) &+ 1 &- start
-            unsafe objects.update(from: slots + start, count: first)
-            unsafe (objects + first).update(from: slots, count: n &- first)
+
+        @usableFromInline
+        init(header: UnsafeMutablePointer<Header>, mask: UInt32, capacity: UInt32) {
+            unsafe self.header = header
+            self.mask = mask
+            self.capacity = capacity
         }
-        // Acquire the earlier consumers' tail too: their slot reads must
-        // happen before a producer that acquires our tail reuses the slots.
-        var spins = 0
-        while unsafe consumerTail.pointee.load(ordering: .acquiring) != head { Self.spinPause(&spins) }
-        unsafe consumerTail.pointee.store(next, ordering: .releasing)
-        return true
+
+        func deallocate() {
+            unsafe MempoolStorage.deallocate(header)
+        }
+
+        @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
+            unsafe MempoolStorage.slots(after: header)
+        }
+
+        /// Objects in the ring now (exact when no operation is in flight).
+        @inlinable var count: Int {
+            let tail = unsafe header.pointee.consumerTail.value.load(ordering: .acquiring)
+            let head = unsafe header.pointee.producerTail.value.load(ordering: .acquiring)
+            return Int(head &- tail)
+        }
+
+        @inlinable @inline(__always)
+        func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+            var head = unsafe header.pointee.producerHead.value.load(ordering: .acquiring)
+            var next: UInt32
+            while true {
+                let tail = unsafe header.pointee.consumerTail.value.load(ordering: .acquiring)
+                // Unsigned and 64 bits wide: a negative n, or one that does
+                // not fit in 32 bits, is larger than any free space.
+                if UInt(bitPattern: n) > UInt(capacity &+ tail &- head) { return false }
+                next = head &+ UInt32(truncatingIfNeeded: n)
+                let (done, seen) = unsafe header.pointee.producerHead.value.weakCompareExchange(
+                    expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
+                if done { break }
+                head = seen
+            }
+            let slots = unsafe self.slots
+            let start = Int(head & mask)
+            if _fastPath(start &+ n <= Int(mask) &+ 1) {
+                unsafe MempoolObjects.copy(slots + start, from: objects, count: n)
+            } else {
+                let first = Int(mask) &+ 1 &- start
+                unsafe (slots + start).update(from: objects, count: first)
+                unsafe slots.update(from: objects + first, count: n &- first)
+            }
+            // Publish in reservation order: wait for earlier producers. The load
+            // acquires, so each earlier producer's writes happen before this
+            // release and consumers that acquire our tail see all of them.
+            var spins = 0
+            while unsafe header.pointee.producerTail.value.load(ordering: .acquiring) != head {
+                MempoolRing.spinPause(&spins)
+            }
+            unsafe header.pointee.producerTail.value.store(next, ordering: .releasing)
+            return true
+        }
+
+        @inlinable @inline(__always)
+        func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+            var head = unsafe header.pointee.consumerHead.value.load(ordering: .acquiring)
+            var next: UInt32
+            while true {
+                let tail = unsafe header.pointee.producerTail.value.load(ordering: .acquiring)
+                if UInt(bitPattern: n) > UInt(tail &- head) { return false }
+                next = head &+ UInt32(truncatingIfNeeded: n)
+                let (done, seen) = unsafe header.pointee.consumerHead.value.weakCompareExchange(
+                    expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
+                if done { break }
+                head = seen
+            }
+            let slots = unsafe self.slots
+            let start = Int(head & mask)
+            if _fastPath(start &+ n <= Int(mask) &+ 1) {
+                unsafe MempoolObjects.copy(objects, from: slots + start, count: n)
+            } else {
+                let first = Int(mask) &+ 1 &- start
+                unsafe objects.update(from: slots + start, count: first)
+                unsafe (objects + first).update(from: slots, count: n &- first)
+            }
+            // Acquire the earlier consumers' tail too: their slot reads must
+            // happen before a producer that acquires our tail reuses the slots.
+            var spins = 0
+            while unsafe header.pointee.consumerTail.value.load(ordering: .acquiring) != head {
+                MempoolRing.spinPause(&spins)
+            }
+            unsafe header.pointee.consumerTail.value.store(next, ordering: .releasing)
+            return true
+        }
+
+        /// Checks the indices (debug builds only; with no operation in flight).
+        func _checkInvariants() {
+            #if HUGEALLOC_CHECKS
+            let producerHead = unsafe header.pointee.producerHead.value.load(ordering: .relaxed)
+            let producerTail = unsafe header.pointee.producerTail.value.load(ordering: .relaxed)
+            let consumerHead = unsafe header.pointee.consumerHead.value.load(ordering: .relaxed)
+            let consumerTail = unsafe header.pointee.consumerTail.value.load(ordering: .relaxed)
+            precondition(capacity <= mask, "ring: capacity \(capacity) above its \(mask + 1) slots")
+            precondition(producerHead == producerTail && consumerHead == consumerTail, "ring: an operation is half done")
+            precondition(producerTail &- consumerTail <= capacity, "ring: holds more objects than its capacity")
+            #endif
+        }
     }
 
     /// Waits a moment for another thread to finish its publication: a CPU

@@ -9,83 +9,141 @@ import Synchronization
 /// lock is skipped and the stack is a plain array with a count. The count is
 /// an atomic read and written with relaxed ordering so statistics may read it
 /// from any thread; on x86-64 those are ordinary moves.
+///
+/// The stack owns its storage: it is noncopyable and frees the storage in
+/// `deinit`, exactly once. All pointer arithmetic happens in
+/// ``_UnsafeHandle``.
 @usableFromInline
 @safe
-struct MempoolStack: @unchecked Sendable {
-    @inlinable static var countOffset: Int { 128 }
-    @inlinable static var slotsOffset: Int { 256 }
+struct MempoolStack: ~Copyable, @unchecked Sendable {
+    @usableFromInline let handle: _UnsafeHandle
 
-    @usableFromInline let storage: UnsafeMutableRawPointer
-    @usableFromInline let capacity: Int
-
+    /// Allocates a stack for `capacity` objects (at most ``Mempool/maximumCount``).
     init(capacity: Int) {
-        let bytes = unsafe Self.slotsOffset + capacity * MemoryLayout<UnsafeMutableRawPointer>.stride
-        unsafe storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 128)
-        self.capacity = capacity
-        unsafe storage.bindMemory(to: Atomic<UInt32>.self, capacity: 1).initialize(to: Atomic(0))
-        unsafe (storage + Self.countOffset).bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic(0))
-        unsafe (storage + Self.slotsOffset).bindMemory(to: UnsafeMutableRawPointer.self, capacity: capacity)
+        handle = _UnsafeHandle.allocate(capacity: capacity)
     }
 
-    func deallocate() {
-        unsafe storage.deallocate()
+    deinit {
+        handle.deallocate()
     }
 
-    @inlinable var lockWord: UnsafeMutablePointer<Atomic<UInt32>> {
-        unsafe storage.assumingMemoryBound(to: Atomic<UInt32>.self)
-    }
-    @inlinable var countWord: UnsafeMutablePointer<Atomic<Int>> {
-        unsafe (storage + Self.countOffset).assumingMemoryBound(to: Atomic<Int>.self)
-    }
-    @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
-        unsafe (storage + Self.slotsOffset).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    }
+    /// Objects on the stack now.
+    @inlinable var count: Int { handle.count }
 
-    @inlinable var count: Int { unsafe countWord.pointee.load(ordering: .relaxed) }
-
-    @inlinable func lock() {
-        var spins = 0
-        while unsafe lockWord.pointee.exchange(1, ordering: .acquiring) != 0 {
-            while unsafe lockWord.pointee.load(ordering: .relaxed) != 0 { MempoolRing.spinPause(&spins) }
-        }
-    }
-
-    @inlinable func unlock() {
-        unsafe lockWord.pointee.store(0, ordering: .releasing)
-    }
-
-    /// Pushes `n` objects (they always fit: the stack holds every object).
+    /// Pushes `n` objects, all or none: false when more than `capacity`
+    /// would be on the stack, and for a negative `n`.
     @inlinable @inline(__always)
     func push(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
-        if locked { lock() }
-        let top = unsafe countWord.pointee.load(ordering: .relaxed)
-        if top + n > capacity {
-            if locked { unlock() }
-            return false
-        }
-        unsafe (slots + top).update(from: objects, count: n)
-        unsafe countWord.pointee.store(top &+ n, ordering: .relaxed)
-        if locked { unlock() }
-        return true
+        unsafe handle.push(objects, count: n, locked: locked)
     }
 
-    /// Pops `n` objects, all or none; the most recently pushed come first.
+    /// Pops `n` objects, all or none, the most recently pushed first: false
+    /// when fewer are there, and for a negative `n`.
     @inlinable @inline(__always)
     func pop(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
-        if locked { lock() }
-        let top = unsafe countWord.pointee.load(ordering: .relaxed)
-        if n > top {
+        unsafe handle.pop(into: objects, count: n, locked: locked)
+    }
+}
+
+extension MempoolStack {
+    /// The start of the stack's storage; the slots follow it.
+    @usableFromInline
+    struct Header: ~Copyable {
+        /// 0 free, 1 held.
+        @usableFromInline let lock = MempoolPaddedIndex()
+        /// Objects on the stack (the index of the first free slot).
+        @usableFromInline let count = MempoolPaddedCount()
+    }
+
+    /// A view of the stack's storage (header, then `capacity` slots): the
+    /// only code that computes addresses in it. It owns nothing; the
+    /// ``MempoolStack`` that made it frees the storage. The pool keeps one
+    /// beside the owner for its hot paths; the pool registry keeps one to
+    /// put a thread's cached objects back when the thread exits, and drops
+    /// it (under its lock) before the stack is freed.
+    ///
+    /// Its surface is checked: a count outside `0...available` is refused
+    /// by the same unsigned comparison that checks availability.
+    @usableFromInline
+    @safe
+    struct _UnsafeHandle: @unchecked Sendable {
+        @usableFromInline let header: UnsafeMutablePointer<Header>
+        @usableFromInline let capacity: Int
+
+        static func allocate(capacity: Int) -> _UnsafeHandle {
+            precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "stack capacity \(capacity) out of range")
+            let header = unsafe MempoolStorage.allocate(Header(), slots: capacity, alignment: 128)
+            return unsafe _UnsafeHandle(header: header, capacity: capacity)
+        }
+
+        @usableFromInline
+        init(header: UnsafeMutablePointer<Header>, capacity: Int) {
+            unsafe self.header = header
+            self.capacity = capacity
+        }
+
+        func deallocate() {
+            unsafe MempoolStorage.deallocate(header)
+        }
+
+        @inlinable var slots: UnsafeMutablePointer<UnsafeMutableRawPointer> {
+            unsafe MempoolStorage.slots(after: header)
+        }
+
+        @inlinable var count: Int { unsafe header.pointee.count.value.load(ordering: .relaxed) }
+
+        @inlinable func lock() {
+            var spins = 0
+            while unsafe header.pointee.lock.value.exchange(1, ordering: .acquiring) != 0 {
+                while unsafe header.pointee.lock.value.load(ordering: .relaxed) != 0 { MempoolRing.spinPause(&spins) }
+            }
+        }
+
+        @inlinable func unlock() {
+            unsafe header.pointee.lock.value.store(0, ordering: .releasing)
+        }
+
+        @inlinable @inline(__always)
+        func push(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
+            if locked { lock() }
+            let top = unsafe header.pointee.count.value.load(ordering: .relaxed)
+            if UInt(bitPattern: n) > UInt(bitPattern: capacity &- top) {
+                if locked { unlock() }
+                return false
+            }
+            unsafe (slots + top).update(from: objects, count: n)
+            unsafe header.pointee.count.value.store(top &+ n, ordering: .relaxed)
+            _checkInvariants(top &+ n)
             if locked { unlock() }
-            return false
+            return true
         }
-        let slots = unsafe self.slots
-        var i = 0
-        while i < n {
-            unsafe objects[i] = slots[top &- 1 &- i]
-            i &+= 1
+
+        @inlinable @inline(__always)
+        func pop(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int, locked: Bool) -> Bool {
+            if locked { lock() }
+            let top = unsafe header.pointee.count.value.load(ordering: .relaxed)
+            if UInt(bitPattern: n) > UInt(bitPattern: top) {
+                if locked { unlock() }
+                return false
+            }
+            let slots = unsafe self.slots
+            var i = 0
+            while i < n {
+                unsafe objects[i] = slots[top &- 1 &- i]
+                i &+= 1
+            }
+            unsafe header.pointee.count.value.store(top &- n, ordering: .relaxed)
+            _checkInvariants(top &- n)
+            if locked { unlock() }
+            return true
         }
-        unsafe countWord.pointee.store(top &- n, ordering: .relaxed)
-        if locked { unlock() }
-        return true
+
+        /// Checks a new count (debug builds only).
+        @inlinable @inline(__always)
+        func _checkInvariants(_ count: Int) {
+            #if HUGEALLOC_CHECKS
+            precondition(count >= 0 && count <= capacity, "stack: count \(count) outside 0...\(capacity)")
+            #endif
+        }
     }
 }

@@ -121,7 +121,7 @@ extension PacketPool {
         var irregular: UInt64 = 0
         for i in 0..<n { irregular |= unsafe irregularity(buffers[i], pool: me) }
         if irregular == 0 {
-            unsafe buffers.withMemoryRebound(to: UnsafeMutableRawPointer.self, capacity: n) { raw in
+            _ = unsafe buffers.withMemoryRebound(to: UnsafeMutableRawPointer.self, capacity: n) { raw in
                 unsafe mempool.put(from: raw, count: n)
             }
         } else {

@@ -5,10 +5,10 @@ extension PacketPool {
     /// ``PacketBuffer/packetLength`` and ``PacketBuffer/segmentCount`` set on
     /// the first. Throws when the pool has too few free buffers.
     public func allocateFrame(length: Int) throws(PacketPoolError) -> PacketBuffer {
+        // Bounds first: the segment count of a length near Int.max overflows.
+        let maximum = min(Int(UInt16.max) * dataRoom, Int(UInt32.max))
+        guard length >= 0, length <= maximum else { throw .frameTooLong(length: length, maximum: maximum) }
         let segments = max(1, (length + dataRoom - 1) / dataRoom)
-        guard length >= 0, segments <= Int(UInt16.max), length <= Int(UInt32.max) else {
-            throw .frameTooLong(length: length, maximum: min(Int(UInt16.max) * dataRoom, Int(UInt32.max)))
-        }
         guard let buffers = allocate(count: segments) else {
             throw .exhausted(needed: segments, available: availableCount)
         }

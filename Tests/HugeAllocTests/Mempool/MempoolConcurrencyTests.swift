@@ -53,7 +53,7 @@ import Testing
                 }
             }
             for object in held { owners.release(index[UInt(bitPattern: object)]!) }
-            held.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: $0.count) }
+            _ = held.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: $0.count) }
             // The thread exits with objects in its cache: the exit hook returns them.
         }
         #expect(handedTwice.load(ordering: .relaxed) == 0, "an object was handed to two threads at once")

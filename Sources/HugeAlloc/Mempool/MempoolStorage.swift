@@ -1,0 +1,69 @@
+import Synchronization
+
+/// The raw storage shape shared by a ring, a stack and a thread's record:
+/// a typed header, then object-pointer slots, in one allocation. The
+/// header's stride is a multiple of the alignment, so the slots start on a
+/// cache line.
+@usableFromInline
+enum MempoolStorage {
+    /// Allocates `header` followed by `slots` uninitialized slots, aligned
+    /// to `alignment`.
+    static func allocate<Header: ~Copyable>(
+        _ header: consuming Header, slots: Int, alignment: Int
+    ) -> UnsafeMutablePointer<Header> {
+        let bytes = unsafe MemoryLayout<Header>.stride + max(1, slots) * MemoryLayout<UnsafeMutableRawPointer>.stride
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: alignment)
+        let typed = unsafe storage.bindMemory(to: Header.self, capacity: 1)
+        unsafe typed.initialize(to: header)
+        unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: max(1, slots))
+        return unsafe typed
+    }
+
+    /// Frees what ``allocate(_:slots:alignment:)`` made.
+    static func deallocate<Header: ~Copyable>(_ header: UnsafeMutablePointer<Header>) {
+        unsafe header.deinitialize(count: 1)
+        unsafe UnsafeMutableRawPointer(header).deallocate()
+    }
+
+    /// The slots after `header`.
+    @inlinable @inline(__always)
+    static func slots<Header: ~Copyable>(after header: UnsafeMutablePointer<Header>) -> UnsafeMutablePointer<UnsafeMutableRawPointer> {
+        unsafe UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+    }
+}
+
+/// One index of a ring (or the lock word of a stack) alone in a 128-byte
+/// block: a cache line and its adjacent-line prefetch partner.
+@usableFromInline
+struct MempoolPaddedIndex: ~Copyable {
+    @usableFromInline let value: Atomic<UInt32>
+    let _word: UInt32
+    let _padding: MempoolPadding120
+
+    init() {
+        value = Atomic(0)
+        _word = 0
+        _padding = mempoolPadding120
+    }
+}
+
+/// The object count of a stack alone in a 128-byte block.
+@usableFromInline
+struct MempoolPaddedCount: ~Copyable {
+    @usableFromInline let value: Atomic<Int>
+    let _padding: MempoolPadding120
+
+    init() {
+        value = Atomic(0)
+        _padding = mempoolPadding120
+    }
+}
+
+/// 120 bytes of padding: after an 8-byte word, the rest of a 128-byte block.
+@usableFromInline
+typealias MempoolPadding120 = (
+    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64
+)
+
+let mempoolPadding120: MempoolPadding120 = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
