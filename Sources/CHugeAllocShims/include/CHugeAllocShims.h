@@ -164,4 +164,5 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #include "CHugeAllocShimsNUMA.h"
 #include "CHugeAllocAffinity.h"
 #include "CHugeAllocBackends.h"
+#include "CHugeAllocDevices.h"
 #endif
