@@ -116,6 +116,10 @@ do {
     finish()
 }
 
+/// Set when a check saw the device given a wrong address: frames then land
+/// on other buffers' metadata, and the pool must not be used further.
+nonisolated(unsafe) var misdirected = false
+
 /// Every posted RX descriptor holds the library's physical address of its
 /// buffer, and that address is what pagemap says now.
 @MainActor func checkPostedAddresses(_ name: String) {
@@ -129,6 +133,7 @@ do {
                 wrong.append("slot \(slot): descriptor \(entry.descriptorAddress), library \(library.map { "\($0)" } ?? "nil"), pagemap \(kernel.map { "0x" + String($0, radix: 16) } ?? "nil")")
             }
         }
+        if !wrong.isEmpty { misdirected = true }
         try expect(wrong.isEmpty, "\(wrong.count) of \(posted.count) wrong; first: \(wrong.first ?? "")")
         return "\(posted.count) descriptors = library = pagemap"
     }
@@ -158,6 +163,14 @@ check("received frames byte for byte") {
     var seen = Set<Int>()
     var problems: [String] = []
     for (n, buffer) in received.enumerated() {
+        // A frame written to the wrong address may have overwritten this
+        // buffer's metadata: check it before following its data pointer.
+        let expectedData = buffer.metadata + PacketBuffer.metadataSize + pool.headroom
+        guard buffer.data == expectedData, buffer.length <= pool.dataRoom else {
+            misdirected = true
+            problems.append("frame \(n): buffer metadata overwritten (data \(buffer.data), length \(buffer.length))")
+            continue
+        }
         let bytes = Array(UnsafeRawBufferPointer(buffer.bytes))
         let index = bytes.count >= 16 ? Int(bytes[14]) << 8 | Int(bytes[15]) : -1
         guard index >= 0 && index < frameCount else {
@@ -168,6 +181,7 @@ check("received frames byte for byte") {
         let want = frameBytes(index, sender: 1)
         if bytes != want {
             let at = zip(bytes, want).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+            misdirected = true
             problems.append("frame \(index): length \(bytes.count) (want \(want.count)), first difference at \(at.map(String.init) ?? "end")")
         }
         if !pool.owns(buffer) || buffer.packetLength != bytes.count {
@@ -178,6 +192,12 @@ check("received frames byte for byte") {
     try expect(seen.count == frameCount, "\(seen.count) distinct frames of \(frameCount)")
     let lengths = received.map(\.length)
     return "\(received.count) frames, \(lengths.min() ?? 0)…\(lengths.max() ?? 0) bytes, all equal"
+}
+if misdirected {
+    // Frames went to wrong addresses and may have overwritten metadata of
+    // buffers in the pool: stop here rather than use them.
+    check("transmit") { throw CheckFailure("skipped: receive DMA went to wrong addresses, the pool's memory is not trustworthy") }
+    finish()
 }
 pool.free(received)
 checkPostedAddresses("RX descriptor addresses (after bulk refill)")

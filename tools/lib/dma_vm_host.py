@@ -163,7 +163,8 @@ def main():
             bad.append(f"frame {index}: length {len(frame)}")
     lengths = [len(f) for f in from_guest] or [0]
     check("transmitted frames byte for byte", not bad and len(seen) == args.frames,
-          f"{len(seen)} distinct, {min(lengths)}…{max(lengths)} bytes" + (f"; bad: {', '.join(bad[:3])}" if bad else ", all equal"))
+          f"{len(seen)} distinct, {min(lengths)}…{max(lengths)} bytes"
+          + (f"; bad: {', '.join(bad[:3])}" if bad else ", all equal" if from_guest else ""))
 
     total_passed, total_failed = guest_passed + passed, guest_failed + failed
     print(f"{total_passed} passed, {total_failed} failed")
