@@ -28,4 +28,12 @@ static inline void ha_dma_write_barrier(void) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
+/* ioctl(2) with a pointer argument (VFIO's structs); -1 with errno on failure.
+ * Swift cannot call the variadic ioctl itself. */
+int ha_ioctl_pointer(int fd, unsigned long request, void *argument);
+
+/* ioctl(2) with an integer argument (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU,
+ * VFIO_GROUP_GET_DEVICE_FD takes a string: use the pointer form). */
+int ha_ioctl_value(int fd, unsigned long request, unsigned long value);
+
 #endif

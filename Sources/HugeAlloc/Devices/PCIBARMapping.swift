@@ -8,12 +8,12 @@ public struct PCIBARMapping: ~Copyable, @unchecked Sendable {
     public let length: Int
     /// The BAR size the device decodes.
     public let size: Int
-    /// The bus address the BAR is assigned (from sysfs `resource`).
-    public let physicalAddress: PhysicalAddress
+    /// The bus address the BAR is assigned (from sysfs `resource`); nil through VFIO.
+    public let physicalAddress: PhysicalAddress?
     public let device: PCIAddress
     public let index: Int
 
-    init(base: UnsafeMutableRawPointer, length: Int, size: Int, physicalAddress: PhysicalAddress, device: PCIAddress, index: Int) {
+    init(base: UnsafeMutableRawPointer, length: Int, size: Int, physicalAddress: PhysicalAddress?, device: PCIAddress, index: Int) {
         unsafe self.base = base
         self.length = length
         self.size = size

@@ -58,3 +58,57 @@ extension Sys {
     /// Orders earlier stores to DMA memory before a later register write.
     package static func dmaWriteBarrier() { ha_dma_write_barrier() }
 }
+
+// MARK: - VFIO
+
+extension Sys {
+    /// An `ioctl` on a VFIO container, group or device with a struct
+    /// argument. The corresponding C function is `ioctl(2)`.
+    package static func ioctl(
+        _ fd: FileDescriptor, _ request: UInt, _ name: String, _ argument: UnsafeMutableRawPointer
+    ) throws(SystemCallError) -> Int32 {
+        try retryingInterrupts(name) { unsafe ha_ioctl_pointer(fd.rawValue, request, argument) }
+    }
+
+    /// An `ioctl` with an integer argument. The corresponding C function is `ioctl(2)`.
+    package static func ioctl(
+        _ fd: FileDescriptor, _ request: UInt, _ name: String, value: UInt = 0
+    ) throws(SystemCallError) -> Int32 {
+        try retryingInterrupts(name) { ha_ioctl_value(fd.rawValue, request, value) }
+    }
+
+    /// `VFIO_GROUP_GET_DEVICE_FD`: the argument is the device's name.
+    package static func vfioDeviceDescriptor(_ group: FileDescriptor, request: UInt, device: String) throws(SystemCallError) -> FileDescriptor {
+        var name = Array(device.utf8CString)
+        let result: Result<Int32, SystemCallError> = unsafe name.withUnsafeMutableBytes { b in
+            do throws(SystemCallError) {
+                return .success(try unsafe ioctl(group, request, "VFIO_GROUP_GET_DEVICE_FD", b.baseAddress!))
+            } catch { return .failure(error) }
+        }
+        return FileDescriptor(rawValue: try result.get())
+    }
+
+    /// An `ioctl` whose argument is `value`, passed by address (read and written).
+    package static func ioctl<T>(
+        _ fd: FileDescriptor, _ request: UInt, _ name: String, struct value: inout T
+    ) throws(SystemCallError) -> Int32 {
+        let result: Result<Int32, SystemCallError> = unsafe withUnsafeMutableBytes(of: &value) { b in
+            do throws(SystemCallError) {
+                return .success(try unsafe ioctl(fd, request, name, b.baseAddress!))
+            } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// An `ioctl` whose argument is a byte buffer (a struct followed by capabilities).
+    package static func ioctl(
+        _ fd: FileDescriptor, _ request: UInt, _ name: String, bytes: inout [UInt8]
+    ) throws(SystemCallError) -> Int32 {
+        let result: Result<Int32, SystemCallError> = unsafe bytes.withUnsafeMutableBytes { b in
+            do throws(SystemCallError) {
+                return .success(try unsafe ioctl(fd, request, name, b.baseAddress!))
+            } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+}
