@@ -5,6 +5,7 @@ import Synchronization
 /// What can stop the driver from starting.
 public enum E1000Error: Error, CustomStringConvertible {
     case pci(PCIError)
+    case vfio(VFIOError)
     /// The device is not an 82540EM-compatible e1000 (`8086:100e`).
     case unsupportedDevice(PCIDeviceID)
     case ringMemory(MappingError)
@@ -20,6 +21,7 @@ public enum E1000Error: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .pci(let e): return e.description
+        case .vfio(let e): return e.description
         case .unsupportedDevice(let id): return "PCI device \(id) is not an 82540EM (8086:100e)"
         case .ringMemory(let e): return "descriptor ring memory: \(e)"
         case .physicalAddressesHidden: return "physical addresses are hidden (run as root): descriptors need them"
@@ -70,23 +72,65 @@ public final class E1000 {
     /// The receive buffer size programmed in RCTL.
     public static let receiveBufferSize = 2048
 
-    /// Resets the device, brings the link up and starts both rings.
-    /// `rxAddressSkew` moves every receive buffer address handed to the
-    /// device (a test's negative control: the frames then land elsewhere).
-    public init(
+    /// How the device sees memory: by physical address (no IOMMU, BAR
+    /// through sysfs) or by IOVA = virtual address in a VFIO container.
+    public enum Addressing: Sendable { case physical, virtualAddressAsIOVA }
+    public let addressing: Addressing
+
+    /// Without an IOMMU: registers through sysfs `resource0`, descriptors
+    /// carry physical addresses. Resets the device, brings the link up and
+    /// starts both rings. `rxAddressSkew` moves every receive buffer address
+    /// handed to the device (a test's negative control: frames land elsewhere).
+    public convenience init(
         device: PCIDevice, pool: PacketPool, rxRingSize: Int = 256, txRingSize: Int = 256,
         rxAddressSkew: Int = 0, linkTimeoutMilliseconds: Int = 10_000
     ) throws(E1000Error) {
-        precondition(rxRingSize % 8 == 0 && txRingSize % 8 == 0, "ring sizes are multiples of 8 (RDLEN/TDLEN: 128 bytes)")
         guard device.id == PCIDeviceID(vendor: 0x8086, device: 0x100e) else { throw .unsupportedDevice(device.id) }
+        let registers = try Self.openRegisters(device)
+        let ringMemory = try Self.makeRingMemory()
+        guard ringMemory.physicalAddress(atOffset: 0) != nil else { throw .physicalAddressesHidden }
+        try self.init(registers: registers, rings: ringMemory, address: device.address, pool: pool, addressing: .physical,
+                      rxRingSize: rxRingSize, txRingSize: txRingSize, rxAddressSkew: rxAddressSkew,
+                      linkTimeoutMilliseconds: linkTimeoutMilliseconds)
+    }
+
+    /// Through VFIO: registers through the device descriptor, the ring
+    /// memory and the pool's memory mapped in `container` at IOVA = virtual
+    /// address (they stay mapped as long as the container), descriptors
+    /// carry virtual addresses. The same driver otherwise.
+    public convenience init(
+        vfio device: borrowing VFIODevice, container: borrowing VFIOContainer, pool: PacketPool,
+        rxRingSize: Int = 256, txRingSize: Int = 256, rxAddressSkew: Int = 0, linkTimeoutMilliseconds: Int = 10_000
+    ) throws(E1000Error) {
+        let registers: PCIBARMapping
+        do {
+            try device.enableMemoryAndBusMastering()
+            registers = try device.mapBAR(0)
+        } catch { throw .vfio(error) }
+        let ringMemory = try Self.makeRingMemory()
+        do {
+            try container.map(MemoryRegion(address: UInt(bitPattern: ringMemory.base), length: ringMemory.length,
+                                           pageSize: ringMemory.pageSize.bytes, pieces: []))
+            try container.map(MemoryRegion(pool: pool))
+        } catch { throw .vfio(error) }
+        try self.init(registers: registers, rings: ringMemory, address: device.address, pool: pool,
+                      addressing: .virtualAddressAsIOVA, rxRingSize: rxRingSize, txRingSize: txRingSize,
+                      rxAddressSkew: rxAddressSkew, linkTimeoutMilliseconds: linkTimeoutMilliseconds)
+    }
+
+    init(
+        registers: consuming PCIBARMapping, rings ringMemory: consuming MemoryMapping, address: PCIAddress,
+        pool: PacketPool, addressing: Addressing, rxRingSize: Int, txRingSize: Int, rxAddressSkew: Int,
+        linkTimeoutMilliseconds: Int
+    ) throws(E1000Error) {
+        precondition(rxRingSize % 8 == 0 && txRingSize % 8 == 0, "ring sizes are multiples of 8 (RDLEN/TDLEN: 128 bytes)")
         guard pool.dataRoom >= Self.receiveBufferSize else {
             throw .dataRoomTooSmall(have: pool.dataRoom, need: Self.receiveBufferSize)
         }
-        let mapped = try Self.openRegisters(device)
-        let ringMemory = try Self.makeRingMemory()
-        self.bar = mapped
+        self.bar = registers
         self.rings = ringMemory
-        address = device.address
+        self.address = address
+        self.addressing = addressing
         self.pool = pool
         rxCount = rxRingSize
         txCount = txRingSize
@@ -111,12 +155,9 @@ public final class E1000 {
         } catch { throw .pci(error) }
     }
 
-    /// One locked 2 MiB hugepage for both rings, its physical address known.
+    /// One locked 2 MiB hugepage for both rings.
     static func makeRingMemory() throws(E1000Error) -> MemoryMapping {
-        let memory: MemoryMapping
-        do { memory = try MemoryMapping(length: PageSize.huge2M.bytes) } catch { throw .ringMemory(error) }
-        guard memory.physicalAddress(atOffset: 0) != nil else { throw .physicalAddressesHidden }
-        return memory
+        do { return try MemoryMapping(length: PageSize.huge2M.bytes) } catch { throw .ringMemory(error) }
     }
 
     // MARK: reset and link (manual 14.3, 14.5)
@@ -148,7 +189,22 @@ public final class E1000 {
 
     // MARK: rings
 
-    func ringAddress(_ offset: Int) -> PhysicalAddress { rings.physicalAddress(atOffset: offset)! }
+    /// The address the device is given for a byte of the ring memory.
+    func ringAddress(_ offset: Int) -> PhysicalAddress {
+        switch addressing {
+        case .physical: rings.physicalAddress(atOffset: offset)!
+        case .virtualAddressAsIOVA: PhysicalAddress(UInt64(UInt(bitPattern: rings.base + offset)))
+        }
+    }
+
+    /// The address the device is given for a buffer's first data byte: its
+    /// physical address from the library, or its virtual address as IOVA.
+    public func deviceAddress(of buffer: PacketBuffer) -> PhysicalAddress? {
+        switch addressing {
+        case .physical: buffer.dataPhysicalAddress
+        case .virtualAddressAsIOVA: PhysicalAddress(UInt64(UInt(bitPattern: buffer.data)))
+        }
+    }
 
     func descriptor(_ offset: Int) -> UnsafeMutableRawPointer { rings.base + offset }
 
@@ -163,13 +219,13 @@ public final class E1000 {
     }
 
     /// The address a receive buffer gets in its descriptor.
-    func deviceAddress(of buffer: PacketBuffer) -> UInt64 {
-        buffer.dataPhysicalAddress!.rawValue &+ UInt64(bitPattern: Int64(rxAddressSkew))
+    func receiveAddress(of buffer: PacketBuffer) -> UInt64 {
+        deviceAddress(of: buffer)!.rawValue &+ UInt64(bitPattern: Int64(rxAddressSkew))
     }
 
     func post(_ buffer: PacketBuffer, at slot: Int) {
         let d = descriptor(slot * RXDescriptor.size)
-        d.storeBytes(of: deviceAddress(of: buffer).littleEndian, toByteOffset: RXDescriptor.address, as: UInt64.self)
+        d.storeBytes(of: receiveAddress(of: buffer).littleEndian, toByteOffset: RXDescriptor.address, as: UInt64.self)
         d.storeBytes(of: 0, toByteOffset: RXDescriptor.length, as: UInt32.self)
         clearStatusWord(slot * RXDescriptor.size + RXDescriptor.statusWord)
         rxBuffers[slot] = buffer
@@ -179,7 +235,7 @@ public final class E1000 {
         guard let buffers = pool.allocate(count: rxCount) else {
             throw .poolExhausted(needed: rxCount, available: pool.availableCount)
         }
-        guard buffers[0].dataPhysicalAddress != nil else { throw .physicalAddressesHidden }
+        guard deviceAddress(of: buffers[0]) != nil else { pool.free(buffers); throw .physicalAddressesHidden }
         for (slot, buffer) in buffers.enumerated() { post(buffer, at: slot) }
         let base = ringAddress(0).rawValue
         bar.write32(Register.rdbal, UInt32(truncatingIfNeeded: base))
@@ -273,7 +329,7 @@ public final class E1000 {
         var sent = 0
         for buffer in packets {
             let next = (txTail + 1) % txCount
-            guard next != txClean, let physical = buffer.dataPhysicalAddress else { break }
+            guard next != txClean, let physical = deviceAddress(of: buffer) else { break }
             let d = descriptor(txRingOffset + txTail * TXDescriptor.size)
             d.storeBytes(of: physical.rawValue.littleEndian, toByteOffset: TXDescriptor.address, as: UInt64.self)
             d.storeBytes(of: UInt16(buffer.length).littleEndian, toByteOffset: TXDescriptor.length, as: UInt16.self)

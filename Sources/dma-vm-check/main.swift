@@ -8,7 +8,11 @@
 //   - the frames the host sends arrive byte for byte in packet-pool buffers;
 //   - frames sent from packet-pool buffers are completed (the host checks their bytes).
 //
-// Usage: dma-vm-check [--frames N] [--break]
+// With --vfio (the guest booted with intel-iommu and the device bound to
+// vfio-pci) the same driver runs through VFIO: IOVA = virtual address, and
+// the descriptors must hold each buffer's virtual address.
+//
+// Usage: dma-vm-check [--frames N] [--break] [--vfio]
 //   --break   shifts every RX buffer address given to the device by 4 KiB
 //             (the negative control; the run must then fail)
 // Prints one PASS/FAIL line per check and `N passed, M failed` last; exits 1
@@ -52,13 +56,15 @@ func finish() -> Never {
 
 var frameCount = 64
 var breakAddresses = false
+var useVFIO = false
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     switch argument {
     case "--frames": frameCount = arguments.popFirst().flatMap { Int($0) } ?? frameCount
     case "--break": breakAddresses = true
+    case "--vfio": useVFIO = true
     default:
-        print("usage: dma-vm-check [--frames N] [--break]")
+        print("usage: dma-vm-check [--frames N] [--break] [--vfio]")
         exit(2)
     }
 }
@@ -101,15 +107,39 @@ func pagemapPhysical(_ pointer: UnsafeRawPointer) -> UInt64? {
 
 // MARK: - setup
 
-print("dma-vm-check: \(frameCount) frames each way\(breakAddresses ? ", RX addresses shifted by 4096 (--break)" : "")")
+print("dma-vm-check: \(useVFIO ? "VFIO, IOVA = virtual address" : "no IOMMU, physical addresses"), \(frameCount) frames each way\(breakAddresses ? ", RX addresses shifted by 4096 (--break)" : "")")
+/// The VFIO objects, alive for the whole run.
+final class VFIOSession {
+    var container: VFIOContainer
+    let group: VFIOGroup
+    let device: VFIODevice
+    init(_ pci: PCIDevice) throws(VFIOError) {
+        var container = try VFIOContainer()
+        let group = try VFIOGroup(device: pci, container: &container)
+        device = try group.device(pci.address)
+        self.group = group
+        self.container = container
+    }
+}
+
 let device: PCIDevice
 let pool: PacketPool
 let nic: E1000
+var session: VFIOSession? = nil
 do {
     device = try PCIDevice.find(PCIDeviceID(vendor: 0x8086, device: 0x100e))
     print("device: \(device)")
     pool = try PacketPool(configuration: PacketPoolConfiguration(count: 1024, headroom: 128, dataRoom: 2048))
-    nic = try E1000(device: device, pool: pool, rxAddressSkew: breakAddresses ? 4096 : 0)
+    if useVFIO {
+        let s = try VFIOSession(device)
+        session = s
+        let info = try s.container.iommuInfo()
+        print("iommu: group \(s.group.number), page sizes 0x\(String(info.pageSizes, radix: 16)), IOVA ranges "
+              + info.ranges.map { "0x\(String($0.lowerBound, radix: 16))…0x\(String($0.upperBound, radix: 16))" }.joined(separator: ", "))
+        nic = try E1000(vfio: s.device, container: s.container, pool: pool, rxAddressSkew: breakAddresses ? 4096 : 0)
+    } else {
+        nic = try E1000(device: device, pool: pool, rxAddressSkew: breakAddresses ? 4096 : 0)
+    }
 } catch {
     print("FAIL setup: \(error)")
     failed += 1
@@ -121,12 +151,20 @@ do {
 nonisolated(unsafe) var misdirected = false
 
 /// Every posted RX descriptor holds the library's physical address of its
-/// buffer, and that address is what pagemap says now.
+/// buffer, and that address is what pagemap says now; through VFIO, the
+/// buffer's virtual address (IOVA = VA).
 @MainActor func checkPostedAddresses(_ name: String) {
     check(name) {
         var wrong: [String] = []
         let posted = nic.postedReceiveDescriptors()
         for (slot, entry) in posted.enumerated() {
+            if useVFIO {
+                let virtual = UInt64(UInt(bitPattern: entry.buffer.data))
+                if entry.descriptorAddress.rawValue != virtual {
+                    wrong.append("slot \(slot): descriptor \(entry.descriptorAddress), virtual address 0x\(String(virtual, radix: 16))")
+                }
+                continue
+            }
             let library = entry.buffer.dataPhysicalAddress
             let kernel = pagemapPhysical(entry.buffer.data)
             if entry.descriptorAddress != library || library?.rawValue != kernel {
@@ -135,7 +173,7 @@ nonisolated(unsafe) var misdirected = false
         }
         if !wrong.isEmpty { misdirected = true }
         try expect(wrong.isEmpty, "\(wrong.count) of \(posted.count) wrong; first: \(wrong.first ?? "")")
-        return "\(posted.count) descriptors = library = pagemap"
+        return useVFIO ? "\(posted.count) descriptors = buffer virtual address (IOVA)" : "\(posted.count) descriptors = library = pagemap"
     }
 }
 

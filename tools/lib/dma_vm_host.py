@@ -54,13 +54,19 @@ def main():
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--timeout", type=int, default=180)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--iommu", action="store_true",
+                        help="add QEMU's intel-iommu (interrupt remapping, 48-bit addresses)")
     args = parser.parse_args()
 
     host, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # aw-bits=48: the default 39-bit width rejects user-space addresses as
+    # IOVAs; intremap=on: without it VFIO_SET_IOMMU fails with EPERM.
+    iommu = ["-device", "intel-iommu,intremap=on,aw-bits=48"] if args.iommu else []
     command = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35",
         "-m", "1G", "-smp", "1",
         "-kernel", args.kernel, "-initrd", args.initrd, "-append", args.append,
+        *iommu,
         "-netdev", f"socket,id=n0,fd={guest.fileno()}",
         "-device", "e1000,netdev=n0,addr=03.0",
         "-nographic", "-monitor", "none", "-serial", "stdio", "-no-reboot",
