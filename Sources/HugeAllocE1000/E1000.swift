@@ -306,6 +306,18 @@ public final class E1000 {
         }
     }
 
+    /// Points the next receive descriptor at `address` instead of its
+    /// buffer's (the buffer stays posted there). For fault-injection tests:
+    /// an IOVA the container does not map must make the IOMMU refuse the
+    /// device's write. Returns the slot changed.
+    @discardableResult
+    public func overrideNextReceiveAddress(_ address: PhysicalAddress) -> Int {
+        descriptor(rxNext * RXDescriptor.size)
+            .storeBytes(of: address.rawValue.littleEndian, toByteOffset: RXDescriptor.address, as: UInt64.self)
+        bar.writeBarrier()
+        return rxNext
+    }
+
     // MARK: transmit
 
     /// Frees the buffers of transmit descriptors the device has finished, in one bulk free.

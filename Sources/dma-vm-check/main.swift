@@ -264,6 +264,68 @@ check("transmit \(frameCount) frames from packet-pool buffers") {
     return "\(queued) frames sent and completed; the host checks their bytes"
 }
 
+// MARK: - IOMMU: a descriptor at an IOVA the container does not map
+
+/// The kernel log's lines, from /dev/kmsg (one record per read, non-blocking to the end).
+func kernelLogLines() -> [String] {
+    let fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK)
+    guard fd >= 0 else { return [] }
+    defer { close(fd) }
+    var lines: [String] = []
+    var buffer = [UInt8](repeating: 0, count: 8192)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n < 0 && errno == EPIPE { continue }  // a record was overwritten: go on
+        if n <= 0 { break }
+        lines.append(String(decoding: buffer[..<n], as: UTF8.self))
+    }
+    return lines
+}
+
+func dmarFaults() -> [String] { kernelLogLines().filter { $0.contains("DMAR: [DMA Write") } }
+
+/// Asks the host for frame `index` and waits for it; nil after 10 s.
+@MainActor func receiveOne(_ index: Int) -> PacketBuffer? {
+    print("dma-vm-check: send 1 frame from \(index)")
+    fflush(nil)
+    var got: [PacketBuffer] = []
+    let until = clock.now + .seconds(10)
+    while got.isEmpty && clock.now < until {
+        if nic.receive(into: &got, maximum: 1) == 0 { usleep(1000) }
+    }
+    return got.first
+}
+
+if useVFIO {
+    check("DMAR fault at an unmapped IOVA leaves the sentinel page intact") {
+        // A hugepage the container does not map, filled with a pattern.
+        let sentinel = try MemoryMapping(length: PageSize.huge2M.bytes)
+        sentinel.base.initializeMemory(as: UInt8.self, repeating: 0xA5, count: sentinel.length)
+        let faultsBefore = dmarFaults().count
+        nic.overrideNextReceiveAddress(PhysicalAddress(UInt64(UInt(bitPattern: sentinel.base + 4096))))
+        guard let stale = receiveOne(frameCount) else { throw CheckFailure("the device did not complete the descriptor") }
+        defer { pool.free(stale) }
+        let intact = UnsafeRawBufferPointer(start: sentinel.base, count: sentinel.length).allSatisfy { $0 == 0xA5 }
+        try expect(intact, "the device wrote into the sentinel page through an unmapped IOVA")
+        var faultLine: String? = nil
+        let until = clock.now + .seconds(5)
+        while faultLine == nil && clock.now < until {
+            let lines = dmarFaults()
+            if lines.count > faultsBefore { faultLine = lines.last } else { usleep(10_000) }
+        }
+        try expect(faultLine != nil, "no DMAR fault line in the kernel log")
+        let bytes = Array(UnsafeRawBufferPointer(stale.bytes))
+        try expect(bytes != frameBytes(frameCount, sender: 1), "the frame arrived although its IOVA is unmapped")
+        return "sentinel intact; kernel: \(faultLine!.split(separator: ";", maxSplits: 1).last.map(String.init)?.filter { $0 != "\n" } ?? "")"
+    }
+    check("the device still works after the fault") {
+        guard let next = receiveOne(frameCount + 1) else { throw CheckFailure("no frame after the fault") }
+        defer { pool.free(next) }
+        try expect(Array(UnsafeRawBufferPointer(next.bytes)) == frameBytes(frameCount + 1, sender: 1), "frame \(frameCount + 1) differs")
+        return "frame \(frameCount + 1) received byte for byte"
+    }
+}
+
 check("statistics") {
     let stats = nic.readStatistics()
     try expect(stats.txPackets == frameCount, "GPTC \(stats.txPackets), want \(frameCount)")

@@ -22,6 +22,8 @@ import threading
 import time
 
 READY = "dma-vm-check: ready to receive"
+# Later requests: "dma-vm-check: send K frames from I".
+SEND = re.compile(r"dma-vm-check: send (\d+) frames? from (\d+)")
 
 
 def frame_length(index):
@@ -95,11 +97,14 @@ def main():
                 received.append(buffer[4:4 + length])
                 buffer = buffer[4 + length:]
 
-    def send_frames():
-        ready.wait()
-        for index in range(args.frames):
+    def send(first, count):
+        for index in range(first, first + count):
             frame = frame_bytes(index, 1)
             host.sendall(struct.pack(">I", len(frame)) + frame)
+
+    def send_frames():
+        ready.wait()
+        send(0, args.frames)
 
     console = []
 
@@ -118,6 +123,9 @@ def main():
                     print(line, flush=True)
                 if READY in line:
                     ready.set()
+                request = SEND.search(line)
+                if request:
+                    send(int(request.group(2)), int(request.group(1)))
 
     threads = [threading.Thread(target=f, daemon=True) for f in (read_frames, send_frames, read_console)]
     for t in threads:
