@@ -197,9 +197,17 @@ public struct PCIDevice: Sendable, CustomStringConvertible {
     /// bits; returns the register before and after.
     @discardableResult
     public func enableMemoryAndBusMastering() throws(PCIError) -> (before: UInt16, after: UInt16) {
-        let before = try readConfig16(Self.commandRegister)
-        let after = before | Self.commandMemorySpace | Self.commandBusMaster
-        if after != before { try writeConfig16(Self.commandRegister, after) }
+        try Self.enableMemoryAndBusMastering(read: readConfig16, write: writeConfig16)
+    }
+
+    /// The command-register update of both access modes (sysfs `config`, a
+    /// VFIO device's config region): set memory space and bus master, keep the rest.
+    static func enableMemoryAndBusMastering<E: Error>(
+        read: (Int) throws(E) -> UInt16, write: (Int, UInt16) throws(E) -> Void
+    ) throws(E) -> (before: UInt16, after: UInt16) {
+        let before = try read(commandRegister)
+        let after = before | commandMemorySpace | commandBusMaster
+        if after != before { try write(commandRegister, after) }
         return (before, after)
     }
 

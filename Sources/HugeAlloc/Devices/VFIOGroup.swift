@@ -62,6 +62,11 @@ public struct VFIODevice: ~Copyable, Sendable {
 
     /// A region's size, offset in the device descriptor and flags.
     func region(_ index: UInt32) throws(VFIOError) -> (size: Int, offset: Int, flags: UInt32) {
+        try Self.region(fd, index)
+    }
+
+    /// `VFIO_DEVICE_GET_REGION_INFO` on a device descriptor.
+    static func region(_ fd: FileDescriptor, _ index: UInt32) throws(VFIOError) -> (size: Int, offset: Int, flags: UInt32) {
         // struct vfio_region_info: argsz, flags, index, cap_offset, size, offset.
         var info: (UInt32, UInt32, UInt32, UInt32, UInt64, UInt64) = (32, 0, index, 0, 0, 0)
         do { _ = try Sys.ioctl(fd, VFIORequest.deviceGetRegionInfo, "VFIO_DEVICE_GET_REGION_INFO", struct: &info) } catch {
@@ -86,31 +91,45 @@ public struct VFIODevice: ~Copyable, Sendable {
 
     /// A little-endian 16-bit config register (`pread(2)` of the config region).
     public func readConfig16(_ offset: Int) throws(VFIOError) -> UInt16 {
-        let config = try region(VFIORequest.pciConfigRegion)
+        try VFIODeviceConfig(fd: fd, address: address).read16(offset)
+    }
+
+    /// Writes a 16-bit config register (`pwrite(2)` of the config region).
+    public func writeConfig16(_ offset: Int, _ value: UInt16) throws(VFIOError) {
+        try VFIODeviceConfig(fd: fd, address: address).write16(offset, value)
+    }
+
+    /// Sets memory space and bus master in the command register.
+    @discardableResult
+    public func enableMemoryAndBusMastering() throws(VFIOError) -> (before: UInt16, after: UInt16) {
+        let config = VFIODeviceConfig(fd: fd, address: address)
+        return try PCIDevice.enableMemoryAndBusMastering(read: config.read16, write: config.write16)
+    }
+
+    deinit { Sys.close(fd) }
+}
+
+/// A VFIO device's config region through its descriptor (copyable, for closures).
+struct VFIODeviceConfig {
+    let fd: FileDescriptor
+    let address: PCIAddress
+
+    func offset() throws(VFIOError) -> Int { try VFIODevice.region(fd, VFIORequest.pciConfigRegion).offset }
+
+    func read16(_ offset: Int) throws(VFIOError) -> UInt16 {
+        let base = try self.offset()
         var bytes = [UInt8](repeating: 0, count: 2)
         let result: Result<Int, SystemCallError> = unsafe bytes.withUnsafeMutableBytes { b in
-            do throws(SystemCallError) { return .success(try unsafe Sys.pread(fd, into: b, offset: config.offset + offset)) }
+            do throws(SystemCallError) { return .success(try unsafe Sys.pread(fd, into: b, offset: base + offset)) }
             catch { return .failure(error) }
         }
         do { _ = try result.get() } catch { throw .systemCall(error) }
         return UInt16(bytes[0]) | UInt16(bytes[1]) << 8
     }
 
-    /// Writes a 16-bit config register (`pwrite(2)` of the config region).
-    public func writeConfig16(_ offset: Int, _ value: UInt16) throws(VFIOError) {
-        let config = try region(VFIORequest.pciConfigRegion)
-        do { try Sys.pwrite(fd, [UInt8(truncatingIfNeeded: value), UInt8(truncatingIfNeeded: value >> 8)], offset: config.offset + offset) }
+    func write16(_ offset: Int, _ value: UInt16) throws(VFIOError) {
+        let base = try self.offset()
+        do { try Sys.pwrite(fd, [UInt8(truncatingIfNeeded: value), UInt8(truncatingIfNeeded: value >> 8)], offset: base + offset) }
         catch { throw .systemCall(error) }
     }
-
-    /// Sets memory space and bus master in the command register.
-    @discardableResult
-    public func enableMemoryAndBusMastering() throws(VFIOError) -> (before: UInt16, after: UInt16) {
-        let before = try readConfig16(PCIDevice.commandRegister)
-        let after = before | PCIDevice.commandMemorySpace | PCIDevice.commandBusMaster
-        if after != before { try writeConfig16(PCIDevice.commandRegister, after) }
-        return (before, after)
-    }
-
-    deinit { Sys.close(fd) }
 }
