@@ -42,7 +42,7 @@ public struct E1000Statistics: Sendable, Equatable {
 
 /// A user-space driver for the Intel 82540EM (QEMU's e1000): one receive
 /// and one transmit ring of legacy descriptors in hugepage memory, receive
-/// buffers from a ``PacketPool`` whose physical addresses go into the
+/// buffers from a `PacketPool` whose addresses go into the
 /// descriptors, polled bulk receive and transmit, no interrupts.
 ///
 /// The device must be bound to no kernel driver; the process must be root
