@@ -160,7 +160,7 @@ public final class E1000 {
         do { return try MemoryMapping(length: PageSize.huge2M.bytes) } catch { throw .ringMemory(error) }
     }
 
-    // MARK: reset and link (manual 14.3, 14.5)
+    // MARK: reset and link (manual, chapter 14: initialization)
 
     func resetAndLinkUp() {
         bar.write32(Register.imc, 0xFFFF_FFFF)  // polled driver: no interrupts
@@ -278,7 +278,13 @@ public final class E1000 {
                   & RXDescriptor.descriptorDone != 0 {
             ready += 1
         }
-        guard ready > 0, let fresh = pool.allocate(count: ready) else { return 0 }
+        // Replacements first, in one bulk call; with the pool short, take fewer frames now.
+        var fresh: [PacketBuffer] = []
+        while ready > 0 {
+            if let buffers = pool.allocate(count: ready) { fresh = buffers; break }
+            ready /= 2
+        }
+        guard ready > 0 else { return 0 }
         var last = rxNext
         for i in 0..<ready {
             let slot = rxNext
