@@ -5,6 +5,7 @@ let package = Package(
     name: "HugeAlloc",
     products: [
         .library(name: "HugeAlloc", targets: ["HugeAlloc"]),
+        .library(name: "HugeAllocE1000", targets: ["HugeAllocE1000"]),
         .executable(name: "inspect-memory", targets: ["inspect-memory"]),
         .executable(name: "hugealloc-bench", targets: ["hugealloc-bench"]),
     ],
@@ -68,6 +69,11 @@ let package = Package(
         ),
         // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
         .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc"]),
+        // A user-space driver for the 82540EM (QEMU's e1000): the library's
+        // PCI access, DMA memory and packet pools as a real consumer (docs/devices.md).
+        .target(name: "HugeAllocE1000", dependencies: ["HugeAlloc"]),
+        // Runs inside the guest that tools/dma-vm-test boots: the e1000 DMAs into packet-pool buffers.
+        .executableTarget(name: "dma-vm-check", dependencies: ["HugeAlloc", "HugeAllocE1000"]),
         // What both test targets share: the fixture trees (one per machine),
         // independent readers of the kernel's files, this process's own
         // memory counters and leak check, and the turn-taking trait for

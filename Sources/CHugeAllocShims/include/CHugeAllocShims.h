@@ -165,4 +165,5 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #include "CHugeAllocAffinity.h"
 #include "CHugeAllocBackends.h"
 #include "CHugeAllocFileSystem.h"
+#include "CHugeAllocDevices.h"
 #endif
