@@ -110,7 +110,7 @@ public final class E1000 {
         let ringMemory = try Self.makeRingMemory()
         do {
             try container.map(MemoryRegion(address: UInt(bitPattern: ringMemory.base), length: ringMemory.length,
-                                           pageSize: ringMemory.pageSize.bytes, pieces: []))
+                                           pageSize: ringMemory.pageSize, pieces: []))
             try container.map(MemoryRegion(pool: pool))
         } catch { throw .vfio(error) }
         try self.init(registers: registers, rings: ringMemory, address: device.address, pool: pool,

@@ -40,7 +40,7 @@ struct CreateBench: ParsableCommand {
         guard let first = pool.buffer(at: 0), let last = pool.buffer(at: buffers - 1),
               first.dataPhysicalAddress != nil, last.dataPhysicalAddress != nil
         else { throw ValidationError("the pool's buffers have no physical addresses (run as root)") }
-        print("create buffers=\(buffers) data_room=\(dataRoom) page_size=\(pageSize) bytes=\(pool.mempool.memoryLength) "
+        print("create buffers=\(buffers) data_room=\(dataRoom) page_size=\(pageSize) bytes=\(pool.mempool.length) "
             + "prefault_threads=\(prefaultThreads)")
         print("rate_persec=\(Int(Double(buffers) / seconds))")
         print("create_ms=\(Double(Int(seconds * 1e5)) / 100)")

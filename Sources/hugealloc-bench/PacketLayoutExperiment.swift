@@ -20,9 +20,9 @@ enum MetadataLayoutExperiment {
         for (name, count, cache) in [("hot", 16384, 512), ("cold", 65536, 0)] {
             let pool = try Mempool(configuration: MempoolConfiguration(
                 count: count, objectSize: 2048, alignment: 2048, cacheSize: cache))
-            let base = pool.baseAddress
-            let records = UnsafeMutableRawPointer.allocate(byteCount: (pool.memoryLength >> 11) * 32, alignment: 64)
-            records.initializeMemory(as: UInt8.self, repeating: 0, count: (pool.memoryLength >> 11) * 32)
+            let base = pool.base
+            let records = UnsafeMutableRawPointer.allocate(byteCount: (pool.length >> 11) * 32, alignment: 64)
+            records.initializeMemory(as: UInt8.self, repeating: 0, count: (pool.length >> 11) * 32)
             defer { records.deallocate() }
             let table = UnsafeMutablePointer<UnsafeMutableRawPointer>.allocate(capacity: 32)
             let indices = UnsafeMutablePointer<UInt32>.allocate(capacity: 32)

@@ -47,7 +47,7 @@ public struct AFXDPUMEMLayout: Sendable, Equatable {
         guard pool.bufferSize == chunk else {
             throw .bufferNotChunk(bufferStride: pool.bufferStride, bufferSize: pool.bufferSize, chunkSize: chunk)
         }
-        let base = UInt(bitPattern: unsafe pool.mempool.baseAddress)
+        let base = UInt(bitPattern: unsafe pool.mempool.base)
         // Buffers must tile the UMEM with no gap: buffer i at offset i × chunk.
         guard let first = pool.buffer(at: 0), let last = pool.buffer(at: pool.count - 1),
               UInt(bitPattern: unsafe first.metadata) == base,

@@ -43,17 +43,17 @@ public struct DPDKExternalMemory: Sendable, Equatable {
     /// physical address table (read once from `/proc/self/pagemap` when the
     /// pool was created) or, in ``IOVAMode/virtual``, the virtual addresses.
     public init(mempool: Mempool, iovaMode: IOVAMode = .physical) {
-        let base = UInt(bitPattern: unsafe mempool.baseAddress)
-        let pageSize = mempool.pageSize
-        let pages = mempool.memoryLength / pageSize
+        let base = UInt(bitPattern: unsafe mempool.base)
+        let pageSize = mempool.pageSize.bytes
+        let pages = mempool.length / pageSize
         self.init(
-            virtualAddress: base, length: mempool.memoryLength, pageSize: PageSize(rawValue: pageSize)!,
+            virtualAddress: base, length: mempool.length, pageSize: mempool.pageSize,
             pageIOVAs: (0..<pages).map { page in
                 switch iovaMode {
                 case .virtual:
                     return PhysicalAddress(UInt64(base) + UInt64(page * pageSize))
                 case .physical:
-                    return unsafe mempool.physicalAddress(of: mempool.baseAddress + page * pageSize) ?? Self.badIOVA
+                    return unsafe mempool.physicalAddress(of: mempool.base + page * pageSize) ?? Self.badIOVA
                 }
             })
     }

@@ -14,10 +14,10 @@ public struct MemoryRegion: Sendable, Hashable {
 
     public var address: UInt
     public var length: Int
-    public var pageSize: Int
+    public var pageSize: PageSize
     public var pieces: [Piece]
 
-    public init(address: UInt, length: Int, pageSize: Int, pieces: [Piece]) {
+    public init(address: UInt, length: Int, pageSize: PageSize, pieces: [Piece]) {
         self.address = address
         self.length = length
         self.pageSize = pageSize
@@ -32,7 +32,7 @@ public struct MemoryRegion: Sendable, Hashable {
 
     /// The memory of a mempool, as ``init(pool:)``.
     public init(mempool: Mempool) {
-        let base = UInt(bitPattern: unsafe mempool.baseAddress)
+        let base = UInt(bitPattern: unsafe mempool.base)
         let chunks = mempool.memoryChunks
         let pieces = chunks.map { chunk in
             Piece(offset: Int(UInt(bitPattern: unsafe chunk.address) - base), length: chunk.length,

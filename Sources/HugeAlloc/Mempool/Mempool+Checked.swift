@@ -13,7 +13,7 @@ extension Mempool {
         let address = UInt(bitPattern: pointer)
         guard offset >= 0, offset < length else { throw .foreignPointer(address: address) }
         let page = offset >> pageShift
-        let inPage = offset & (pageSize - 1)
+        let inPage = offset & (pageBytes - 1)
         let first = layout.pageFirstOffset[page]
         if first >= 0 && inPage >= first {
             let relative = inPage - first
@@ -28,15 +28,15 @@ extension Mempool {
     /// The address of the last object starting at or below `offset` (the pool's base if none).
     func nearestObjectStart(below offset: Int) -> UInt {
         var page = offset >> pageShift
-        var position = offset & (pageSize - 1)
+        var position = offset & (pageBytes - 1)
         while page >= 0 {
             let first = layout.pageFirstOffset[page]
             if first >= 0 && position >= first {
                 let k = min(layout.pageObjectCount[page] - 1, (position - first) / layout.stride)
-                return UInt(bitPattern: unsafe base) + UInt(page * pageSize + first + k * layout.stride)
+                return UInt(bitPattern: unsafe base) + UInt(page * pageBytes + first + k * layout.stride)
             }
             page -= 1
-            position = pageSize - 1
+            position = pageBytes - 1
         }
         return UInt(bitPattern: unsafe base)
     }
@@ -53,7 +53,7 @@ extension Mempool {
         var page = low
         while layout.pageFirstOffset[page] < 0 || layout.pageFirstIndex[page] > index { page -= 1 }
         let k = index - layout.pageFirstIndex[page]
-        return unsafe base + (page * pageSize + layout.pageFirstOffset[page] + k * layout.stride)
+        return unsafe base + (page * pageBytes + layout.pageFirstOffset[page] + k * layout.stride)
     }
 
     @usableFromInline @inline(never)

@@ -12,7 +12,7 @@ extension Mempool {
     /// Calls `body` with every object's address, in address order.
     func forEachObjectAddress(_ body: (UnsafeMutableRawPointer) -> Void) {
         for page in 0..<layout.pageFirstOffset.count where layout.pageFirstOffset[page] >= 0 {
-            var offset = page * pageSize + layout.pageFirstOffset[page]
+            var offset = page * pageBytes + layout.pageFirstOffset[page]
             for _ in 0..<layout.pageObjectCount[page] {
                 unsafe body(base + offset)
                 offset += layout.stride
@@ -25,7 +25,7 @@ extension Mempool {
     public func forEachObject<E: Error>(_ body: (Int, UnsafeMutableRawPointer) throws(E) -> Void) throws(E) {
         var index = 0
         for page in 0..<layout.pageFirstOffset.count where layout.pageFirstOffset[page] >= 0 {
-            var offset = page * pageSize + layout.pageFirstOffset[page]
+            var offset = page * pageBytes + layout.pageFirstOffset[page]
             for _ in 0..<layout.pageObjectCount[page] {
                 try unsafe body(index, base + offset)
                 offset += layout.stride
@@ -39,7 +39,7 @@ extension Mempool {
     /// the physical addresses run on. Without physical addresses, one chunk
     /// per page with a nil physical address.
     public var memoryChunks: [MempoolChunk] {
-        let pages = (layout.usedLength + pageSize - 1) / pageSize
+        let pages = (layout.usedLength + pageBytes - 1) / pageBytes
         var chunks = [MempoolChunk]()
         let table = translation?.pagePhysical
         for page in 0..<pages {
@@ -47,12 +47,12 @@ extension Mempool {
             if let last = chunks.last, let lastPhysical = last.physicalAddress, physical != 0,
                lastPhysical.rawValue &+ UInt64(last.length) == physical
             {
-                chunks[chunks.count - 1].length += pageSize
+                chunks[chunks.count - 1].length += pageBytes
             } else {
                 unsafe chunks.append(MempoolChunk(
-                    address: unsafe base + page * pageSize,
+                    address: unsafe base + page * pageBytes,
                     physicalAddress: physical == 0 ? nil : PhysicalAddress(rawValue: physical),
-                    length: pageSize))
+                    length: pageBytes))
             }
         }
         return chunks

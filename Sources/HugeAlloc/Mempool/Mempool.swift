@@ -17,6 +17,15 @@ public struct MempoolMemory: @unchecked Sendable {
     /// unknown (no `CAP_SYS_ADMIN`, page not present).
     public var physicalAddress: (Int) -> PhysicalAddress?
 
+    /// The memory of `mapping`, with its physical addresses. The mapping must
+    /// outlive the pool (or create the pool with
+    /// ``Mempool/init(configuration:mapping:)``, which owns its mapping).
+    public init(mapping: borrowing MemoryMapping) {
+        let translation = mapping.translation
+        unsafe self.init(base: mapping.base, length: mapping.length, pageSize: mapping.pageSize,
+                         physicalAddress: { translation?.physicalAddress(atOffset: $0) })
+    }
+
     public init(
         base: UnsafeMutableRawPointer, length: Int, pageSize: PageSize,
         physicalAddress: @escaping (Int) -> PhysicalAddress?
@@ -141,8 +150,10 @@ public final class Mempool: @unchecked Sendable {
     /// used, as before.
     @usableFromInline let ringHandle: MempoolRing._UnsafeHandle
     @usableFromInline let stackHandle: MempoolStack._UnsafeHandle
-    @usableFromInline let base: UnsafeMutableRawPointer
-    @usableFromInline let length: Int
+    /// The start of the pool's memory (a page boundary).
+    public let base: UnsafeMutableRawPointer
+    /// Bytes of memory the pool spans (whole pages).
+    public let length: Int
     @usableFromInline let pageShift: Int
     /// The physical address of every page: the mapping's own translation
     /// (read once from `/proc/self/pagemap` when it was mapped), or one
@@ -159,7 +170,7 @@ public final class Mempool: @unchecked Sendable {
     let mapping: MemoryMapping?
 
     /// The guard cookie written after every object in checked mode.
-    public static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
+    package static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
 
     /// Bytes of `pageSize` pages a pool of `configuration` needs, planned
     /// for the worst case, no two pages physically contiguous: what
@@ -331,11 +342,9 @@ public final class Mempool: @unchecked Sendable {
     /// Whether checked mode is on.
     public var isChecked: Bool { checked }
     /// The page size of the memory beneath.
-    public var pageSize: Int { 1 << pageShift }
-    /// The start of the pool's memory.
-    public var baseAddress: UnsafeMutableRawPointer { unsafe base }
-    /// Bytes of memory the pool spans (whole pages).
-    public var memoryLength: Int { length }
+    public var pageSize: PageSize { PageSize(rawValue: pageBytes)! }
+    /// The page size in bytes, for the pool's own arithmetic.
+    @usableFromInline var pageBytes: Int { 1 << pageShift }
 
     // MARK: shared backend
 

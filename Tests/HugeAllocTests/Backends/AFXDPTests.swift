@@ -54,7 +54,7 @@ let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
             let pool = try PacketPool(configuration: .afXDP(count: 4096, chunkSize: 2048))
             let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 2048, completionRingEntries: 1024)
             let layout = socket.layout
-            #expect(layout.base == UInt(bitPattern: pool.mempool.baseAddress) && layout.base % 4096 == 0)
+            #expect(layout.base == UInt(bitPattern: pool.mempool.base) && layout.base % 4096 == 0)
             #expect(layout.chunkSize == 2048 && layout.length == 4096 * 2048 && layout.chunkCount == 4096)
             #expect(layout.headroom == 64, "the metadata block is the UMEM headroom")
             #expect(layout.frameOffset == 64 + 256 && pool.headroom == 256)
@@ -62,7 +62,7 @@ let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
 
             // The kernel holds this UMEM: a second registration is refused as busy.
             let again = #expect(throws: SystemCallError.self) {
-                try Sys.xdpRegisterUMEM(socket.fileDescriptor, base: pool.mempool.baseAddress, length: 2048 * 16,
+                try Sys.xdpRegisterUMEM(socket.fileDescriptor, base: pool.mempool.base, length: 2048 * 16,
                                         chunkSize: 2048, headroom: 0, flags: 0)
             }
             #expect(again?.errno == .resourceBusy)

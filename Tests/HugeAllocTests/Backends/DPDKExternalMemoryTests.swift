@@ -9,9 +9,9 @@ import Testing
         let pool = try makePacketPool(count: 3000)
         let memory = DPDKExternalMemory(pool: pool)
         #expect(memory.validate() == nil)
-        #expect(memory.virtualAddress == UInt(bitPattern: pool.mempool.baseAddress))
+        #expect(memory.virtualAddress == UInt(bitPattern: pool.mempool.base))
         #expect(memory.pageSize == .huge2M)
-        #expect(memory.length == pool.mempool.memoryLength && memory.pageCount == memory.length / (2 << 20))
+        #expect(memory.length == pool.mempool.length && memory.pageCount == memory.length / (2 << 20))
         #expect(memory.pageCount >= 4, "3000 buffers of 2240 bytes need at least 4 pages of 2 MiB")
         #expect(memory.hasAllIOVAs)
         // Every page's IOVA is the kernel's physical address of that page.

@@ -50,7 +50,7 @@ final class RecordingBackend: Sendable {
         let firstRegion = MemoryRegion(pool: first!)
         #expect(arena.regions == [firstRegion])
         #expect(early.events.withLock { $0 } == [.added(firstRegion)])
-        #expect(firstRegion.address == UInt(bitPattern: first!.mempool.baseAddress))
+        #expect(firstRegion.address == UInt(bitPattern: first!.mempool.base))
         #expect(firstRegion.pieces.allSatisfy { $0.physicalAddress != nil })
 
         // The backend can translate every buffer from what it was told.
@@ -100,8 +100,8 @@ final class RecordingBackend: Sendable {
 
     @Test func registrationFailsWhenTheHandlerRefusesExistingMemory() throws {
         let arena = MemoryArena()
-        let a = MemoryRegion(address: 0x10_0000, length: 4096, pageSize: 4096, pieces: [.init(offset: 0, length: 4096, physicalAddress: nil)])
-        let b = MemoryRegion(address: 0x20_0000, length: 8 << 20, pageSize: 4096, pieces: [])
+        let a = MemoryRegion(address: 0x10_0000, length: 4096, pageSize: .base, pieces: [.init(offset: 0, length: 4096, physicalAddress: nil)])
+        let b = MemoryRegion(address: 0x20_0000, length: 8 << 20, pageSize: .base, pieces: [])
         try arena.add(a)
         try arena.add(b)
         let picky = RecordingBackend(refuseAbove: 1 << 20)

@@ -77,8 +77,8 @@ import Testing
             calls.withLock { $0.append("unmap \(String(iova, radix: 16)) \(length)") }
         })
         let arena = MemoryArena()
-        let a = MemoryRegion(address: 0x7f00_0000_0000, length: 0x20_0000, pageSize: 0x20_0000, pieces: [])
-        let b = MemoryRegion(address: 0x7f00_0040_0000, length: 0x40_0000, pageSize: 0x20_0000, pieces: [])
+        let a = MemoryRegion(address: 0x7f00_0000_0000, length: 0x20_0000, pageSize: .huge2M, pieces: [])
+        let b = MemoryRegion(address: 0x7f00_0040_0000, length: 0x40_0000, pageSize: .huge2M, pieces: [])
         try arena.add(a)
         let registration = try arena.register(mapper.handle)   // told of `a` at once
         try arena.add(b)
@@ -86,7 +86,7 @@ import Testing
 
         // A second device whose kernel refuses the next region: the addition
         // fails and this container is told to unmap what it had mapped.
-        let c = MemoryRegion(address: 0x7f00_0100_0000, length: 0x20_0000, pageSize: 0x20_0000, pieces: [])
+        let c = MemoryRegion(address: 0x7f00_0100_0000, length: 0x20_0000, pageSize: .huge2M, pieces: [])
         let refusing = try arena.register { event in
             if case .added(let r) = event, r.address == c.address {
                 throw VFIOError.systemCall(SystemCallError(call: "VFIO_IOMMU_MAP_DMA", errno: .invalidArgument))
@@ -105,8 +105,8 @@ import Testing
 
     @Test func aChosenIOVABaseKeepsOffsetsBetweenRegions() {
         let mapper = VFIODMAMapper(iovaBase: 0x1_0000_0000, map: { _, _, _ in }, unmap: { _, _ in })
-        let a = MemoryRegion(address: 0x7f00_0000_0000, length: 0x20_0000, pageSize: 0x20_0000, pieces: [])
-        let b = MemoryRegion(address: 0x7f00_0040_0000, length: 0x20_0000, pageSize: 0x20_0000, pieces: [])
+        let a = MemoryRegion(address: 0x7f00_0000_0000, length: 0x20_0000, pageSize: .huge2M, pieces: [])
+        let b = MemoryRegion(address: 0x7f00_0040_0000, length: 0x20_0000, pageSize: .huge2M, pieces: [])
         #expect(mapper.iova(of: a) == 0x1_0000_0000)
         #expect(mapper.iova(of: b) == 0x1_0040_0000)
     }

@@ -91,7 +91,7 @@ import Testing
         }
         // Chunks cover the used pages and start where pagemap says.
         let chunks = pool.memoryChunks
-        #expect(chunks.reduce(0) { $0 + $1.length } % pool.pageSize == 0)
+        #expect(chunks.reduce(0) { $0 + $1.length } % pool.pageSize.bytes == 0)
         for chunk in chunks {
             let pfn = try #require(try reader.entry(at: UInt(bitPattern: chunk.address)).pfn)
             #expect(chunk.physicalAddress == PhysicalAddress(pfn: pfn, basePageSize: base))

@@ -204,14 +204,14 @@ struct MempoolSizingPoolTests {
             if i == 2 { c.count = 32767; c.alignment = 64; c.checked = false; c.memoryChannels = 4 }
             let pool = try Mempool(configuration: c)
             let needed = try Mempool.memoryNeeded(for: c, pageSize: .huge2M)
-            #expect(pool.memoryLength == needed, "\(c)")
+            #expect(pool.length == needed, "\(c)")
             let worst = try MempoolLayout.plan(configuration: c, length: needed, pageSize: 2 << 20) { _ in false }
             #expect(needed - worst.usedLength < 2 << 20)
             let objects = allObjects(pool)
             #expect(objects.count == c.count && Set(objects).count == c.count)
             #expect(objects.allSatisfy { pool.contains($0) && pool.contains($0 + c.objectSize - 1) })
             #expect(pool.availableCount == c.count)
-            slacks.append(pool.memoryLength - pool.layout.usedLength)
+            slacks.append(pool.length - pool.layout.usedLength)
         }
         print("mempool pools on 2 MiB pages: slack after the last object (real contiguity) \(slacks) bytes")
     }
@@ -220,7 +220,7 @@ struct MempoolSizingPoolTests {
         for (count, size, checked) in [(1000, 2048, true), (300, 4000, false), (5000, 100, false)] {
             let c = MempoolConfiguration(count: count, objectSize: size, checked: checked)
             let pool = try Mempool(configuration: c, mapping: MappingOptions(pageSize: .base))
-            #expect(pool.memoryLength == (try Mempool.memoryNeeded(for: c, pageSize: .base)))
+            #expect(pool.length == (try Mempool.memoryNeeded(for: c, pageSize: .base)))
             #expect(allObjects(pool).count == count && pool.availableCount == count)
         }
     }

@@ -244,7 +244,7 @@ import Testing
         for chunk in [2048, 4096] {
             let pool = try PacketPool(configuration: .afXDP(count: 1500, chunkSize: chunk))
             #expect(pool.bufferStride == chunk && pool.bufferSize == chunk && pool.headroom == 256)
-            let base = UInt(bitPattern: pool.mempool.baseAddress)
+            let base = UInt(bitPattern: pool.mempool.base)
             #expect(base % UInt(getpagesize()) == 0)
             for i in 0..<pool.count {
                 let b = try #require(pool.buffer(at: i))
