@@ -46,6 +46,7 @@ package enum Doctor {
                 checks.append(cgroupCheck(cgroup, poolBytes: pool.total * pool.pageSize.bytes))
             }
         }
+        checks.append(contentsOf: vfioChecks(in: fs))
         return checks
     }
 
@@ -63,6 +64,37 @@ package enum Doctor {
         }
         return DoctorCheck(name: name, status: .ok,
                            detail: "the hugetlb cgroup \(cgroup.directory) leaves the whole \(cgroup.pageSize) pool in reach", fix: nil)
+    }
+
+    /// One check per device bound to vfio-pci: its IOMMU group, and whether
+    /// the group is viable (every other device in it unbound or bound to
+    /// vfio-pci/pci-stub), with the commands that make it so. Reads
+    /// /sys/bus/pci/drivers/vfio-pci, each device's `iommu_group` link and
+    /// /sys/kernel/iommu_groups/N/devices.
+    static func vfioChecks(in fs: KernelFiles) -> [DoctorCheck] {
+        let bound = fs.entries("/sys/bus/pci/drivers/vfio-pci").filter { PCIAddress($0) != nil }
+        return bound.map { address in
+            let name = "vfio-\(address)"
+            guard let link = try? Sys.readLink(fs.path("/sys/bus/pci/devices/\(address)/iommu_group")),
+                  let group = Int(link.split(separator: "/").last ?? "") else {
+                return DoctorCheck(name: name, status: .fail, detail: "\(address) is bound to vfio-pci but has no IOMMU group",
+                                   fix: "enable the IOMMU: add intel_iommu=on (or amd_iommu=on) to the kernel command line and reboot")
+            }
+            guard let status = try? VFIOGroupStatus.read(group: group, root: fs.root) else {
+                return DoctorCheck(name: name, status: .fail, detail: "cannot read IOMMU group \(group) of \(address)", fix: nil)
+            }
+            if status.isViable {
+                return DoctorCheck(name: name, status: .ok,
+                                   detail: "\(address) in IOMMU group \(group) (viable: \(status.devices.count) device(s), none bound to a host driver)", fix: nil)
+            }
+            let unbind = status.devices.compactMap { d -> String? in
+                guard let driver = d.driver, !VFIOGroupStatus.harmlessDrivers.contains(driver) else { return nil }
+                return "echo \(d.address) > /sys/bus/pci/drivers/\(driver)/unbind"
+            }
+            return DoctorCheck(name: name, status: .warn,
+                               detail: "\(address) in IOMMU group \(group) is not viable: \(status.blockers.joined(separator: ", ")) bound to host drivers",
+                               fix: unbind.joined(separator: "; "))
+        }
     }
 
     /// Whether compaction may migrate locked (mlocked) base pages, which would
