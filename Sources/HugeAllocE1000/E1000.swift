@@ -111,7 +111,7 @@ public final class E1000 {
         do {
             try container.map(MemoryRegion(address: UInt(bitPattern: ringMemory.base), length: ringMemory.length,
                                            pageSize: ringMemory.pageSize, pieces: []))
-            try container.map(MemoryRegion(pool: pool))
+            try container.attach(pool)
         } catch { throw .vfio(error) }
         try self.init(registers: registers, rings: ringMemory, address: device.address, pool: pool,
                       addressing: .virtualAddressAsIOVA, rxRingSize: rxRingSize, txRingSize: txRingSize,
@@ -197,13 +197,11 @@ public final class E1000 {
         }
     }
 
-    /// The address the device is given for a buffer's first data byte: its
-    /// physical address from the library, or its virtual address as IOVA.
+    /// The address the device is given for a buffer's first data byte: the
+    /// library's device address of it — its physical address, or, once the
+    /// pool is attached to the VFIO container, its IOVA. No arithmetic here.
     public func deviceAddress(of buffer: PacketBuffer) -> PhysicalAddress? {
-        switch addressing {
-        case .physical: buffer.dataPhysicalAddress
-        case .virtualAddressAsIOVA: PhysicalAddress(UInt64(UInt(bitPattern: buffer.data)))
-        }
+        buffer.dataPhysicalAddress
     }
 
     func descriptor(_ offset: Int) -> UnsafeMutableRawPointer { rings.base + offset }

@@ -107,6 +107,36 @@ public struct VFIOContainer: ~Copyable, Sendable {
         return try arena.register(mapper.handle)
     }
 
+    /// Maps a packet pool's memory for the container's devices — IOVA =
+    /// virtual address, or `iovaBase` onward — and makes the pool hand out
+    /// those IOVAs: from now on ``PacketBuffer/dataPhysicalAddress`` and
+    /// ``Mempool/physicalAddress(of:)`` are this container's IOVAs, so a
+    /// driver puts them in descriptors as they are, with no arithmetic. Needs
+    /// every buffer in the pool (attach before handing buffers out).
+    /// ``detach(_:iovaBase:)`` undoes it. Calls `VFIO_IOMMU_MAP_DMA`.
+    public func attach(_ pool: PacketPool, iovaBase: UInt64? = nil) throws(VFIOError) {
+        guard pool.inUseCount == 0 else { throw .poolInUse(inUse: pool.inUseCount, count: pool.count) }
+        let mempool = pool.mempool
+        let start = UInt64(UInt(bitPattern: unsafe mempool.base))
+        let iova = iovaBase ?? start
+        try map(address: UInt(start), length: mempool.length, iova: iova)
+        let page = mempool.pageSize.bytes
+        let pages = (0..<(mempool.length / page)).map { iova &+ UInt64($0 * page) }
+        mempool.useDeviceAddresses(PhysicalTranslation(pagePhysical: pages, pageSize: mempool.pageSize))
+        pool.refreshDeviceAddresses()
+    }
+
+    /// Unmaps a pool attached with ``attach(_:iovaBase:)`` (the same
+    /// `iovaBase`) and gives it back its physical addresses. Needs every
+    /// buffer in the pool. Calls `VFIO_IOMMU_UNMAP_DMA`.
+    public func detach(_ pool: PacketPool, iovaBase: UInt64? = nil) throws(VFIOError) {
+        guard pool.inUseCount == 0 else { throw .poolInUse(inUse: pool.inUseCount, count: pool.count) }
+        let mempool = pool.mempool
+        try unmap(iova: iovaBase ?? UInt64(UInt(bitPattern: unsafe mempool.base)), length: mempool.length)
+        mempool.useDeviceAddresses(nil)
+        pool.refreshDeviceAddresses()
+    }
+
     /// Closes the container (unmapping everything mapped into it). The corresponding C function is `close(2)`.
     public consuming func close() {
         Sys.close(fd)

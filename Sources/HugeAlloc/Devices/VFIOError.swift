@@ -14,6 +14,8 @@ public enum VFIOError: Error, Equatable, Sendable, CustomStringConvertible {
     case outsideAperture(iova: UInt64, length: Int, apertures: [ClosedRange<UInt64>])
     /// Pinning the memory would exceed RLIMIT_MEMLOCK.
     case memlockLimitTooLow(MemlockShortage)
+    /// A pool can be attached or detached only while all its buffers are in it.
+    case poolInUse(inUse: Int, count: Int)
     case pci(PCIError)
     case kernelFile(KernelFileError)
     case systemCall(SystemCallError)
@@ -40,6 +42,9 @@ public enum VFIOError: Error, Equatable, Sendable, CustomStringConvertible {
                 + "or map at a chosen IOVA base inside a range"
         case .memlockLimitTooLow(let shortage):
             return "VFIO pins the pages it maps: \(shortage)"
+        case .poolInUse(let inUse, let count):
+            return "\(inUse) of the pool's \(count) buffers are handed out: attach a pool to the container (or detach it) "
+                + "before handing out its buffers, when all of them are free"
         case .pci(let error): return error.description
         case .kernelFile(let error): return error.description
         case .systemCall(let error): return "VFIO: \(error)"

@@ -159,7 +159,10 @@ public final class Mempool: @unchecked Sendable {
     /// (read once from `/proc/self/pagemap` when it was mapped), or one
     /// built from ``MempoolMemory/physicalAddress``. A page whose address is
     /// unknown holds 0. nil when no address is known.
-    @usableFromInline let translation: PhysicalTranslation?
+    @usableFromInline private(set) var translation: PhysicalTranslation?
+    /// The physical addresses read from pagemap at creation; ``translation``
+    /// is this unless the pool is attached to an IOMMU container.
+    let physicalTranslation: PhysicalTranslation?
     /// Checked mode: 1 while an object is handed out, 0 while it is in the pool.
     @usableFromInline let objectState: UnsafeMutablePointer<Atomic<UInt8>>
 
@@ -282,6 +285,7 @@ public final class Mempool: @unchecked Sendable {
         self.releaseMemory = releaseMemory
         self.mapping = mapping
         self.translation = translation
+        self.physicalTranslation = translation
         id = ticket.id
         slot = ticket.slot
         objectCount = c.count
@@ -424,6 +428,14 @@ public final class Mempool: @unchecked Sendable {
     }
 
     // MARK: addresses
+
+    /// Makes ``physicalAddress(of:)`` answer with `deviceAddresses` (one
+    /// address per page: a container's IOVAs), or with the physical addresses
+    /// again when nil. Called by an IOMMU container while no object is handed
+    /// out and no other thread asks for addresses.
+    package func useDeviceAddresses(_ deviceAddresses: PhysicalTranslation?) {
+        translation = deviceAddresses ?? physicalTranslation
+    }
 
     /// The physical address (IOVA) of a byte in the pool, in O(1) from the
     /// per-page table of the pool's ``PhysicalTranslation`` (read from

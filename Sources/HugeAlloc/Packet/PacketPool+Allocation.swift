@@ -26,6 +26,17 @@ extension PacketPool {
         unsafe mempool.contains(buffer.metadata) && buffer.load(PacketBuffer.Field.pool, as: UInt64.self) == identity
     }
 
+    /// Writes each buffer's device address again from the mempool's
+    /// (``Mempool/physicalAddress(of:)``), after an IOMMU container switched
+    /// them to IOVAs or back. Only while every buffer is in the pool.
+    package func refreshDeviceAddresses() {
+        unsafe mempool.forEachObject { _, object in
+            let b = unsafe PacketBuffer(metadata: object)
+            let start = unsafe object + PacketBuffer.metadataSize
+            b.store(unsafe mempool.physicalAddress(of: start)?.rawValue ?? 0, PacketBuffer.Field.bufferPhysical)
+        }
+    }
+
     /// Writes the fixed metadata (own buffer address, physical address,
     /// buffer length, index, pool) and the free state into every buffer.
     func initializeMetadata() {
