@@ -67,13 +67,15 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The PASS/FAIL harness of the programs that run inside QEMU guests.
+        .target(name: "VMCheckSupport"),
         // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
-        .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc"]),
+        .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc", "VMCheckSupport"]),
         // A user-space driver for the 82540EM (QEMU's e1000): the library's
         // PCI access, DMA memory and packet pools as a real consumer (docs/devices.md).
         .target(name: "HugeAllocE1000", dependencies: ["HugeAlloc"]),
         // Runs inside the guest that tools/dma-vm-test boots: the e1000 DMAs into packet-pool buffers.
-        .executableTarget(name: "dma-vm-check", dependencies: ["HugeAlloc", "HugeAllocE1000"]),
+        .executableTarget(name: "dma-vm-check", dependencies: ["HugeAlloc", "HugeAllocE1000", "VMCheckSupport"]),
         // What both test targets share: the fixture trees (one per machine),
         // independent readers of the kernel's files, this process's own
         // memory counters and leak check, and the turn-taking trait for

@@ -20,33 +20,12 @@
 
 import Glibc
 import HugeAlloc
+import VMCheckSupport
 import HugeAllocE1000
 
 // MARK: - harness
 
-struct CheckFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
-nonisolated(unsafe) var passed = 0
-nonisolated(unsafe) var failed = 0
-
-func check(_ name: String, _ body: () throws -> String) {
-    do {
-        let detail = try body()
-        passed += 1
-        print("PASS \(name)\(detail.isEmpty ? "" : ": \(detail)")")
-    } catch {
-        failed += 1
-        print("FAIL \(name): \(error)")
-    }
-    fflush(nil)
-}
-
-func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws {
-    if !condition { throw CheckFailure(message()) }
-}
+// check, expect, CheckFailure and the tally come from VMCheckSupport.
 
 func finish() -> Never {
     print("\(passed) passed, \(failed) failed")

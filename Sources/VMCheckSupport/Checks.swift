@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The small harness the guest-side checks share (numa-vm-check,
+/// dma-vm-check): each check prints PASS or FAIL with a detail, and the
+/// tally line "N passed, M failed" that the host scripts read.
+
+/// Why a check failed.
+public struct CheckFailure: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Checks run so far. The checks run on the main thread, one after another.
+nonisolated(unsafe) public var passed = 0
+nonisolated(unsafe) public var failed = 0
+
+/// Runs one check: `body` returns a detail for the PASS line or throws.
+public func check(_ name: String, _ body: () throws -> String) {
+    do {
+        let detail = try body()
+        passed += 1
+        print("PASS \(name)\(detail.isEmpty ? "" : ": \(detail)")")
+    } catch {
+        failed += 1
+        print("FAIL \(name): \(error)")
+    }
+    fflush(nil)
+}
+
+/// Throws `message` unless `condition` holds.
+public func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+    if !condition { throw CheckFailure(message()) }
+}
