@@ -68,6 +68,15 @@ let package = Package(
         ),
         // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
         .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc"]),
+        // libFuzzer target for the kernel-text parsers (docs/testing.md); a plain
+        // build replays the seed corpus in Tests/FuzzCorpus instead.
+        .executableTarget(
+            name: "hugealloc-fuzz",
+            dependencies: [
+                "HugeAlloc", "HugeAllocDiagnostics",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .testTarget(
             name: "HugeAllocTests",
             dependencies: [
