@@ -71,6 +71,15 @@ let package = Package(
         .target(name: "VMCheckSupport"),
         // Runs inside a 2-node QEMU guest (tools/numa-vm-test); checks real placement.
         .executableTarget(name: "numa-vm-check", dependencies: ["HugeAlloc", "VMCheckSupport"]),
+        // libFuzzer target for the kernel-text parsers (docs/testing.md); a plain
+        // build replays the seed corpus in Tests/FuzzCorpus instead.
+        .executableTarget(
+            name: "hugealloc-fuzz",
+            dependencies: [
+                "HugeAlloc", "HugeAllocDiagnostics",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // A user-space driver for the 82540EM (QEMU's e1000): the library's
         // PCI access, DMA memory and packet pools as a real consumer (docs/devices.md).
         .target(name: "HugeAllocE1000", dependencies: ["HugeAlloc"]),

@@ -22,9 +22,14 @@ package enum HugepageHolders {
             guard let smaps = fs.textIfReadable("/proc/\(pid)/smaps"),
                   let mappings = try? ProcessMemoryMap.parseSmaps(smaps) else { continue }
             var perSize: [Int: Int] = [:]
+            var overflow = false
             for m in mappings where m.hugetlbBytes > 0 {
-                perSize[m.pageSize, default: 0] += m.hugetlbBytes
+                let (sum, over) = perSize[m.pageSize, default: 0].addingReportingOverflow(m.hugetlbBytes)
+                perSize[m.pageSize] = sum
+                overflow = overflow || over
             }
+            // No kernel holds 2^63 bytes: such an smaps is not the kernel's; leave the process out.
+            if overflow { continue }
             let command = fs.command(of: pid) ?? "?"
             for (size, bytes) in perSize.sorted(by: { $0.key < $1.key }) {
                 result.append(HugepageHolder(pid: pid, command: command, pageSize: size, bytes: bytes))

@@ -79,7 +79,13 @@ package enum ProcessMemoryMap {
             switch name {
             case "KernelPageSize": result[result.count - 1].pageSize = bytes
             case "Rss": result[result.count - 1].residentBytes = bytes
-            case "Private_Hugetlb", "Shared_Hugetlb": result[result.count - 1].hugetlbBytes += bytes
+            case "Private_Hugetlb", "Shared_Hugetlb":
+                let (sum, overflow) = result[result.count - 1].hugetlbBytes.addingReportingOverflow(bytes)
+                guard !overflow else {
+                    throw .malformed(MalformedFile(path: path, line: 0, text: String(line),
+                                                   expected: "hugetlb byte counts whose sum fits in 64 bits"))
+                }
+                result[result.count - 1].hugetlbBytes = sum
             case "AnonHugePages": result[result.count - 1].transparentHugeBytes = bytes
             case "Locked": result[result.count - 1].lockedBytes = bytes
             default: break
@@ -94,7 +100,7 @@ package enum ProcessMemoryMap {
         guard fields.count >= 5, let dash = fields[0].firstIndex(of: "-"),
               let start = UInt(fields[0][..<dash], radix: 16),
               let end = UInt(fields[0][fields[0].index(after: dash)...], radix: 16),
-              end >= start, fields[1].count == 4 else { return nil }
+              end >= start, end - start <= UInt(Int.max), fields[1].count == 4 else { return nil }
         // The kernel pads with spaces up to the path; the path itself may end
         // in spaces (a file named "x "), so only the padding is dropped.
         let path = fields.count == 6 ? String(fields[5].drop(while: { $0 == " " })) : nil

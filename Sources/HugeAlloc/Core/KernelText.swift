@@ -50,7 +50,7 @@ package enum KernelText {
         if line.isEmpty { return [] }
         let bad = KernelFileError.malformed(path: path, line: 1, text: String(line),
                                            expected: "a CPU list such as \"0-3,8-11\"")
-        var cpus: [Int] = []
+        var ranges: [ClosedRange<Int>] = []
         for part in line.split(separator: ",", omittingEmptySubsequences: false) {
             let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
             guard bounds.count == 1 || bounds.count == 2,
@@ -58,9 +58,16 @@ package enum KernelText {
                   let low = Int(bounds[0]), let high = Int(bounds[bounds.count - 1]),
                   low <= high, high < 1 << 20
             else { throw bad }
-            cpus.append(contentsOf: low...high)
+            ranges.append(low...high)
         }
-        return Array(Set(cpus)).sorted()
+        // Overlapping ranges are merged before they are expanded, so the
+        // result never holds more than 2^20 CPUs whatever the text repeats.
+        var cpus: [Int] = []
+        for range in ranges.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            let start = max(range.lowerBound, (cpus.last ?? -1) + 1)
+            if start <= range.upperBound { cpus.append(contentsOf: start...range.upperBound) }
+        }
+        return cpus
     }
 
     /// Whitespace-separated non-negative integers on the first line (sysfs `distance`).
