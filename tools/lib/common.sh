@@ -40,3 +40,28 @@ reserve_2m_pages() {
     echo $((total + want - free)) > "$sys/nr_hugepages"
     echo "reserved 2 MiB hugepages for the tests: nr_hugepages $total -> $(cat "$sys/nr_hugepages"), free $(cat "$sys/free_hugepages")" >&2
 }
+
+# reserve_pages_for_tests: as root, makes 512 2 MiB pages free for the tests
+# and, at exit, gives back what it reserved unless someone changed the pool
+# since. Every writer of nr_hugepages (tools/test, tools/test-sanitizers and
+# the tests that change the pool: withHugepageReservationLock in
+# Tests/HugeAllocTestSupport) takes the same lock, so runs in other checkouts
+# never restore over each other's change. Sets an EXIT trap.
+reserve_pages_for_tests() {
+    sys=/sys/kernel/mm/hugepages/hugepages-2048kB
+    lock=/tmp/hugealloc-hugepage-reservation.lock
+    root=false
+    if [ "$(id -u)" -eq 0 ]; then root=true; exec 9>>"$lock"; flock 9; fi
+    previous=$(reserve_2m_pages 512 | tail -n 1)
+    reserved=$(cat "$sys/nr_hugepages" 2>/dev/null || true)
+    if $root; then flock -u 9; fi
+    # Gives back what this run reserved, unless someone changed the pool since.
+    restore_pages() {
+        if $root && [ -n "${previous:-}" ] && [ "$reserved" != "$previous" ] && [ -w "$sys/nr_hugepages" ]; then
+            flock 9
+            if [ "$(cat "$sys/nr_hugepages")" = "$reserved" ]; then echo "$previous" > "$sys/nr_hugepages" || true; fi
+            flock -u 9
+        fi
+    }
+    trap restore_pages EXIT
+}
