@@ -47,6 +47,23 @@ struct MempoolPaddedIndex: ~Copyable {
     }
 }
 
+/// One side of a ring, its head and its tail, alone in a 128-byte block:
+/// the thread that moves the head with a compare-exchange owns the line
+/// when it comes to publish, so waiting on the tail and storing it are
+/// hits, not a second cache-line transfer per operation.
+@usableFromInline
+struct MempoolPaddedHeadTail: ~Copyable {
+    @usableFromInline let head: Atomic<UInt32>
+    @usableFromInline let tail: Atomic<UInt32>
+    let _padding: MempoolPadding120
+
+    init() {
+        head = Atomic(0)
+        tail = Atomic(0)
+        _padding = mempoolPadding120
+    }
+}
+
 /// The object count of a stack alone in a 128-byte block.
 @usableFromInline
 struct MempoolPaddedCount: ~Copyable {
