@@ -116,12 +116,23 @@ extension MempoolRing {
         @inlinable @inline(__always)
         func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
             var head = unsafe header.pointee.producer.head.load(ordering: .acquiring)
+            // The producers' last view of the consumers' tail: a lower bound
+            // of the tail, so the free space it shows is there. It acquires:
+            // the producer that stored it acquired the consumers' tail, so
+            // their slot reads happen before our writes.
+            var tail = unsafe header.pointee.producer.otherTailSeen.load(ordering: .acquiring)
             var next: UInt32
             while true {
-                let tail = unsafe header.pointee.consumer.tail.load(ordering: .acquiring)
                 // Unsigned and 64 bits wide: a negative n, or one that does
-                // not fit in 32 bits, is larger than any free space.
-                if UInt(bitPattern: n) > UInt(capacity &+ tail &- head) { return false }
+                // not fit in 32 bits, is larger than any free space. A view
+                // showing more than `capacity` free is stale (behind our
+                // head): read the tail itself.
+                let free = capacity &+ tail &- head
+                if _slowPath(UInt(bitPattern: n) > UInt(free) || free > capacity) {
+                    tail = unsafe header.pointee.consumer.tail.load(ordering: .acquiring)
+                    if UInt(bitPattern: n) > UInt(capacity &+ tail &- head) { return false }
+                    unsafe header.pointee.producer.otherTailSeen.store(tail, ordering: .releasing)
+                }
                 next = head &+ UInt32(truncatingIfNeeded: n)
                 let (done, seen) = unsafe header.pointee.producer.head.weakCompareExchange(
                     expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
@@ -151,10 +162,21 @@ extension MempoolRing {
         @inlinable @inline(__always)
         func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
             var head = unsafe header.pointee.consumer.head.load(ordering: .acquiring)
+            // The consumers' last view of the producers' tail: a lower bound
+            // of the tail, so the objects it shows are published. It
+            // acquires: the consumer that stored it acquired the producers'
+            // tail, so their slot writes happen before our reads.
+            var tail = unsafe header.pointee.consumer.otherTailSeen.load(ordering: .acquiring)
             var next: UInt32
             while true {
-                let tail = unsafe header.pointee.producer.tail.load(ordering: .acquiring)
-                if UInt(bitPattern: n) > UInt(tail &- head) { return false }
+                // A view showing more than `capacity` objects is stale
+                // (behind our head): read the tail itself.
+                let entries = tail &- head
+                if _slowPath(UInt(bitPattern: n) > UInt(entries) || entries > capacity) {
+                    tail = unsafe header.pointee.producer.tail.load(ordering: .acquiring)
+                    if UInt(bitPattern: n) > UInt(tail &- head) { return false }
+                    unsafe header.pointee.consumer.otherTailSeen.store(tail, ordering: .releasing)
+                }
                 next = head &+ UInt32(truncatingIfNeeded: n)
                 let (done, seen) = unsafe header.pointee.consumer.head.weakCompareExchange(
                     expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
