@@ -12,9 +12,11 @@ import Glibc
 /// producers reserve slots by moving `producerHead` with a compare-exchange,
 /// write their pointers, then publish by moving `producerTail` in reservation
 /// order; consumers do the same with the consumer indices. Bulk operations
-/// are all-or-nothing. The four indices sit in separate 128-byte blocks
-/// (``Header``) so producers and consumers do not share a cache line (nor an
-/// adjacent-line prefetch pair).
+/// are all-or-nothing. Each side's head and tail share one 128-byte block
+/// (``Header``), and the two sides sit in separate blocks, so producers and
+/// consumers do not share a cache line (nor an adjacent-line prefetch pair),
+/// while the thread that just moved a head publishes its tail from a line it
+/// already holds.
 ///
 /// The ring owns its storage: it is noncopyable and frees the storage in
 /// `deinit`, exactly once. All pointer arithmetic happens in
@@ -56,10 +58,8 @@ extension MempoolRing {
     /// The start of the ring's storage; the slots follow it.
     @usableFromInline
     struct Header: ~Copyable {
-        @usableFromInline let producerHead = MempoolPaddedIndex()
-        @usableFromInline let producerTail = MempoolPaddedIndex()
-        @usableFromInline let consumerHead = MempoolPaddedIndex()
-        @usableFromInline let consumerTail = MempoolPaddedIndex()
+        @usableFromInline let producer = MempoolPaddedHeadTail()
+        @usableFromInline let consumer = MempoolPaddedHeadTail()
     }
 
     /// A view of the ring's storage (header, then a power of two of slots):
@@ -108,22 +108,33 @@ extension MempoolRing {
 
         /// Objects in the ring now (exact when no operation is in flight).
         @inlinable var count: Int {
-            let tail = unsafe header.pointee.consumerTail.value.load(ordering: .acquiring)
-            let head = unsafe header.pointee.producerTail.value.load(ordering: .acquiring)
+            let tail = unsafe header.pointee.consumer.tail.load(ordering: .acquiring)
+            let head = unsafe header.pointee.producer.tail.load(ordering: .acquiring)
             return Int(head &- tail)
         }
 
         @inlinable @inline(__always)
         func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-            var head = unsafe header.pointee.producerHead.value.load(ordering: .acquiring)
+            var head = unsafe header.pointee.producer.head.load(ordering: .acquiring)
+            // The producers' last view of the consumers' tail: a lower bound
+            // of the tail, so the free space it shows is there. It acquires:
+            // the producer that stored it acquired the consumers' tail, so
+            // their slot reads happen before our writes.
+            var tail = unsafe header.pointee.producer.otherTailSeen.load(ordering: .acquiring)
             var next: UInt32
             while true {
-                let tail = unsafe header.pointee.consumerTail.value.load(ordering: .acquiring)
                 // Unsigned and 64 bits wide: a negative n, or one that does
-                // not fit in 32 bits, is larger than any free space.
-                if UInt(bitPattern: n) > UInt(capacity &+ tail &- head) { return false }
+                // not fit in 32 bits, is larger than any free space. A view
+                // showing more than `capacity` free is stale (behind our
+                // head): read the tail itself.
+                let free = capacity &+ tail &- head
+                if _slowPath(UInt(bitPattern: n) > UInt(free) || free > capacity) {
+                    tail = unsafe header.pointee.consumer.tail.load(ordering: .acquiring)
+                    if UInt(bitPattern: n) > UInt(capacity &+ tail &- head) { return false }
+                    unsafe header.pointee.producer.otherTailSeen.store(tail, ordering: .releasing)
+                }
                 next = head &+ UInt32(truncatingIfNeeded: n)
-                let (done, seen) = unsafe header.pointee.producerHead.value.weakCompareExchange(
+                let (done, seen) = unsafe header.pointee.producer.head.weakCompareExchange(
                     expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
                 if done { break }
                 head = seen
@@ -141,22 +152,33 @@ extension MempoolRing {
             // acquires, so each earlier producer's writes happen before this
             // release and consumers that acquire our tail see all of them.
             var spins = 0
-            while unsafe header.pointee.producerTail.value.load(ordering: .acquiring) != head {
+            while unsafe header.pointee.producer.tail.load(ordering: .acquiring) != head {
                 MempoolRing.spinPause(&spins)
             }
-            unsafe header.pointee.producerTail.value.store(next, ordering: .releasing)
+            unsafe header.pointee.producer.tail.store(next, ordering: .releasing)
             return true
         }
 
         @inlinable @inline(__always)
         func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-            var head = unsafe header.pointee.consumerHead.value.load(ordering: .acquiring)
+            var head = unsafe header.pointee.consumer.head.load(ordering: .acquiring)
+            // The consumers' last view of the producers' tail: a lower bound
+            // of the tail, so the objects it shows are published. It
+            // acquires: the consumer that stored it acquired the producers'
+            // tail, so their slot writes happen before our reads.
+            var tail = unsafe header.pointee.consumer.otherTailSeen.load(ordering: .acquiring)
             var next: UInt32
             while true {
-                let tail = unsafe header.pointee.producerTail.value.load(ordering: .acquiring)
-                if UInt(bitPattern: n) > UInt(tail &- head) { return false }
+                // A view showing more than `capacity` objects is stale
+                // (behind our head): read the tail itself.
+                let entries = tail &- head
+                if _slowPath(UInt(bitPattern: n) > UInt(entries) || entries > capacity) {
+                    tail = unsafe header.pointee.producer.tail.load(ordering: .acquiring)
+                    if UInt(bitPattern: n) > UInt(tail &- head) { return false }
+                    unsafe header.pointee.consumer.otherTailSeen.store(tail, ordering: .releasing)
+                }
                 next = head &+ UInt32(truncatingIfNeeded: n)
-                let (done, seen) = unsafe header.pointee.consumerHead.value.weakCompareExchange(
+                let (done, seen) = unsafe header.pointee.consumer.head.weakCompareExchange(
                     expected: head, desired: next, successOrdering: .relaxed, failureOrdering: .acquiring)
                 if done { break }
                 head = seen
@@ -173,20 +195,20 @@ extension MempoolRing {
             // Acquire the earlier consumers' tail too: their slot reads must
             // happen before a producer that acquires our tail reuses the slots.
             var spins = 0
-            while unsafe header.pointee.consumerTail.value.load(ordering: .acquiring) != head {
+            while unsafe header.pointee.consumer.tail.load(ordering: .acquiring) != head {
                 MempoolRing.spinPause(&spins)
             }
-            unsafe header.pointee.consumerTail.value.store(next, ordering: .releasing)
+            unsafe header.pointee.consumer.tail.store(next, ordering: .releasing)
             return true
         }
 
         /// Checks the indices (debug builds only; with no operation in flight).
         func _checkInvariants() {
             #if HUGEALLOC_CHECKS
-            let producerHead = unsafe header.pointee.producerHead.value.load(ordering: .relaxed)
-            let producerTail = unsafe header.pointee.producerTail.value.load(ordering: .relaxed)
-            let consumerHead = unsafe header.pointee.consumerHead.value.load(ordering: .relaxed)
-            let consumerTail = unsafe header.pointee.consumerTail.value.load(ordering: .relaxed)
+            let producerHead = unsafe header.pointee.producer.head.load(ordering: .relaxed)
+            let producerTail = unsafe header.pointee.producer.tail.load(ordering: .relaxed)
+            let consumerHead = unsafe header.pointee.consumer.head.load(ordering: .relaxed)
+            let consumerTail = unsafe header.pointee.consumer.tail.load(ordering: .relaxed)
             precondition(capacity <= mask, "ring: capacity \(capacity) above its \(mask + 1) slots")
             precondition(producerHead == producerTail && consumerHead == consumerTail, "ring: an operation is half done")
             precondition(producerTail &- consumerTail <= capacity, "ring: holds more objects than its capacity")

@@ -47,6 +47,39 @@ struct MempoolPaddedIndex: ~Copyable {
     }
 }
 
+/// One side of a ring, its head and its tail, alone in a 128-byte block:
+/// the thread that moves the head with a compare-exchange owns the line
+/// when it comes to publish, so waiting on the tail and storing it are
+/// hits, not a second cache-line transfer per operation.
+///
+/// `otherTailSeen` is this side's last view of the other side's tail (a
+/// consumer's view of the producers' tail, and the reverse): written only
+/// by this side's threads, so checking it costs no access to the other
+/// side's line, which is read only when the view does not show enough.
+@usableFromInline
+struct MempoolPaddedHeadTail: ~Copyable {
+    @usableFromInline let head: Atomic<UInt32>
+    @usableFromInline let tail: Atomic<UInt32>
+    @usableFromInline let otherTailSeen: Atomic<UInt32>
+    let _word: UInt32
+    let _padding: MempoolPadding112
+
+    init() {
+        head = Atomic(0)
+        tail = Atomic(0)
+        otherTailSeen = Atomic(0)
+        _word = 0
+        _padding = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    }
+}
+
+/// 112 bytes of padding: after 16 bytes of words, the rest of a 128-byte block.
+@usableFromInline
+typealias MempoolPadding112 = (
+    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64
+)
+
 /// The object count of a stack alone in a 128-byte block.
 @usableFromInline
 struct MempoolPaddedCount: ~Copyable {

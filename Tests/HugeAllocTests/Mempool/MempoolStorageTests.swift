@@ -3,13 +3,16 @@ import Testing
 @testable import HugeAlloc
 
 /// The raw storage of the ring, the stack and a thread's record: pinned
-/// header layouts (indices alone in their 128-byte blocks, a record's header
-/// in one cache line), and owners that free what they allocated.
+/// header layouts (each side of a ring, and a stack's lock, alone in its
+/// 128-byte block; a record's header in one cache line), and owners that
+/// free what they allocated.
 @Suite struct MempoolStorageTests {
     @Test func headersHaveTheirSizes() {
         #expect(MemoryLayout<MempoolPaddedIndex>.size == 128)
         #expect(MemoryLayout<MempoolPaddedCount>.size == 128)
-        #expect(MemoryLayout<MempoolRing.Header>.stride == 512)
+        #expect(MemoryLayout<MempoolPaddedHeadTail>.size == 128)
+        // One block per side, each holding its head and tail.
+        #expect(MemoryLayout<MempoolRing.Header>.stride == 256)
         #expect(MemoryLayout<MempoolStack.Header>.stride == 256)
         #expect(MemoryLayout<MempoolRecord.Header>.stride == 64)
         #expect(MemoryLayout<MempoolRecord>.size == 8)
