@@ -15,8 +15,8 @@ package enum MemlockCheck {
     /// The same check for this process now: `getrlimit(RLIMIT_MEMLOCK)`,
     /// VmLck of /proc/self/status and CAP_IPC_LOCK from its CapEff.
     package static func shortage(needed: Int) -> MemlockShortage? {
-        guard let soft = (try? Sys.memlockLimit())?.soft else { return nil }
-        return shortage(needed: needed, alreadyLocked: lockedBytes(), limit: soft, hasIPCLock: hasIPCLock())
+        guard let soft = (try? Sys.memlockLimit())?.soft, !hasIPCLock() else { return nil }
+        return shortage(needed: needed, alreadyLocked: lockedBytes(), limit: soft, hasIPCLock: false)
     }
 
     /// Bytes this process has locked already (/proc/self/status `VmLck`).
