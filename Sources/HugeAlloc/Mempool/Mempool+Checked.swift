@@ -62,7 +62,7 @@ extension Mempool {
             guard let index = unsafe try? objectIndex(of: objects[i]) else {
                 fatalError("mempool: the shared backend handed out \(UInt(bitPattern: unsafe objects[i])), which is not an object (memory corruption)")
             }
-            unsafe objectState[index].store(1, ordering: .relaxed)
+            objectStates.markHandedOut(index)
         }
     }
 
@@ -86,10 +86,8 @@ extension Mempool {
             indices.append(index)
         }
         for (i, index) in indices.enumerated() {
-            let (exchanged, _) = unsafe objectState[index].compareExchange(
-                expected: 1, desired: 0, successOrdering: .relaxed, failureOrdering: .relaxed)
-            if !exchanged {
-                for earlier in indices[..<i] { unsafe objectState[earlier].store(1, ordering: .relaxed) }
+            if !objectStates.markReturned(index) {
+                for earlier in indices[..<i] { objectStates.markHandedOut(earlier) }
                 throw .doubleFree(address: UInt(bitPattern: unsafe objects[i]), objectIndex: index)
             }
         }
@@ -116,5 +114,45 @@ extension Mempool {
         } catch {
             fatalError("mempool (checked): \(error)")
         }
+    }
+}
+
+/// Checked mode's state byte per object — 1 while handed out, 0 while in
+/// the pool — as an owner that frees its storage once, in `deinit`.
+@safe
+struct MempoolObjectStates: ~Copyable {
+    private let states: UnsafeMutablePointer<Atomic<UInt8>>
+    private let count: Int
+
+    /// `count` objects, all in the pool (0: no checked mode, nothing kept).
+    init(count: Int) {
+        self.count = count
+        unsafe states = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: max(1, count))
+        for i in 0..<max(1, count) { unsafe (states + i).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        unsafe states.deinitialize(count: max(1, count))
+        unsafe states.deallocate()
+    }
+
+    /// Whether object `index` is handed out.
+    func isHandedOut(_ index: Int) -> Bool {
+        precondition(index >= 0 && index < count, "object index out of range")
+        return unsafe states[index].load(ordering: .relaxed) == 1
+    }
+
+    /// Marks object `index` handed out.
+    func markHandedOut(_ index: Int) {
+        precondition(index >= 0 && index < count, "object index out of range")
+        unsafe states[index].store(1, ordering: .relaxed)
+    }
+
+    /// Marks object `index` back in the pool; false when it already was
+    /// (a double free), with nothing changed.
+    func markReturned(_ index: Int) -> Bool {
+        precondition(index >= 0 && index < count, "object index out of range")
+        return unsafe states[index].compareExchange(
+            expected: 1, desired: 0, successOrdering: .relaxed, failureOrdering: .relaxed).exchanged
     }
 }

@@ -163,8 +163,8 @@ public final class Mempool: @unchecked Sendable {
     /// The physical addresses read from pagemap at creation; ``translation``
     /// is this unless the pool is attached to an IOMMU container.
     let physicalTranslation: PhysicalTranslation?
-    /// Checked mode: 1 while an object is handed out, 0 while it is in the pool.
-    @usableFromInline let objectState: UnsafeMutablePointer<Atomic<UInt8>>
+    /// Checked mode: which objects are handed out.
+    let objectStates: MempoolObjectStates
 
     let layout: MempoolLayout
     let configuration: MempoolConfiguration
@@ -303,8 +303,7 @@ public final class Mempool: @unchecked Sendable {
         unsafe self.base = base
         self.length = length
         pageShift = pageBytes.trailingZeroBitCount
-        unsafe objectState = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: c.checked ? c.count : 1)
-        for i in 0..<(c.checked ? c.count : 1) { unsafe (objectState + i).initialize(to: Atomic(0)) }
+        objectStates = MempoolObjectStates(count: c.checked ? c.count : 0)
 
         // Fill the backend with every object, lowest address first out.
         var all = unsafe [UnsafeMutableRawPointer]()
@@ -327,7 +326,6 @@ public final class Mempool: @unchecked Sendable {
         // First, so no thread's exit puts objects into the backend any more;
         // the ring and stack free their storage after this body.
         MempoolRegistry.retire(slot: slot, id: id)
-        unsafe objectState.deallocate()
         releaseMemory?()
     }
 

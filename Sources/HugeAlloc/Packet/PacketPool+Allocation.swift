@@ -192,7 +192,7 @@ extension PacketPool {
         } catch {
             throw .notABuffer(address: address)
         }
-        if unsafe mempool.objectState[index].load(ordering: .relaxed) == 0 {
+        if !mempool.objectStates.isHandedOut(index) {
             throw .doubleFree(address: address, index: index)
         }
         if s.referenceCount == 0 { throw .referenceCountUnderflow(address: address, index: index) }
