@@ -31,7 +31,7 @@ import Testing
             Pool(size: $0.pageSize.bytes, total: $0.total, free: $0.free, reserved: $0.reserved,
                  surplus: $0.surplus, overcommit: $0.overcommit)
         } == kernel)
-        #expect([warningsBefore, vanishedLibhugetlbfsMountWarnings()].contains(ours.warnings),
+        #expect([warningsBefore, vanishedLibhugetlbfsMountWarnings()].contains(libraryDisagreements(ours.warnings)),
                 "libhugetlbfs and libnuma agree with the kernel's files: \(ours.warnings)")
     }
 
@@ -120,7 +120,8 @@ import Testing
         #expect(inventory.hugetlbfsMounts.contains(HugetlbfsMount(path: point, pageSize: .huge1G)))
         #expect(inventory.mounts(for: .huge1G).map(\.path).contains(point))
         #expect(!inventory.mounts(for: .huge2M).map(\.path).contains(point))
-        #expect([warningsBefore, vanishedLibhugetlbfsMountWarnings()].contains(inventory.warnings), "\(inventory.warnings)")
+        #expect([warningsBefore, vanishedLibhugetlbfsMountWarnings()].contains(libraryDisagreements(inventory.warnings)),
+                "\(inventory.warnings)")
     }
 
     @Test func limitsCapabilitiesAndModesAgreeWithProc() throws {
@@ -159,4 +160,13 @@ import Testing
         #expect(inventory.capabilities.sysAdmin)
         #expect(inventory.physicalAddressesVisible == true)
     }
+}
+
+/// The inventory's warnings about libhugetlbfs or libnuma disagreeing with
+/// the kernel's files, without the kernel's own transient: resv_hugepages
+/// read below zero right after a process that registered hugepage memory
+/// with io_uring or AF_XDP exited (the suite's own backend tests do that in
+/// parallel; KernelCounterTests checks that warning on a fixture).
+func libraryDisagreements(_ warnings: [String]) -> [String] {
+    warnings.filter { !$0.contains("read below zero as the kernel's unsigned counter") }
 }
