@@ -156,7 +156,7 @@ package enum StaleHugepageFiles {
     /// The hugetlbfs mounts listed in /proc/mounts below `fs`'s root (the
     /// inventory's reader); empty when /proc/mounts cannot be read.
     package static func mounts(in fs: KernelFiles = .live) -> [HugetlbfsMount] {
-        (try? SystemInventory.readMounts(fs, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: fs)) ?? nil)) ?? []
+        SystemInventory.hugetlbfsMounts(in: fs)
     }
 
     /// The files some process has open (/proc/*/fd links) or mapped
@@ -286,10 +286,8 @@ package enum StaleHugepageFiles {
         }
         let mounts = fs.textIfReadable("/proc/mounts") ?? ""
         for line in mounts.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            guard f.count >= 4, f[1] == "/proc", f[2] == "proc" else { continue }
-            let options = f[3].split(separator: ",")
-            guard options.contains("hidepid=2") || options.contains("hidepid=invisible") else { continue }
+            guard let entry = KernelText.mountEntry(line), entry.mountPoint == "/proc", entry.type == "proc" else { continue }
+            guard entry.options.contains("hidepid=2") || entry.options.contains("hidepid=invisible") else { continue }
             let ptrace = ((try? MemlockCheck.effectiveCapabilities(in: fs)) ?? 0) & (1 << 19) != 0
             if !ptrace {
                 spots.append("/proc is mounted with hidepid=invisible and this process lacks CAP_SYS_PTRACE, so other "

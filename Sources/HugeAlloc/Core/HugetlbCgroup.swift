@@ -49,15 +49,13 @@ package struct HugetlbCgroup: Hashable, Sendable {
             if fields[1].split(separator: ",").contains("hugetlb") { v1Path = String(fields[2]) }
         }
         for line in mounts.split(separator: "\n") {
-            let fields = line.split(separator: " ")
-            guard fields.count >= 4 else { continue }
-            let mountPoint = KernelText.unescapeMountField(fields[1])
-            if fields[2] == "cgroup", let v1Path, fields[3].split(separator: ",").contains("hugetlb") {
-                let directory = files.path(mountPoint + (v1Path == "/" ? "" : v1Path))
+            guard let entry = KernelText.mountEntry(line) else { continue }
+            if entry.type == "cgroup", let v1Path, entry.options.contains("hugetlb") {
+                let directory = files.path(entry.mountPoint + (v1Path == "/" ? "" : v1Path))
                 return read(version: 1, directory: directory, pageSize: pageSize, name: name)
             }
-            if fields[2] == "cgroup2", let v2Path {
-                let directory = files.path(mountPoint + (v2Path == "/" ? "" : v2Path))
+            if entry.type == "cgroup2", let v2Path {
+                let directory = files.path(entry.mountPoint + (v2Path == "/" ? "" : v2Path))
                 if let found = read(version: 2, directory: directory, pageSize: pageSize, name: name) { return found }
             }
         }

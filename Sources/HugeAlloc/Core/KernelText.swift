@@ -109,6 +109,17 @@ package enum KernelText {
         return size
     }
 
+    /// A /proc/mounts line, "<device> <mount point> <type> <options> <dump>
+    /// <pass>", as its fields; nil when it has fewer than four. The one
+    /// reading of mount lines: hugetlbfs mounts (the inventory), cgroup
+    /// hierarchies (`HugetlbCgroup`) and /proc's own options (diagnostics).
+    package static func mountEntry(_ line: Substring) -> MountEntry? {
+        let fields = line.split(whereSeparator: \.isWhitespace)
+        guard fields.count >= 4 else { return nil }
+        return MountEntry(mountPoint: unescapeMountField(fields[1]), type: fields[2],
+                          options: fields[3].split(separator: ","))
+    }
+
     /// Undoes the octal escapes of /proc/mounts fields ("\040" is a space).
     package static func unescapeMountField(_ field: Substring) -> String {
         var bytes: [UInt8] = []
@@ -126,4 +137,14 @@ package enum KernelText {
         }
         return String(decoding: bytes, as: UTF8.self)
     }
+}
+
+/// One mount of /proc/mounts (see ``KernelText/mountEntry(_:)``).
+package struct MountEntry: Sendable {
+    /// The mount point, octal escapes ("\040" for a space) undone.
+    package var mountPoint: String
+    /// The file-system type ("hugetlbfs", "cgroup2", "proc").
+    package var type: Substring
+    /// The comma-separated options ("rw", "pagesize=2M", "hugetlb").
+    package var options: [Substring]
 }

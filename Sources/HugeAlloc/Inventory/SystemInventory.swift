@@ -261,14 +261,13 @@ extension SystemInventory {
         let path = files.path("proc/mounts")
         var mounts: [HugetlbfsMount] = []
         for (number, line) in KernelText.lines(try files.text("proc/mounts")) {
-            let fields = line.split(whereSeparator: \.isWhitespace)
-            guard fields.count >= 4 else {
+            guard let entry = KernelText.mountEntry(line) else {
                 throw .malformed(path: path, line: number, text: String(line),
                                  expected: "\"<device> <mount point> <type> <options> <dump> <pass>\"")
             }
-            guard fields[2] == "hugetlbfs" else { continue }
+            guard entry.type == "hugetlbfs" else { continue }
             var size = defaultSize
-            for option in fields[3].split(separator: ",") where option.hasPrefix("pagesize=") {
+            for option in entry.options where option.hasPrefix("pagesize=") {
                 guard let parsed = PageSize(parsing: String(option.dropFirst("pagesize=".count))) else {
                     throw .malformed(path: path, line: number, text: String(line),
                                      expected: "a pagesize= option such as pagesize=2M or pagesize=1G")
@@ -279,9 +278,16 @@ extension SystemInventory {
                 throw .malformed(path: path, line: number, text: String(line),
                                  expected: "a pagesize= option (/proc/meminfo has no Hugepagesize)")
             }
-            mounts.append(HugetlbfsMount(path: KernelText.unescapeMountField(fields[1]), pageSize: size))
+            mounts.append(HugetlbfsMount(path: entry.mountPoint, pageSize: size))
         }
         return mounts
+    }
+
+    /// The hugetlbfs mounts under `files`' root now (``readMounts(_:defaultSize:)``
+    /// with the default hugepage size of /proc/meminfo); empty when /proc/mounts
+    /// cannot be read.
+    package static func hugetlbfsMounts(in files: KernelFiles = .live) -> [HugetlbfsMount] {
+        (try? readMounts(files, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: files)) ?? nil)) ?? []
     }
 
     /// Checks libhugetlbfs `hugetlbfs_find_path_for_size` against /proc/mounts.

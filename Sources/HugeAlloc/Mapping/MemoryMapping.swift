@@ -401,9 +401,7 @@ public struct MemoryMapping: ~Copyable {
     /// process starts, and may name a mount that is gone — else the first of
     /// /proc/mounts.
     static func hugetlbfsMount(for size: PageSize) -> String? {
-        let files = KernelFiles.live
-        let mounts = ((try? SystemInventory.readMounts(files, defaultSize: (try? HugepagePoolDirectory.defaultSize(in: files)) ?? nil)) ?? [])
-            .filter { $0.pageSize == size }
+        let mounts = SystemInventory.hugetlbfsMounts().filter { $0.pageSize == size }
         if let path = unsafe hugetlbfs_find_path_for_size(size.bytes) {
             let preferred = unsafe String(cString: path)
             if mounts.contains(where: { $0.path == preferred }) { return preferred }
