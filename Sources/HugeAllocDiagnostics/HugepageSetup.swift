@@ -319,11 +319,6 @@ package enum HugepageSetup {
         }
         return rollback
     }
-
-    /// The default hugepage size (Hugepagesize of /proc/meminfo).
-    package static func defaultPageSize(in fs: KernelFiles = .live) -> Int? {
-        ((try? HugepagePoolDirectory.defaultSize(in: fs)) ?? nil)?.bytes
-    }
 }
 
 /// Why `setup --mount PATH` cannot mount at PATH (a usage error, found

@@ -25,11 +25,6 @@ extension Sys {
         return bytes
     }
 
-    /// A small /proc or /sys file as UTF-8 text (see ``readFile(atPath:)``).
-    package static func readText(atPath path: String) throws(SystemCallError) -> String {
-        String(decoding: try readFile(atPath: path), as: UTF8.self)
-    }
-
     /// The names in a directory, without "." and "..", unsorted.
     /// The corresponding C functions are `opendir(3)` and `readdir(3)`.
     package static func directoryEntries(atPath path: String) throws(SystemCallError) -> [String] {
