@@ -92,6 +92,8 @@ public final class DMAHeap: Sendable {
     let deviceIOVAIsVirtual = Atomic<Bool>(false)
     let memzoneTable = Mutex<[String: Memzone]>([:])
     let largeMap: HeapLargeMap
+    /// Free one-object spans per node and class.
+    let central: HeapCentralLists
 
     /// Creates a heap serving every NUMA node the process may use. Maps
     /// nothing yet: the first allocation on a node maps its first page.
@@ -129,10 +131,12 @@ public final class DMAHeap: Sendable {
         self.events = MemoryArena()
         self.id = ticket.id
         self.slot = ticket.slot
-        self.space = unsafe HeapSpace(base: base, bytes: UInt(pages * pageBytes), pagesPerNode: pagesPerNode, metas: metas)
+        let space = unsafe HeapSpace(base: base, bytes: UInt(pages * pageBytes), pagesPerNode: pagesPerNode, metas: metas)
+        self.space = space
         self.classes = HeapClassTable.shared
         self.nodes = nodeIDs.enumerated().map {
-            HeapNode(index: $0.offset, node: $0.element, firstPage: $0.offset * pagesPerNode, classCount: HeapClassTable.shared.count)
+            HeapNode(index: $0.offset, node: $0.element, firstPage: $0.offset * pagesPerNode,
+                     classCount: HeapClassTable.shared.count, space: space)
         }
         var byID = [Int](repeating: -1, count: (nodeIDs.max() ?? 0) + 1)
         for (i, node) in nodeIDs.enumerated() { byID[node] = i }
@@ -141,6 +145,7 @@ public final class DMAHeap: Sendable {
         self.reservation = (UInt(bitPattern: reserved), length)
         self.metaBytes = metaBytes
         self.largeMap = HeapLargeMap()
+        self.central = HeapCentralLists(lists: nodeIDs.count * HeapClassTable.shared.count)
         HeapRegistry.publish(slot: ticket.slot, id: ticket.id, heap: Unmanaged.passUnretained(self))
     }
 
@@ -155,6 +160,7 @@ public final class DMAHeap: Sendable {
             }
         }
         largeMap.deallocate()
+        central.deallocate()
         try? unsafe Sys.munmap(UnsafeMutableRawPointer(bitPattern: reservation.base)!, length: reservation.length)
         try? unsafe Sys.munmap(space.metas, length: metaBytes)
     }
@@ -175,9 +181,9 @@ public final class DMAHeap: Sendable {
                      && !checked && !zeroed) {
             let cache = threadCache()
             let c = classes.classIndex(of: size)
-            if let pointer = unsafe popCached(cache, node: unsafe cache.header.pointee.homeNode, class: c) {
-                return unsafe pointer
-            }
+            let home = unsafe cache.header.pointee.homeNode
+            if let pointer = unsafe popCached(cache, node: home, class: c) { return unsafe pointer }
+            return try unsafe refillOrGeneral(cache, node: home, class: c, size: size)
         }
         return try unsafe allocateGeneral(size, alignment: alignment, boundary: boundary, node: node, zeroed: zeroed)
     }
@@ -483,12 +489,40 @@ public final class DMAHeap: Sendable {
         return try unsafe allocateLarge(bytes, alignment: alignment, boundary: boundary, nodeIndex: n)
     }
 
+    /// The fast path's miss: refill from the home node; when it cannot grow,
+    /// the general path tries the other nodes.
+    @inline(never)
+    func refillOrGeneral(_ cache: HeapThreadCache, node n: Int, class c: Int, size: Int) throws(DMAHeapError) -> UnsafeMutableRawPointer {
+        do { return try unsafe refill(cache, node: n, class: c) } catch {
+            guard nodes.count > 1, case .growthFailed = error else { throw error }
+            return try unsafe allocateGeneral(size, alignment: 64, boundary: nil, node: nil, zeroed: false)
+        }
+    }
+
     /// The cache had nothing for class `c`: remote frees, another owned
     /// span, an abandoned span, or a new one.
     func refill(_ cache: HeapThreadCache, node n: Int, class c: Int) throws(DMAHeapError) -> UnsafeMutableRawPointer {
         let entry = unsafe cache.entry(n * classes.count + c)
         if c >= classes.firstSingleClass {
-            let span = try unsafe newSpan(class: c, nodeIndex: n, owner: 0)
+            // A batch from the node's list of free spans of the class, else a new span.
+            let want = max(1, unsafe classes.stashLimit[c] / 2)
+            let first: UInt = unsafe central.withList(n &* classes.count &+ c) { count, slots in
+                let k = min(want, count)
+                guard k > 0 else { return 0 }
+                count -= k
+                for i in 1..<k {
+                    let s = unsafe entry.pointee.stashCount
+                    unsafe HeapThreadCache.stashSlot(entry, s).pointee = slots[count + i]
+                    unsafe entry.pointee.stashCount = s + 1
+                }
+                return unsafe slots[count]
+            }
+            let span: UnsafeMutablePointer<HeapSpan>
+            if first != 0 {
+                span = unsafe UnsafeMutablePointer(bitPattern: first)!
+            } else {
+                span = try unsafe newSpan(class: c, nodeIndex: n, owner: 0)
+            }
             unsafe span.pointee.used = 1
             countAllocation(cache, class: c)
             return unsafe UnsafeMutableRawPointer(bitPattern: span.pointee.start)!
@@ -594,17 +628,44 @@ public final class DMAHeap: Sendable {
         node.state.withLock { s in s.releaseGranules(page: page, granule: granule, count: count, heap: self) }
     }
 
-    /// The stash of a one-object class is full: half of it, and `span`, go back to the node.
+    /// The stash of a one-object class is full: half of it, and `span`, go
+    /// to the node's list of free spans of the class; what that list holds
+    /// beyond ``HeapClassTable/centralBytes`` goes back to the node's granules.
     @inline(never)
     func flushStash(_ entry: UnsafeMutablePointer<HeapThreadCache.ClassCache>, adding span: UnsafeMutablePointer<HeapSpan>) {
         let n = unsafe entry.pointee.stashCount
         let keep = n / 2
-        var released = [UnsafeMutablePointer<HeapSpan>]()
-        released.reserveCapacity(n - keep + 1)
-        released.append(span)
-        for i in keep..<n { unsafe released.append(UnsafeMutablePointer(bitPattern: HeapThreadCache.stashSlot(entry, i).pointee)!) }
+        let c = unsafe Int(span.pointee.classIndex)
+        let limit = unsafe min(HeapCentralLists.capacity, max(1, HeapClassTable.centralBytes / classes.sizes[c]))
+        // Spans that do not fit in the list go back to the granules.
+        var excess: (UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt) = (0, 0, 0, 0, 0, 0, 0, 0)
+        let spilled: Int = unsafe withUnsafeMutableBytes(of: &excess) { raw in
+            let out = unsafe raw.baseAddress!.assumingMemoryBound(to: UInt.self)
+            return unsafe central.withList(Int(span.pointee.node) &* classes.count &+ c) { count, slots in
+                var spilled = 0
+                func put(_ bits: UInt) {
+                    if count < limit { unsafe slots[count] = bits; count += 1 } else { unsafe out[spilled] = bits; spilled += 1 }
+                }
+                put(UInt(bitPattern: span))
+                for i in keep..<n { unsafe put(HeapThreadCache.stashSlot(entry, i).pointee) }
+                return spilled
+            }
+        }
         unsafe entry.pointee.stashCount = keep
-        for span in released { unsafe releaseSpan(span) }
+        unsafe withUnsafeBytes(of: &excess) { raw in
+            for i in 0..<spilled { unsafe releaseSpan(UnsafeMutablePointer(bitPattern: raw.load(fromByteOffset: i * 8, as: UInt.self))!) }
+        }
+    }
+
+    /// Gives every span on the nodes' lists of free spans back to the granules.
+    func drainCentralLists() {
+        for list in 0..<central.lists {
+            let spans: [UInt] = unsafe central.withList(list) { count, slots in
+                defer { count = 0 }
+                return unsafe (0..<count).map { unsafe slots[$0] }
+            }
+            for bits in spans { unsafe releaseSpan(UnsafeMutablePointer(bitPattern: bits)!) }
+        }
     }
 
     /// Granules of their own, under the node's lock: sizes above 256 KiB up
@@ -673,6 +734,7 @@ public final class DMAHeap: Sendable {
         if let table = HeapRegistry.ThreadTable.current, let cache = unsafe table.cache(slot: slot, id: id) {
             flush(cache, abandon: false)
         }
+        drainCentralLists()
         for node in nodes {
             let candidates: [[UInt]] = node.state.withLock { s in
                 let all = s.abandoned
