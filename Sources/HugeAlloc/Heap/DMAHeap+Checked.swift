@@ -45,7 +45,7 @@ extension DMAHeap {
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
         guard unsafe meta.header.pointee.mapped else { return nil }
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
+        let span = unsafe meta.span(meta.spanOf(granule))
         guard unsafe span.pointee.kind != .free else { return nil }
         let relative = unsafe Int(address - span.pointee.start)
         let size = unsafe span.pointee.kind == .direct ? Int.max : classes.sizes[Int(span.pointee.classIndex)]
@@ -70,7 +70,7 @@ extension DMAHeap {
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
         guard unsafe meta.header.pointee.mapped else { throw .foreignPointer(address: address) }
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
+        let span = unsafe meta.span(meta.spanOf(granule))
         if unsafe span.pointee.kind == .free {
             // A released span: its last allocation was freed already.
             if address & UInt(HeapSizeClasses.granule - 1) == 0 { throw .doubleFree(address: address) }
@@ -101,14 +101,14 @@ extension DMAHeap {
         guard unsafe word.pointee.compareExchange(expected: state, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
             throw .doubleFree(address: address)
         }
-        freeObject(address, span: span)
+        unsafe freeObject(address, span: span)
     }
 
     /// Frees the state words of every span of a page being unmapped.
     func releaseChecks(_ meta: HeapPageMeta) {
         guard checked else { return }
         for g in 0..<HeapSizeClasses.granulesPerPage {
-            let span = meta.span(g)
+            let span = unsafe meta.span(g)
             if unsafe span.pointee.checks != 0 { unsafe HeapChecks.detach(from: span) }
         }
     }

@@ -109,14 +109,14 @@ public final class DMAHeap: Sendable {
         let length = nodeIDs.count * pagesPerNode * pageBytes + pageBytes
         let reserved: UnsafeMutableRawPointer
         do {
-            reserved = try unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve])
+            unsafe reserved = try unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve])
         } catch { throw .systemCall(error) }
         let base = (UInt(bitPattern: reserved) + UInt(pageBytes - 1)) & ~UInt(pageBytes - 1)
         let pages = nodeIDs.count * pagesPerNode
         let metaBytes = pages * HeapPageMeta.stride
         let metas: UnsafeMutableRawPointer
         do {
-            metas = try unsafe Sys.mmap(length: metaBytes, protection: .readWrite, flags: [.private, .anonymous, .noReserve])
+            unsafe metas = try unsafe Sys.mmap(length: metaBytes, protection: .readWrite, flags: [.private, .anonymous, .noReserve])
         } catch {
             try? unsafe Sys.munmap(reserved, length: length)
             throw .systemCall(error)
@@ -146,7 +146,7 @@ public final class DMAHeap: Sendable {
         self.metaBytes = metaBytes
         self.largeMap = HeapLargeMap()
         self.central = HeapCentralLists(lists: nodeIDs.count * HeapClassTable.shared.count)
-        HeapRegistry.publish(slot: ticket.slot, id: ticket.id, heap: Unmanaged.passUnretained(self))
+        unsafe HeapRegistry.publish(slot: ticket.slot, id: ticket.id, heap: Unmanaged.passUnretained(self))
     }
 
     deinit {
@@ -196,11 +196,11 @@ public final class DMAHeap: Sendable {
     public func free(_ pointer: UnsafeMutableRawPointer) {
         let address = UInt(bitPattern: pointer)
         let offset = address &- space.base
-        guard _fastPath(offset < space.bytes && !checked) else { return freeGeneral(pointer) }
+        guard _fastPath(offset < space.bytes && !checked) else { return unsafe freeGeneral(pointer) }
         let meta = space.meta(Int(offset &>> UInt(HeapSizeClasses.pageShift)))
         let granule = Int((offset &>> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
-        freeObject(address, span: span)
+        let span = unsafe meta.span(meta.spanOf(granule))
+        unsafe freeObject(address, span: span)
     }
 
     /// Whether `address` is memory of this heap (mapped now).
@@ -232,13 +232,13 @@ public final class DMAHeap: Sendable {
     /// bytes from `address` that are IOVA-contiguous (across hugepages when
     /// they lie next to each other physically). Nil outside the heap.
     public func translate(_ address: UnsafeRawPointer, length: inout Int) -> UInt64? {
-        guard let first = iova(of: address) else { length = 0; return nil }
+        guard let first = unsafe iova(of: address) else { length = 0; return nil }
         let pageBytes = HeapSizeClasses.pageBytes
         let a = UInt(bitPattern: address)
         var contiguous = pageBytes - Int(a & UInt(pageBytes - 1))
         while contiguous < length {
             let next = unsafe UnsafeRawPointer(bitPattern: a + UInt(contiguous))!
-            guard let iova = iova(of: next), iova == first + UInt64(contiguous) else { break }
+            guard let iova = unsafe iova(of: next), iova == first + UInt64(contiguous) else { break }
             contiguous += pageBytes
         }
         length = min(length, contiguous)
@@ -256,7 +256,7 @@ public final class DMAHeap: Sendable {
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
         guard unsafe meta.header.pointee.mapped else { return 0 }
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
+        let span = unsafe meta.span(meta.spanOf(granule))
         switch unsafe span.pointee.kind {
         case .multi, .single: return unsafe classes.sizes[Int(span.pointee.classIndex)] - (checked ? HeapChecks.guardBytes : 0)
         case .direct: return unsafe Int(span.pointee.end - a) - (checked ? HeapChecks.guardBytes : 0)
@@ -268,8 +268,8 @@ public final class DMAHeap: Sendable {
 
     @inline(__always)
     func threadCache() -> HeapThreadCache {
-        if let table = HeapRegistry.ThreadTable.current, let cache = unsafe table.cache(slot: slot, id: id) {
-            return unsafe cache
+        if let table = HeapRegistry.ThreadTable.current, let cache = table.cache(slot: slot, id: id) {
+            return cache
         }
         return makeThreadCache()
     }
@@ -316,14 +316,14 @@ public final class DMAHeap: Sendable {
                 let object = unsafe UnsafeMutableRawPointer(bitPattern: head).unsafelyUnwrapped
                 unsafe span.pointee.freeList = object.load(as: UInt.self)
                 unsafe span.pointee.used &+= 1
-                unsafe countAllocation(cache, class: c)
+                countAllocation(cache, class: c)
                 return unsafe object
             }
             let bump = unsafe span.pointee.bump
             guard unsafe bump < span.pointee.end else { return nil }
             unsafe span.pointee.bump = bump &+ UInt(classes.sizes[c])
             unsafe span.pointee.used &+= 1
-            unsafe countAllocation(cache, class: c)
+            countAllocation(cache, class: c)
             return unsafe UnsafeMutableRawPointer(bitPattern: bump).unsafelyUnwrapped
         }
         let n = unsafe entry.pointee.stashCount
@@ -332,7 +332,7 @@ public final class DMAHeap: Sendable {
         let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: HeapThreadCache.stashSlot(entry, n &- 1).pointee)
             .unsafelyUnwrapped
         unsafe span.pointee.used = 1
-        unsafe countAllocation(cache, class: c)
+        countAllocation(cache, class: c)
         return unsafe UnsafeMutableRawPointer(bitPattern: span.pointee.start).unsafelyUnwrapped
     }
 
@@ -360,7 +360,7 @@ public final class DMAHeap: Sendable {
                 unsafe span.pointee.used &-= 1
                 if _slowPath(unsafe span.pointee.used == 0) {
                     let entry = unsafe cache.entry(Int(span.pointee.node) &* classes.count &+ c)
-                    if unsafe entry.pointee.current != UInt(bitPattern: span) { releaseOwnedSpan(span, entry: entry) }
+                    if unsafe entry.pointee.current != UInt(bitPattern: span) { unsafe releaseOwnedSpan(span, entry: entry) }
                 }
             } else {
                 unsafe pushRemote(address, span: span)
@@ -372,14 +372,14 @@ public final class DMAHeap: Sendable {
             let entry = unsafe cache.entry(Int(span.pointee.node) &* classes.count &+ c)
             unsafe span.pointee.used = 0
             let n = unsafe entry.pointee.stashCount
-            if _fastPath(n < classes.stashLimit[c]) {
+            if unsafe _fastPath(n < classes.stashLimit[c]) {
                 unsafe HeapThreadCache.stashSlot(entry, n).pointee = UInt(bitPattern: span)
                 unsafe entry.pointee.stashCount = n &+ 1
             } else {
                 unsafe flushStash(entry, adding: span)
             }
         case .direct:
-            freeDirect(span)
+            unsafe freeDirect(span)
         case .free:
             break
         }
@@ -519,24 +519,24 @@ public final class DMAHeap: Sendable {
             }
             let span: UnsafeMutablePointer<HeapSpan>
             if first != 0 {
-                span = unsafe UnsafeMutablePointer(bitPattern: first)!
+                unsafe span = unsafe UnsafeMutablePointer(bitPattern: first)!
             } else {
-                span = try unsafe newSpan(class: c, nodeIndex: n, owner: 0)
+                unsafe span = try unsafe newSpan(class: c, nodeIndex: n, owner: 0)
             }
             unsafe span.pointee.used = 1
             countAllocation(cache, class: c)
             return unsafe UnsafeMutableRawPointer(bitPattern: span.pointee.start)!
         }
         if let current = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: entry.pointee.current) {
-            collectRemote(current)
+            unsafe collectRemote(current)
         }
         if unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: entry.pointee.current).map({ unsafe !hasRoom($0) }) ?? true {
             var candidate = unsafe entry.pointee.owned
             var found: UInt = 0
             while candidate != 0 {
                 let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: candidate)!
-                collectRemote(span)
-                if hasRoom(span) { found = candidate; break }
+                unsafe collectRemote(span)
+                if unsafe hasRoom(span) { found = candidate; break }
                 candidate = unsafe span.pointee.next
             }
             if found == 0 {
@@ -559,7 +559,7 @@ public final class DMAHeap: Sendable {
         guard let adopted, let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: adopted) else { return 0 }
         unsafe span.pointee.owner.store(cache.bits, ordering: .releasing)
         unsafe link(span, into: entry)
-        collectRemote(span)
+        unsafe collectRemote(span)
         return adopted
     }
 
@@ -571,7 +571,7 @@ public final class DMAHeap: Sendable {
         }
         let meta = space.meta(page)
         for g in granule..<(granule + granules) { meta.setSpanOf(g, granule) }
-        let span = meta.span(granule)
+        let span = unsafe meta.span(granule)
         let start = space.granuleAddress(page: page, granule: granule)
         let objects = unsafe classes.objectsPerSpan[c]
         unsafe span.pointee.start = start
@@ -610,8 +610,8 @@ public final class DMAHeap: Sendable {
     /// An owned span became empty: back to the node.
     @inline(never)
     func releaseOwnedSpan(_ span: UnsafeMutablePointer<HeapSpan>, entry: UnsafeMutablePointer<HeapThreadCache.ClassCache>) {
-        unlink(span, from: entry)
-        releaseSpan(span)
+        unsafe unlink(span, from: entry)
+        unsafe releaseSpan(span)
     }
 
     /// Gives a span's granules back to its node (the span holds no object).
@@ -662,7 +662,7 @@ public final class DMAHeap: Sendable {
         for list in 0..<central.lists {
             let spans: [UInt] = unsafe central.withList(list) { count, slots in
                 defer { count = 0 }
-                return unsafe (0..<count).map { unsafe slots[$0] }
+                return (0..<count).map { unsafe slots[$0] }
             }
             for bits in spans { unsafe releaseSpan(UnsafeMutablePointer(bitPattern: bits)!) }
         }
@@ -678,7 +678,7 @@ public final class DMAHeap: Sendable {
         }
         let meta = space.meta(page)
         for g in granule..<(granule + granules) { meta.setSpanOf(g, granule) }
-        let span = meta.span(granule)
+        let span = unsafe meta.span(granule)
         let start = space.granuleAddress(page: page, granule: granule)
         unsafe span.pointee.start = start
         unsafe span.pointee.end = start + UInt(granules << HeapSizeClasses.granuleShift)
@@ -697,17 +697,17 @@ public final class DMAHeap: Sendable {
     func freeDirect(_ span: UnsafeMutablePointer<HeapSpan>) {
         let bytes = unsafe Int(span.pointee.granules) << HeapSizeClasses.granuleShift
         nodes[Int(unsafe span.pointee.node)].state.withLock { s in s.directBytes -= bytes }
-        releaseSpan(span)
+        unsafe releaseSpan(span)
     }
 
     /// Frees what the fast path does not: checked heaps, large blocks.
     @inline(never)
     func freeGeneral(_ pointer: UnsafeMutableRawPointer) {
         if checked {
-            do { try freeChecked(pointer) } catch { fatalError("DMAHeap.free: \(error)") }
+            do { unsafe try freeChecked(pointer) } catch { fatalError("DMAHeap.free: \(error)") }
             return
         }
-        freeUnchecked(pointer)
+        unsafe freeUnchecked(pointer)
     }
 
     /// Frees without checks: objects in the range, large blocks outside it.
@@ -718,7 +718,7 @@ public final class DMAHeap: Sendable {
             let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
             guard unsafe meta.header.pointee.mapped else { return }
             let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-            freeObject(address, span: meta.span(meta.spanOf(granule)))
+            unsafe freeObject(address, span: meta.span(meta.spanOf(granule)))
             return
         }
         _ = freeLarge(address)
@@ -731,7 +731,7 @@ public final class DMAHeap: Sendable {
     /// and empty pages beyond the retention. Other threads' caches keep
     /// theirs until they exit or trim.
     public func trim() {
-        if let table = HeapRegistry.ThreadTable.current, let cache = unsafe table.cache(slot: slot, id: id) {
+        if let table = HeapRegistry.ThreadTable.current, let cache = table.cache(slot: slot, id: id) {
             flush(cache, abandon: false)
         }
         drainCentralLists()
@@ -745,8 +745,8 @@ public final class DMAHeap: Sendable {
             for (c, list) in candidates.enumerated() {
                 for bits in list {
                     let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: bits)!
-                    collectRemote(span)
-                    if unsafe span.pointee.used == 0 { releaseSpan(span) } else { keep[c].append(bits) }
+                    unsafe collectRemote(span)
+                    if unsafe span.pointee.used == 0 { unsafe releaseSpan(span) } else { keep[c].append(bits) }
                 }
             }
             node.state.withLock { s in
@@ -772,12 +772,12 @@ public final class DMAHeap: Sendable {
                 while bits != 0 {
                     let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: bits)!
                     bits = unsafe span.pointee.next
-                    collectRemote(span)
+                    unsafe collectRemote(span)
                     if unsafe span.pointee.used == 0 {
-                        unlink(span, from: entry)
-                        releaseSpan(span)
+                        unsafe unlink(span, from: entry)
+                        unsafe releaseSpan(span)
                     } else if abandon {
-                        unlink(span, from: entry)
+                        unsafe unlink(span, from: entry)
                         unsafe span.pointee.owner.store(0, ordering: .releasing)
                         nodes[n].state.withLock { s in s.abandoned[c].append(UInt(bitPattern: span)) }
                     }

@@ -311,18 +311,18 @@ extension HeapNode.State {
         let parts = unsafe mapping.relinquish()
         guard let physical else {
             _ = heap.reserve(address: address, length: HeapSizeClasses.pageBytes, replacing: true)
-            if parts.fd >= 0 { Sys.close(.init(rawValue: parts.fd)) }
+            if unsafe parts.fd >= 0 { unsafe Sys.close(.init(rawValue: parts.fd)) }
             throw .noPhysicalAddresses
         }
         let region = MemoryRegion(address: address, length: HeapSizeClasses.pageBytes, pageSize: .huge2M,
                                   pieces: [.init(offset: 0, length: HeapSizeClasses.pageBytes, physicalAddress: physical)])
         do { try heap.events.add(region) } catch {
             _ = heap.reserve(address: address, length: HeapSizeClasses.pageBytes, replacing: true)
-            if parts.fd >= 0 { Sys.close(.init(rawValue: parts.fd)) }
+            if unsafe parts.fd >= 0 { unsafe Sys.close(.init(rawValue: parts.fd)) }
             throw .eventRefused(error)
         }
         let meta = heap.space.meta(slot)
-        meta.initialize(physical: physical.rawValue, node: node.index, fd: parts.fd)
+        unsafe meta.initialize(physical: physical.rawValue, node: node.index, fd: parts.fd)
         insertRun(meta, page: slot, start: 0, length: HeapSizeClasses.granulesPerPage)
         let at = mapped.firstIndex(where: { $0 > slot }) ?? mapped.count
         mapped.insert(slot, at: at)
