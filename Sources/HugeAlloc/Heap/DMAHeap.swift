@@ -74,7 +74,7 @@ public final class DMAHeap: Sendable {
 
     public let options: Options
     /// Memory joining and leaving the heap: follow it with a VFIO container
-    /// (``VFIOContainer/attach(_:)-(DMAHeap)``) or any handler.
+    /// (the devices layer's `attach(_:)` of a VFIO container) or any handler.
     public let events: MemoryArena
 
     let id: UInt64
