@@ -303,8 +303,7 @@ extension HeapNode.State {
         do {
             mapping = try MemoryMapping(length: HeapSizeClasses.pageBytes, options: options)
         } catch {
-            // The failed mapping was unmapped: claim the hole again.
-            if !heap.reserve(address: address, length: HeapSizeClasses.pageBytes, replacing: false) { lost.insert(slot) }
+            // A failed mapping puts the reservation back over its range itself.
             throw .growthFailed(node: node.node, neededBytes: HeapSizeClasses.pageBytes, underlying: error)
         }
         let physical = mapping.physicalAddress(ofPage: 0)
