@@ -103,7 +103,7 @@ let package = Package(
         .testTarget(
             name: "HugeAllocTests",
             dependencies: [
-                "HugeAlloc", "HugeAllocTestSupport", "CHugeAllocShims",
+                "HugeAlloc", "HugeAllocNVMe", "HugeAllocTestSupport", "CHugeAllocShims",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

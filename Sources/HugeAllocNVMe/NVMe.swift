@@ -44,6 +44,8 @@ public final class NVMe {
     public let address: PCIAddress
     public let heap: DMAHeap
     let bar: PCIBARMapping
+    /// The queues, Identify buffer and PRP list: freed when the driver goes.
+    let memory: DMAMemory
     /// CAP (3.1.1) and what the driver takes from it.
     public let capabilities: UInt64
     public let doorbellStride: Int
@@ -53,6 +55,7 @@ public final class NVMe {
     var io: QueuePair
     /// Identify answers land here (4096 bytes).
     let identifyBuffer: UnsafeMutableRawPointer
+    let identifyAddress: UInt64
     /// The PRP list of the command in flight: one page, 512 entries.
     let prpList: UnsafeMutableRawPointer
     let prpListAddress: UInt64
@@ -123,27 +126,14 @@ public final class NVMe {
         guard Capabilities.supportsNVMCommandSet(cap) else { throw .unsupportedController("no NVM command set (CAP.CSS)") }
         let stride = Capabilities.doorbellStride(cap)
         let depth = min(queueDepth, Capabilities.maximumQueueEntries(cap), memoryPageSize / SubmissionEntry.size)
-        guard depth >= 2 else { throw .invalidTransfer("a queue needs at least 2 entries (asked for \(queueDepth))") }
+        guard depth >= 2 else { throw .invalidQueueDepth(queueDepth) }
 
-        // All DMA memory first, each piece given back if a later one fails.
-        let admin = try QueuePair(id: 0, depth: 32, heap: heap, doorbellStride: stride)
-        let io: QueuePair
-        do { io = try QueuePair(id: 1, depth: depth, heap: heap, doorbellStride: stride) } catch {
-            admin.free(to: heap)
-            throw error
-        }
-        let pages: UnsafeMutableRawPointer
-        do {
-            // The Identify buffer and the PRP list page: each 4096 bytes, not crossing a page.
-            pages = try heap.allocate(2 * memoryPageSize, alignment: memoryPageSize, boundary: 2 * memoryPageSize, zeroed: true)
-        } catch {
-            admin.free(to: heap); io.free(to: heap)
-            throw .memory(error)
-        }
-        guard let listAddress = heap.iova(of: pages + memoryPageSize) else {
-            heap.free(pages); admin.free(to: heap); io.free(to: heap)
-            throw .noDeviceAddress(what: "the PRP list page")
-        }
+        // All DMA memory first; if a piece fails, `memory` gives back what it has.
+        let memory = DMAMemory(heap: heap)
+        let admin = try QueuePair(id: 0, depth: 32, memory: memory, doorbellStride: stride)
+        let io = try QueuePair(id: 1, depth: depth, memory: memory, doorbellStride: stride)
+        let (identifyPage, identifyAddress) = try memory.allocate(Identify.dataSize, for: "Identify buffer")
+        let (listPage, listAddress) = try memory.allocate(memoryPageSize, for: "PRP list page")
         self.bar = registers
         self.address = address
         self.heap = heap
@@ -152,8 +142,10 @@ public final class NVMe {
         self.readyTimeoutMilliseconds = max(Capabilities.timeoutMilliseconds(cap), 500)
         self.admin = admin
         self.io = io
-        self.identifyBuffer = pages
-        self.prpList = pages + memoryPageSize
+        self.memory = memory
+        self.identifyBuffer = identifyPage
+        self.identifyAddress = identifyAddress
+        self.prpList = listPage
         self.prpListAddress = listAddress
         self.dataAddressSkew = dataAddressSkew
 
@@ -250,8 +242,7 @@ public final class NVMe {
     }
 
     func identify(cns: UInt32, namespaceID: UInt32 = 0, name: String) throws(NVMeError) {
-        guard let address = heap.iova(of: identifyBuffer) else { throw .noDeviceAddress(what: "the Identify buffer") }
-        try execute(Command(name: name, opcode: AdminOpcode.identify, namespaceID: namespaceID, prp1: address, cdw10: cns),
+        try execute(Command(name: name, opcode: AdminOpcode.identify, namespaceID: namespaceID, prp1: identifyAddress, cdw10: cns),
                     on: &admin)
     }
 
@@ -385,10 +376,7 @@ public final class NVMe {
     deinit {
         if enabled { try? shutdown() }
         if enabled { try? disable() }
-        // Memory the controller might still write is leaked rather than reused.
-        guard !enabled else { return }
-        admin.free(to: heap)
-        io.free(to: heap)
-        heap.free(identifyBuffer)
+        // Memory a controller that would not stop might still write is leaked rather than reused.
+        memory.leak = enabled
     }
 }

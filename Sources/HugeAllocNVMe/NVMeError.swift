@@ -100,6 +100,8 @@ public enum NVMeError: Error, CustomStringConvertible {
     case noSuchNamespace(UInt32, namespaceCount: UInt32)
     /// A read or write the driver refuses before sending it.
     case invalidTransfer(String)
+    /// An I/O queue depth below 2 (one slot always stays empty).
+    case invalidQueueDepth(Int)
 
     public var description: String {
         switch self {
@@ -120,6 +122,8 @@ public enum NVMeError: Error, CustomStringConvertible {
             return "namespace \(id) is not active on this controller (\(count) namespace IDs): pick one of 1...\(count) "
                 + "that Identify Namespace reports with a non-zero size"
         case .invalidTransfer(let why): return "NVMe transfer refused: \(why)"
+        case .invalidQueueDepth(let depth):
+            return "an I/O queue of \(depth) entries cannot hold a command (one slot stays empty): ask for 2 or more (at most 64 are used)"
         }
     }
 }

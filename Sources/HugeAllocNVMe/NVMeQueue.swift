@@ -1,6 +1,35 @@
 import HugeAlloc
 import Synchronization
 
+/// Every DMA-heap allocation of one driver: queues, the Identify buffer,
+/// the PRP list. Freed together when the owner goes, unless ``leak`` is
+/// set: memory a controller may still write is never handed out again.
+final class DMAMemory {
+    let heap: DMAHeap
+    private var pointers: [UnsafeMutableRawPointer] = []
+    var leak = false
+
+    init(heap: DMAHeap) { self.heap = heap }
+
+    /// `bytes` zeroed, page-aligned, not crossing a page boundary (up to one
+    /// page), and the address the controller is given for it.
+    func allocate(_ bytes: Int, for what: String) throws(NVMeError) -> (UnsafeMutableRawPointer, UInt64) {
+        precondition(bytes <= memoryPageSize, "driver structures fit in one memory page")
+        let pointer: UnsafeMutableRawPointer
+        do {
+            pointer = try heap.allocate(bytes, alignment: memoryPageSize, boundary: memoryPageSize, zeroed: true)
+        } catch { throw .memory(error) }
+        pointers.append(pointer)
+        guard let address = heap.iova(of: pointer) else { throw .noDeviceAddress(what: "the \(what)") }
+        return (pointer, address)
+    }
+
+    deinit {
+        guard !leak else { return }
+        for pointer in pointers { heap.free(pointer) }
+    }
+}
+
 /// One command as the driver builds it: the fields of the 64-byte
 /// submission queue entry it uses (4.2); everything else is zero.
 struct Command {
@@ -23,7 +52,7 @@ struct Completion {
 }
 
 /// A submission queue and the completion queue it posts to, each in one
-/// physically contiguous DMA-heap allocation: the only code that writes
+/// page of DMA-heap memory: the only code that writes
 /// submission entries and reads completion entries.
 ///
 /// The driver tracks the submission tail and the completion head; a
@@ -46,34 +75,14 @@ struct QueuePair {
     var phase: UInt32 = CompletionEntry.phase
     var nextCommandID: UInt16 = 0
 
-    /// Allocates both queues from `heap`, zeroed, page-aligned.
-    init(id: Int, depth: Int, heap: DMAHeap, doorbellStride: Int) throws(NVMeError) {
+    /// Allocates both queues, zeroed, each in one page.
+    init(id: Int, depth: Int, memory: DMAMemory, doorbellStride: Int) throws(NVMeError) {
         self.id = id
         self.depth = depth
         tailDoorbell = Register.doorbells + 2 * id * doorbellStride
         headDoorbell = Register.doorbells + (2 * id + 1) * doorbellStride
-        let sqBytes = depth * SubmissionEntry.size, cqBytes = depth * CompletionEntry.size
-        do {
-            submissions = try heap.allocate(sqBytes, alignment: memoryPageSize, zeroed: true)
-        } catch { throw .memory(error) }
-        do {
-            completions = try heap.allocate(cqBytes, alignment: memoryPageSize, zeroed: true)
-        } catch {
-            heap.free(submissions)
-            throw .memory(error)
-        }
-        guard let sq = heap.iova(of: submissions), let cq = heap.iova(of: completions) else {
-            heap.free(submissions)
-            heap.free(completions)
-            throw .noDeviceAddress(what: "queue pair \(id)")
-        }
-        submissionAddress = sq
-        completionAddress = cq
-    }
-
-    func free(to heap: DMAHeap) {
-        heap.free(submissions)
-        heap.free(completions)
+        (submissions, submissionAddress) = try memory.allocate(depth * SubmissionEntry.size, for: "submission queue \(id)")
+        (completions, completionAddress) = try memory.allocate(depth * CompletionEntry.size, for: "completion queue \(id)")
     }
 
     /// Writes `command` into the slot at the tail and advances the tail;
