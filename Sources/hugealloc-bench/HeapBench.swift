@@ -86,7 +86,8 @@ enum HeapWorkload {
 
     @inline(never)
     static func fail(_ error: DMAHeapError) -> Never {
-        fputs("hugealloc-bench heap: \(error)\n", stderr)
+        let line = Array("hugealloc-bench heap: \(error)\n".utf8)
+        _ = unsafe line.withUnsafeBytes { unsafe write(2, $0.baseAddress, $0.count) }
         exit(1)
     }
 
