@@ -177,7 +177,8 @@ public final class DMAHeap: Sendable {
         _ size: Int, alignment: Int = 64, boundary: Int? = nil, node: Int? = nil, zeroed: Bool = false
     ) throws(DMAHeapError) -> UnsafeMutableRawPointer {
         if _fastPath(UInt(bitPattern: size &- 1) < UInt(HeapSizeClasses.maximumClassSize)
-                     && alignment & (alignment &- 1) == 0 && alignment <= 64 && boundary == nil && node == nil
+                     && UInt(bitPattern: alignment &- 1) < 64 && alignment & (alignment &- 1) == 0
+                     && boundary == nil && node == nil
                      && !checked && !zeroed) {
             let cache = threadCache()
             let c = classes.classIndex(of: size)

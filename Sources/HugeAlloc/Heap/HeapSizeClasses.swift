@@ -55,7 +55,8 @@ struct HeapSizeClasses: Sendable {
         }
         var size = Self.maximumMultiObjectSize
         while size < Self.maximumClassSize {
-            let step = max(Self.granule, size / 8)
+            // Whole granules: a one-object span is exactly its class.
+            let step = max(Self.granule, (size / 8) & ~(Self.granule - 1))
             size += step
             sizes.append(size)
         }
