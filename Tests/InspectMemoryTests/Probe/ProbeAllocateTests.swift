@@ -29,7 +29,7 @@ import Testing
         #expect(allocations.map { $0["size"] as? Int } == sizes.map(ByteCount.parse))
 
         let problems = try AllocationCheck.problems(in: object, pagemapOf: pid)
-        #expect(problems.isEmpty, "\(problems)")
+        #expect(problems.isEmpty, "\(problems.count) problems, the first: \(problems.prefix(8))")
 
         try probe.stdin.fileHandleForWriting.close()
         probe.process.waitUntilExit()
