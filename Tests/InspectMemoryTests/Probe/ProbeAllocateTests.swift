@@ -99,12 +99,14 @@ import Testing
         #expect(!problems.contains { $0.contains("pagemap") }, "each page matches the pagemap: \(problems)")
     }
 
+    /// The refused size comes first: the heap checks each request before it
+    /// maps anything, so these need neither root nor free hugepages.
     @Test func badInputIsTheHeapsErrorOnOneLineAndNonZeroExit() throws {
         let cases: [([String], String)] = [
-            (["--allocate", "64,0"], "\(DMAHeapError.zeroSize(requested: 0))"),
+            (["--allocate", "0,64"], "\(DMAHeapError.zeroSize(requested: 0))"),
             (["--allocate", "64", "--alignment", "3000"], "\(DMAHeapError.alignmentNotPowerOfTwo(requested: 3000))"),
             (["--allocate", "64", "--alignment", "0"], "\(DMAHeapError.alignmentNotPowerOfTwo(requested: 0))"),
-            (["--allocate", "64,16K", "--boundary", "4K"], "\(DMAHeapError.boundarySmallerThanSize(size: 16384, boundary: 4096))"),
+            (["--allocate", "16K,64", "--boundary", "4K"], "\(DMAHeapError.boundarySmallerThanSize(size: 16384, boundary: 4096))"),
             (["--allocate", "64", "--boundary", "3000"], "\(DMAHeapError.boundaryNotPowerOfTwo(requested: 3000))"),
             (["--allocate", "64", "--node", "4095"], "NUMA node 4095 is not available to this process"),
             (["--allocate", "64", "--node=-1"], "NUMA node -1 is not available to this process"),
