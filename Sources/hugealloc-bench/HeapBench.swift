@@ -39,13 +39,14 @@ struct HeapBench: ParsableCommand {
         }
         print("heap min=\(min) max=\(max) live=\(live) threads=\(threads) alignment=64 checked=\(checked)")
         let sizes = HeapWorkload.sizes(min: min, max: max)
-        let (live, seconds) = (self.live, self.seconds)
-        let peaks = Mutex<[Int]>(Array(repeating: 0, count: threads))
+        let (liveCount, seconds) = (self.live, self.seconds)
+        let live = HeapWorkload.LiveBytes(threads: threads)
         let mappedAtEnd = Atomic<Int>(0)
         let finished = Atomic<Int>(0)
         let threadCount = threads
         let results = Bench.onThreads(threads) { index in
-            let (sample, peak) = HeapWorkload.run(heap: heap, sizes: sizes, live: live, seconds: seconds, thread: index) {
+            let sample = HeapWorkload.run(heap: heap, sizes: sizes, live: liveCount, seconds: seconds, thread: index,
+                                          liveBytes: live) {
                 // Every thread has stopped allocating: read the footprint once, then free.
                 if finished.add(1, ordering: .acquiringAndReleasing).newValue == threadCount {
                     mappedAtEnd.store(heap.statistics.mappedBytes, ordering: .releasing)
@@ -53,7 +54,6 @@ struct HeapBench: ParsableCommand {
                 while finished.load(ordering: .acquiring) < threadCount {}
                 while mappedAtEnd.load(ordering: .acquiring) == 0 && threadCount > 0 {}
             }
-            peaks.withLock { $0[index] = peak }
             heap.trim()
             return sample
         }
@@ -64,7 +64,7 @@ struct HeapBench: ParsableCommand {
         }
         heap.trim()
         let stats = heap.statistics
-        let peakLive = peaks.withLock { $0.reduce(0, +) }
+        let peakLive = live.peak
         let end = mappedAtEnd.load(ordering: .acquiring)
         print("peak_live_bytes=\(peakLive)")
         print("mapped_bytes_end=\(end)")
@@ -100,11 +100,28 @@ enum HeapWorkload {
         }
     }
 
-    /// Runs the loop; returns the pairs done and the peak of the requested
-    /// bytes this thread held. `stopped` runs after the timed part, before
-    /// everything is freed.
+    /// The requested bytes every thread holds, published every 1024 steps,
+    /// and the largest sum seen: the peak of the bytes all threads held at
+    /// once (sampled, so never above the true peak).
+    final class LiveBytes: Sendable {
+        let state: Mutex<(perThread: [Int], peak: Int)>
+
+        init(threads: Int) { state = Mutex((Array(repeating: 0, count: threads), 0)) }
+
+        var peak: Int { state.withLock { $0.peak } }
+
+        func publish(_ bytes: Int, thread: Int) {
+            state.withLock { s in
+                s.perThread[thread] = bytes
+                s.peak = Swift.max(s.peak, s.perThread.reduce(0, +))
+            }
+        }
+    }
+
+    /// Runs the loop; returns the pairs done. `stopped` runs after the timed
+    /// part, before everything is freed.
     static func run(heap: DMAHeap, sizes: [Int], live: Int, seconds: Double, thread: Int,
-                    stopped: () -> Void) -> (Bench.Sample, Int) {
+                    liveBytes shared: LiveBytes, stopped: () -> Void) -> Bench.Sample {
         let pointers = UnsafeMutablePointer<UnsafeMutableRawPointer>.allocate(capacity: live)
         let held = UnsafeMutablePointer<Int>.allocate(capacity: live)
         let table = UnsafeMutablePointer<Int>.allocate(capacity: sizes.count)
@@ -131,7 +148,7 @@ enum HeapWorkload {
             unsafe held[i] = size
             liveBytes += size
         }
-        var peak = liveBytes
+        shared.publish(liveBytes, thread: thread)
         var pairs = 0
         let start = Bench.now()
         var elapsed = 0.0
@@ -148,14 +165,14 @@ enum HeapWorkload {
                 unsafe pointers[victim] = p
                 unsafe held[victim] = size
                 liveBytes += size
-                if liveBytes > peak { peak = liveBytes }
             }
             pairs += 1024
+            shared.publish(liveBytes, thread: thread)
             elapsed = Bench.now() - start
             if elapsed >= seconds { break }
         }
         stopped()
         for i in 0..<live { unsafe heap.free(pointers[i]) }
-        return (Bench.Sample(objects: pairs, seconds: elapsed), peak)
+        return Bench.Sample(objects: pairs, seconds: elapsed)
     }
 }
