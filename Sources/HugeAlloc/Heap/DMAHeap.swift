@@ -330,6 +330,7 @@ public final class DMAHeap: Sendable {
         let n = unsafe entry.pointee.stashCount
         guard n > 0 else { return nil }
         unsafe entry.pointee.stashCount = n &- 1
+        unsafe cache.header.pointee.stashedBytes &-= classes.sizes[c]
         let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: HeapThreadCache.stashSlot(entry, n &- 1).pointee)
             .unsafelyUnwrapped
         unsafe span.pointee.used = 1
@@ -376,8 +377,12 @@ public final class DMAHeap: Sendable {
             if unsafe _fastPath(n < classes.stashLimit[c]) {
                 unsafe HeapThreadCache.stashSlot(entry, n).pointee = UInt(bitPattern: span)
                 unsafe entry.pointee.stashCount = n &+ 1
+                let stashed = unsafe cache.header.pointee.stashedBytes &+ classes.sizes[c]
+                unsafe cache.header.pointee.stashedBytes = stashed
+                // All stashes together stay under a bound: this class gives half back.
+                if _slowPath(stashed > HeapClassTable.threadStashBytes) { unsafe flushStash(cache, entry, adding: nil, class: c) }
             } else {
-                unsafe flushStash(entry, adding: span)
+                unsafe flushStash(cache, entry, adding: span, class: c)
             }
         case .direct:
             unsafe freeDirect(span)
@@ -516,6 +521,7 @@ public final class DMAHeap: Sendable {
                     unsafe HeapThreadCache.stashSlot(entry, s).pointee = slots[count + i]
                     unsafe entry.pointee.stashCount = s + 1
                 }
+                unsafe cache.header.pointee.stashedBytes += (k - 1) * classes.sizes[c]
                 return unsafe slots[count]
             }
             let span: UnsafeMutablePointer<HeapSpan>
@@ -633,26 +639,30 @@ public final class DMAHeap: Sendable {
     /// to the node's list of free spans of the class; what that list holds
     /// beyond ``HeapClassTable/centralBytes`` goes back to the node's granules.
     @inline(never)
-    func flushStash(_ entry: UnsafeMutablePointer<HeapThreadCache.ClassCache>, adding span: UnsafeMutablePointer<HeapSpan>) {
+    func flushStash(_ cache: HeapThreadCache, _ entry: UnsafeMutablePointer<HeapThreadCache.ClassCache>,
+                    adding span: UnsafeMutablePointer<HeapSpan>?, class c: Int) {
         let n = unsafe entry.pointee.stashCount
         let keep = n / 2
-        let c = unsafe Int(span.pointee.classIndex)
+        guard n > keep || span != nil else { return }
+        let node = unsafe span.map { Int($0.pointee.node) }
+            ?? Int(unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: HeapThreadCache.stashSlot(entry, 0).pointee)!.pointee.node)
         let limit = unsafe min(HeapCentralLists.capacity, max(1, HeapClassTable.centralBytes / classes.sizes[c]))
         // Spans that do not fit in the list go back to the granules.
         var excess: (UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt) = (0, 0, 0, 0, 0, 0, 0, 0)
         let spilled: Int = unsafe withUnsafeMutableBytes(of: &excess) { raw in
             let out = unsafe raw.baseAddress!.assumingMemoryBound(to: UInt.self)
-            return unsafe central.withList(Int(span.pointee.node) &* classes.count &+ c) { count, slots in
+            return unsafe central.withList(node &* classes.count &+ c) { count, slots in
                 var spilled = 0
                 func put(_ bits: UInt) {
                     if count < limit { unsafe slots[count] = bits; count += 1 } else { unsafe out[spilled] = bits; spilled += 1 }
                 }
-                put(UInt(bitPattern: span))
+                if let span = unsafe span { put(UInt(bitPattern: span)) }
                 for i in keep..<n { unsafe put(HeapThreadCache.stashSlot(entry, i).pointee) }
                 return spilled
             }
         }
         unsafe entry.pointee.stashCount = keep
+        unsafe cache.header.pointee.stashedBytes -= (n - keep) * classes.sizes[c]
         unsafe withUnsafeBytes(of: &excess) { raw in
             for i in 0..<spilled { unsafe releaseSpan(UnsafeMutablePointer(bitPattern: raw.load(fromByteOffset: i * 8, as: UInt.self))!) }
         }
@@ -769,6 +779,7 @@ public final class DMAHeap: Sendable {
                     unsafe releaseSpan(UnsafeMutablePointer(bitPattern: HeapThreadCache.stashSlot(entry, i).pointee)!)
                 }
                 unsafe entry.pointee.stashCount = 0
+                unsafe cache.header.pointee.stashedBytes -= stashed * classes.sizes[c]
                 var bits = unsafe entry.pointee.owned
                 while bits != 0 {
                     let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: bits)!

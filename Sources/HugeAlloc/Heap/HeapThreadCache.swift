@@ -15,6 +15,8 @@ struct HeapThreadCache {
         let heapID: UInt64
         /// The node index allocations without a node go to.
         var homeNode: Int
+        /// Bytes of the free one-object spans in this thread's stashes.
+        var stashedBytes = 0
         let allocations = Atomic<Int>(0)
         let frees = Atomic<Int>(0)
         /// Usable bytes allocated and freed by this thread.
