@@ -643,8 +643,8 @@ public final class DMAHeap: Sendable {
                     adding span: UnsafeMutablePointer<HeapSpan>?, class c: Int) {
         let n = unsafe entry.pointee.stashCount
         let keep = n / 2
-        guard n > keep || span != nil else { return }
-        let node = unsafe span.map { Int($0.pointee.node) }
+        guard unsafe n > keep || span != nil else { return }
+        let node = unsafe span.map { unsafe Int($0.pointee.node) }
             ?? Int(unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: HeapThreadCache.stashSlot(entry, 0).pointee)!.pointee.node)
         let limit = unsafe min(HeapCentralLists.capacity, max(1, HeapClassTable.centralBytes / classes.sizes[c]))
         // Spans that do not fit in the list go back to the granules.
