@@ -42,6 +42,7 @@ struct HeapBench: ParsableCommand {
         let (liveCount, seconds) = (self.live, self.seconds)
         let live = HeapWorkload.LiveBytes(threads: threads)
         let mappedAtEnd = Atomic<Int>(0)
+        let endStatistics = Mutex<DMAHeapStatistics?>(nil)
         let finished = Atomic<Int>(0)
         let threadCount = threads
         let results = Bench.onThreads(threads) { index in
@@ -49,7 +50,9 @@ struct HeapBench: ParsableCommand {
                                           liveBytes: live) {
                 // Every thread has stopped allocating: read the footprint once, then free.
                 if finished.add(1, ordering: .acquiringAndReleasing).newValue == threadCount {
-                    mappedAtEnd.store(heap.statistics.mappedBytes, ordering: .releasing)
+                    let statistics = heap.statistics
+                    endStatistics.withLock { $0 = statistics }
+                    mappedAtEnd.store(statistics.mappedBytes, ordering: .releasing)
                 }
                 while finished.load(ordering: .acquiring) < threadCount {}
                 while mappedAtEnd.load(ordering: .acquiring) == 0 && threadCount > 0 {}
@@ -69,6 +72,10 @@ struct HeapBench: ParsableCommand {
         print("peak_live_bytes=\(peakLive)")
         print("mapped_bytes_end=\(end)")
         print("mapped_bytes_peak=\(stats.peakMappedBytes)")
+        if let atEnd = endStatistics.withLock({ $0 }) {
+            // Where the mapped bytes went at the end of the timed part.
+            print("heap_live_bytes_end=\(atEnd.liveBytes) free_granule_bytes_end=\(atEnd.nodes.reduce(0) { $0 + $1.freeGranuleBytes })")
+        }
         print("mapped_bytes_after_free=\(stats.mappedBytes)")
         print(String(format: "footprint_ratio=%.3f", Double(end) / Double(Swift.max(1, peakLive))))
         print("rate_persec=\(Int(total))")

@@ -20,11 +20,11 @@ struct HeapClassTable: @unchecked Sendable {
 
     static let shared = HeapClassTable(HeapSizeClasses())
     /// Bytes of free one-object spans a thread keeps per class, at most.
-    static let stashBytes = 256 << 10
+    static let stashBytes = 512 << 10
     /// Bytes of free one-object spans a thread keeps in all its stashes.
     static let threadStashBytes = 1 << 20
     /// Bytes of free one-object spans a node keeps per class for threads to refill from.
-    static let centralBytes = 128 << 10
+    static let centralBytes = 256 << 10
 
     init(_ classes: HeapSizeClasses) {
         count = classes.count

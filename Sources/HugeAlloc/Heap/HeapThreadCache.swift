@@ -30,7 +30,7 @@ struct HeapThreadCache {
         }
     }
 
-    /// 64 bytes per node and class.
+    /// 128 bytes per node and class.
     struct ClassCache {
         /// The span objects come from (multi-object classes); 0 for none.
         var current: UInt = 0
@@ -38,10 +38,11 @@ struct HeapThreadCache {
         /// `HeapSpan.next`/`previous`).
         var owned: UInt = 0
         var stashCount: Int = 0
-        var stash: (UInt, UInt, UInt, UInt, UInt) = (0, 0, 0, 0, 0)
+        var stash: (UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     }
 
-    static let stashCapacity = 5
+    static let stashCapacity = 13
     static let headerBytes = (MemoryLayout<Header>.stride + 63) & ~63
 
     let raw: UnsafeMutableRawPointer

@@ -12,8 +12,8 @@ import Testing
         #expect(HeapPageMeta.stride == 72 << 10)
     }
 
-    @Test func threadCacheEntriesAreOneCacheLine() {
-        #expect(MemoryLayout<HeapThreadCache.ClassCache>.stride == 64)
+    @Test func threadCacheEntriesAreTwoCacheLines() {
+        #expect(MemoryLayout<HeapThreadCache.ClassCache>.stride == 128)
         #expect(HeapThreadCache.headerBytes % 64 == 0)
     }
 
