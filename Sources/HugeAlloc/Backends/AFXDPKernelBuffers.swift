@@ -7,8 +7,10 @@
 /// set bits are exactly the buffers to give back to the pool.
 ///
 /// Also the socket's small mutable state (frames transmitted and not yet
-/// completed, how kicks are decided), so the socket's methods need not be
-/// `mutating`. All pointer arithmetic of the ownership record is here.
+/// completed, how kicks are decided) and the scratch arrays a batch's ring
+/// entries pass through (``batchLimit`` addresses and lengths, allocated
+/// once), so the socket's methods need not be `mutating` and its hot paths
+/// allocate nothing. All pointer arithmetic of the ownership record is here.
 /// Noncopyable: the storage is freed once, in `deinit`.
 @safe
 struct AFXDPKernelBuffers: ~Copyable {
@@ -18,6 +20,13 @@ struct AFXDPKernelBuffers: ~Copyable {
     /// Chunks in the UMEM.
     let chunkCount: Int
 
+    /// Ring entries per batch: the size of the scratch arrays.
+    static let batchLimit = 256
+    /// UMEM addresses of one batch of ring entries.
+    let addresses: UnsafeMutablePointer<UInt64>
+    /// Frame lengths of one batch of RX or TX descriptors.
+    let lengths: UnsafeMutablePointer<UInt32>
+
     private static let stateWords = 2
 
     init(chunkCount: Int) {
@@ -25,9 +34,15 @@ struct AFXDPKernelBuffers: ~Copyable {
         bitWords = (chunkCount + 63) / 64
         unsafe words = UnsafeMutablePointer<UInt64>.allocate(capacity: bitWords + Self.stateWords)
         unsafe words.initialize(repeating: 0, count: bitWords + Self.stateWords)
+        unsafe addresses = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.batchLimit)
+        unsafe lengths = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.batchLimit)
     }
 
-    deinit { unsafe words.deallocate() }
+    deinit {
+        unsafe words.deallocate()
+        unsafe addresses.deallocate()
+        unsafe lengths.deallocate()
+    }
 
     /// Marks `chunk` (0..<chunkCount, not checked) as the kernel's. False,
     /// changing nothing, when the kernel already holds it.

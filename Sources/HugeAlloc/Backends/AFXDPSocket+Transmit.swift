@@ -25,30 +25,23 @@ extension AFXDPSocket {
     @discardableResult
     public func transmit(_ buffers: UnsafeBufferPointer<PacketBuffer>, kick: Bool = true) throws(AFXDPError) -> Int {
         guard unsafe transmitRing.pointee.size != 0 else { throw .noTransmitRing }
+        let addresses = unsafe kernel.addresses, lengths = unsafe kernel.lengths
         var done = 0
         while done < buffers.count {
-            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(transmitRing)), 256)
+            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(transmitRing)), AFXDPKernelBuffers.batchLimit)
             guard n > 0 else { break }
-            let taken = try unsafe withUnsafeTemporaryAllocation(of: UInt64.self, capacity: n) {
-                (addresses) throws(AFXDPError) -> Int in
-                try unsafe withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) {
-                    (lengths) throws(AFXDPError) -> Int in
-                    var taken = 0
-                    while taken < n {
-                        let b = unsafe buffers[done + taken]
-                        let descriptor: (UInt64, UInt32)
-                        do throws(AFXDPError) { descriptor = try transmitDescriptor(b) } catch {
-                            if done + taken == 0 { throw error }
-                            break
-                        }
-                        unsafe addresses[taken] = descriptor.0
-                        unsafe lengths[taken] = descriptor.1
-                        taken += 1
-                    }
-                    return Int(unsafe ha_xsk_transmit(
-                        transmitRing, addresses.baseAddress!, lengths.baseAddress!, UInt32(taken)))
+            var taken = 0
+            while taken < n {
+                let descriptor: (UInt64, UInt32)
+                do throws(AFXDPError) { descriptor = try transmitDescriptor(unsafe buffers[done + taken]) } catch {
+                    if done + taken == 0 { throw error }
+                    break
                 }
+                unsafe addresses[taken] = descriptor.0
+                unsafe lengths[taken] = descriptor.1
+                taken += 1
             }
+            _ = unsafe ha_xsk_transmit(transmitRing, addresses, lengths, UInt32(taken))
             done += taken
             if taken < n { break }
         }
@@ -68,11 +61,11 @@ extension AFXDPSocket {
     @inline(__always)
     func transmitDescriptor(_ b: PacketBuffer) throws(AFXDPError) -> (UInt64, UInt32) {
         let chunk = try self.chunk(of: b)
-        let offset = b.dataOffset, length = b.length
-        guard b.next == nil, !b.isIndirect else {
-            throw .frameNotSendable(index: chunk, dataOffset: offset, length: length, room: b.bufferLength, segments: b.segmentCount)
-        }
-        guard length > 0, offset &+ length <= b.bufferLength else {
+        // Data offset, data length, segments and flags in one load.
+        let word = b.load(PacketBuffer.Field.dataOffset, as: UInt64.self)
+        let offset = Int(word & 0xFFFF), length = Int(word &>> 16 & 0xFFFF)
+        let singleDirect = word &>> 32 == 1 && b.load(PacketBuffer.Field.next, as: UInt64.self) == 0
+        guard singleDirect, length > 0, offset &+ length <= b.bufferLength else {
             throw .frameNotSendable(index: chunk, dataOffset: offset, length: length, room: b.bufferLength, segments: b.segmentCount)
         }
         guard kernel.take(chunk) else { throw .bufferAlreadyWithKernel(index: chunk) }
@@ -110,22 +103,18 @@ extension AFXDPSocket {
     /// No allocation.
     public func takeCompleted(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
         guard let out = buffers.baseAddress else { return 0 }
+        let addresses = unsafe kernel.addresses
         var done = 0
         while done < buffers.count {
-            let n = min(buffers.count - done, 256)
-            let (got, kept) = unsafe withUnsafeTemporaryAllocation(of: UInt64.self, capacity: n) { addresses in
-                let got = Int(unsafe ha_xsk_complete(completionRing, addresses.baseAddress!, UInt32(n)))
-                var kept = 0
-                for i in 0..<got {
-                    let chunk = Int(truncatingIfNeeded: unsafe addresses[i] &>> UInt64(chunkShift))
-                    guard kernel.giveBack(chunk) else { continue }
-                    unsafe out[done + kept] = buffer(ofChunk: chunk)
-                    kept += 1
-                }
-                return (got, kept)
+            let n = min(buffers.count - done, AFXDPKernelBuffers.batchLimit)
+            let got = Int(unsafe ha_xsk_complete(completionRing, addresses, UInt32(n)))
+            for i in 0..<got {
+                let chunk = Int(truncatingIfNeeded: unsafe addresses[i] &>> UInt64(chunkShift))
+                guard kernel.giveBack(chunk) else { continue }
+                unsafe out[done] = buffer(ofChunk: chunk)
+                done += 1
             }
             kernel.transmitsInFlight -= got
-            done += kept
             if got < n { break }
         }
         return done

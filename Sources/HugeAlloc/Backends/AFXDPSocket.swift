@@ -170,28 +170,26 @@ public struct AFXDPSocket: ~Copyable {
     /// batch there (the next call, starting with it, reports it).
     @discardableResult
     public func fill(_ buffers: UnsafeBufferPointer<PacketBuffer>) throws(AFXDPError) -> Int {
+        let addresses = unsafe kernel.addresses
         var done = 0
         while done < buffers.count {
-            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(fillRing)), 256)
+            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(fillRing)), AFXDPKernelBuffers.batchLimit)
             guard n > 0 else { break }
-            let taken = try unsafe withUnsafeTemporaryAllocation(of: UInt64.self, capacity: n) {
-                (addresses) throws(AFXDPError) -> Int in
-                var taken = 0
-                while taken < n {
-                    let chunk: Int
-                    do throws(AFXDPError) { chunk = try self.chunk(of: unsafe buffers[done + taken]) } catch {
-                        if done + taken == 0 { throw error }
-                        break
-                    }
-                    guard kernel.take(chunk) else {
-                        if done + taken == 0 { throw AFXDPError.bufferAlreadyWithKernel(index: chunk) }
-                        break
-                    }
-                    unsafe addresses[taken] = UInt64(chunk &<< chunkShift)
-                    taken += 1
+            var taken = 0
+            while taken < n {
+                let chunk: Int
+                do throws(AFXDPError) { chunk = try self.chunk(of: unsafe buffers[done + taken]) } catch {
+                    if done + taken == 0 { throw error }
+                    break
                 }
-                return Int(unsafe ha_xsk_fill(fillRing, addresses.baseAddress!, UInt32(taken)))
+                guard kernel.take(chunk) else {
+                    if done + taken == 0 { throw AFXDPError.bufferAlreadyWithKernel(index: chunk) }
+                    break
+                }
+                unsafe addresses[taken] = UInt64(chunk &<< chunkShift)
+                taken += 1
             }
+            _ = unsafe ha_xsk_fill(fillRing, addresses, UInt32(taken))
             done += taken
             if taken < n { break }
         }
@@ -250,33 +248,27 @@ public struct AFXDPSocket: ~Copyable {
     /// kernel wrote the frame; returns how many. No allocation.
     public func receive(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
         guard unsafe receiveRing.pointee.size != 0, let out = buffers.baseAddress else { return 0 }
+        let addresses = unsafe kernel.addresses, lengths = unsafe kernel.lengths
+        let inChunkMask = UInt64(layout.chunkSize &- 1)
         var done = 0
         while done < buffers.count {
-            let n = min(buffers.count - done, 256)
-            let got = unsafe withUnsafeTemporaryAllocation(of: UInt64.self, capacity: n) { addresses in
-                unsafe withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { lengths in
-                    let got = Int(unsafe ha_xsk_receive(
-                        receiveRing, addresses.baseAddress!, lengths.baseAddress!, UInt32(n)))
-                    var kept = 0
-                    for i in 0..<got {
-                        let address = unsafe addresses[i]
-                        let chunk = Int(truncatingIfNeeded: address &>> UInt64(chunkShift))
-                        // Only what the fill ring gave: anything else is not ours to hand out.
-                        guard kernel.giveBack(chunk) else { continue }
-                        let b = buffer(ofChunk: chunk)
-                        let length = unsafe lengths[i]
-                        let inChunk = Int(truncatingIfNeeded: address) & (layout.chunkSize &- 1)
-                        b.dataOffset = inChunk &- PacketBuffer.metadataSize
-                        b.store(UInt16(truncatingIfNeeded: length), PacketBuffer.Field.dataLength)
-                        b.store(length, PacketBuffer.Field.packetLength)
-                        unsafe out[done + kept] = b
-                        kept += 1
-                    }
-                    return (got, kept)
-                }
+            let n = min(buffers.count - done, AFXDPKernelBuffers.batchLimit)
+            let got = Int(unsafe ha_xsk_receive(receiveRing, addresses, lengths, UInt32(n)))
+            for i in 0..<got {
+                let address = unsafe addresses[i]
+                let chunk = Int(truncatingIfNeeded: address &>> UInt64(chunkShift))
+                // Only what the fill ring gave: anything else is not ours to hand out.
+                guard kernel.giveBack(chunk) else { continue }
+                let b = buffer(ofChunk: chunk)
+                let length = unsafe lengths[i]
+                let dataOffset = (address & inChunkMask) &- UInt64(PacketBuffer.metadataSize)
+                // Data offset, data length, one segment, no flags: one store.
+                b.store(dataOffset | UInt64(length & 0xFFFF) &<< 16 | 1 &<< 32, PacketBuffer.Field.dataOffset)
+                b.store(length, PacketBuffer.Field.packetLength)
+                unsafe out[done] = b
+                done += 1
             }
-            done += got.1
-            if got.0 < n { break }
+            if got < n { break }
         }
         return done
     }
