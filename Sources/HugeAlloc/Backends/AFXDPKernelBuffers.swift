@@ -26,6 +26,8 @@ struct AFXDPKernelBuffers: ~Copyable {
     let addresses: UnsafeMutablePointer<UInt64>
     /// Frame lengths of one batch of RX or TX descriptors.
     let lengths: UnsafeMutablePointer<UInt32>
+    /// The buffers of one batch on their way back to the pool.
+    let buffers: UnsafeMutablePointer<PacketBuffer>
 
     private static let stateWords = 2
 
@@ -36,12 +38,14 @@ struct AFXDPKernelBuffers: ~Copyable {
         unsafe words.initialize(repeating: 0, count: bitWords + Self.stateWords)
         unsafe addresses = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.batchLimit)
         unsafe lengths = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.batchLimit)
+        unsafe buffers = UnsafeMutablePointer<PacketBuffer>.allocate(capacity: Self.batchLimit)
     }
 
     deinit {
         unsafe words.deallocate()
         unsafe addresses.deallocate()
         unsafe lengths.deallocate()
+        unsafe buffers.deallocate()
     }
 
     /// Marks `chunk` (0..<chunkCount, not checked) as the kernel's. False,

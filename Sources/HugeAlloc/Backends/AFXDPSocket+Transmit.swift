@@ -133,14 +133,12 @@ extension AFXDPSocket {
     /// off the completion ring; returns how many. No allocation.
     @discardableResult
     public func freeCompleted(maximum: Int = 256) -> Int {
+        let batch = unsafe UnsafeMutableBufferPointer(start: kernel.buffers, count: AFXDPKernelBuffers.batchLimit)
         var done = 0
         while done < maximum {
-            let n = min(maximum - done, 256)
-            let got = unsafe withUnsafeTemporaryAllocation(of: PacketBuffer.self, capacity: n) { batch in
-                let got = unsafe takeCompleted(into: batch)
-                unsafe pool.free(UnsafeBufferPointer(rebasing: batch[..<got]))
-                return got
-            }
+            let n = min(maximum - done, batch.count)
+            let got = unsafe takeCompleted(into: UnsafeMutableBufferPointer(rebasing: batch[..<n]))
+            unsafe pool.free(kernel.buffers, count: got)
             done += got
             if got < n { break }
         }

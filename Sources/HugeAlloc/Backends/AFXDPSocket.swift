@@ -90,19 +90,17 @@ public struct AFXDPSocket: ~Copyable {
         unsafe fillRing.deallocate()
         Sys.close(fileDescriptor)
         let pool = self.pool
-        let base = layout.base, shift = chunkShift
-        unsafe withUnsafeTemporaryAllocation(of: PacketBuffer.self, capacity: 256) { batch in
-            var n = 0
-            kernel.removeAll { chunk in
-                unsafe batch[n] = PacketBuffer(metadata: UnsafeMutableRawPointer(bitPattern: base + UInt(chunk &<< shift))!)
-                n += 1
-                if n == batch.count {
-                    unsafe pool.free(UnsafeBufferPointer(batch))
-                    n = 0
-                }
+        let batch = unsafe kernel.buffers
+        var n = 0
+        kernel.removeAll { chunk in
+            unsafe batch[n] = buffer(ofChunk: chunk)
+            n += 1
+            if n == AFXDPKernelBuffers.batchLimit {
+                unsafe pool.free(batch, count: n)
+                n = 0
             }
-            unsafe pool.free(UnsafeBufferPointer(rebasing: batch[..<n]))
         }
+        unsafe pool.free(batch, count: n)
     }
 
     /// Slots of the fill ring.
