@@ -23,6 +23,8 @@ struct AFXDPBench: ParsableCommand {
     @Option(help: "Seconds to run.") var seconds = 2.0
     @Option(help: "Frames per transmit and per receive.") var batch = 64
     @Option(help: "Bytes per frame (60...1514).") var frameSize = 64
+    @Option(help: "Buffers kept on the receiving socket's fill ring (--batch...2048; the ring has 2048 slots).")
+    var fill = 2048
     @Option(help: "Sending interface (one end of a veth pair); with --rx-interface. Default: a veth pair made for the run.")
     var txInterface: String?
     @Option(help: "Receiving interface (the other end).") var rxInterface: String?
@@ -33,6 +35,7 @@ struct AFXDPBench: ParsableCommand {
     func validate() throws {
         guard batch >= 1, batch <= 256 else { throw ValidationError("--batch must be 1...256") }
         guard frameSize >= 60, frameSize <= 1514 else { throw ValidationError("--frame-size must be 60...1514") }
+        guard fill >= batch, fill <= Self.ring else { throw ValidationError("--fill must be --batch...\(Self.ring)") }
         guard (txInterface == nil) == (rxInterface == nil) else {
             throw ValidationError("give both --tx-interface and --rx-interface, or neither (a veth pair is made)")
         }
@@ -68,10 +71,10 @@ struct AFXDPBench: ParsableCommand {
         guard txIndex != 0, rxIndex != 0 else { throw ValidationError("no interface named \(tx) or \(rx)") }
         let ring = Self.ring
 
-        // Receiving end: a socket with RING buffers on its fill ring, and the redirect program.
+        // Receiving end: a socket with `fill` buffers on its fill ring, and the redirect program.
         let rxPool = try PacketPool(configuration: .afXDP(count: Self.buffers, chunkSize: 2048))
         let receiver = try AFXDPSocket(umemOf: rxPool, fillRingEntries: ring, completionRingEntries: ring)
-        try receiver.fill(rxPool.allocate(count: ring)!)
+        try receiver.fill(rxPool.allocate(count: fill)!)
         try receiver.bind(interfaceIndex: rxIndex, receiveRingEntries: ring, transmitRingEntries: 0, flags: [.copy, .useNeedWakeup])
         let redirect = try XDPRedirect(interfaceIndex: rxIndex)
         try redirect.redirect(queue: 0, to: receiver)
@@ -91,7 +94,7 @@ struct AFXDPBench: ParsableCommand {
 
         let result = try AFXDPLoop.run(
             sender: sender, receiver: receiver, batch: batch, frameSize: frameSize, seconds: seconds)
-        print("afxdp hugealloc batch=\(batch) frame=\(frameSize) copy mode: sent \(result.sent), "
+        print("afxdp hugealloc batch=\(batch) frame=\(frameSize) fill=\(fill) copy mode: sent \(result.sent), "
             + "completed \(result.completed), received \(result.received) in \(result.seconds) s")
         _ = consume redirect
         _ = consume receiver

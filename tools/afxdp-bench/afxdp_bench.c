@@ -11,8 +11,11 @@
  * to the fill ring (through the RX socket's free stack). The free stacks are
  * this program's stand-in for a packet pool.
  *
- * Usage: afxdp_bench TX_IF RX_IF SECONDS BATCH FRAME_SIZE
- * Prints tx_persec=N and rx_persec=N last (frames completed / received per second).
+ * Usage: afxdp_bench TX_IF RX_IF SECONDS BATCH FRAME_SIZE [FILL]
+ * (FILL: frames kept on the fill ring, BATCH...2048, default 2048)
+ * Prints tx_persec=N and rx_persec=N last (frames completed / received per
+ * second), after the same per CPU second of this process (tx_per_cpu_second,
+ * rx_per_cpu_second).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +57,13 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* User + system CPU seconds of this process (getrusage). */
+static double cpu_seconds(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
 static void open_side(struct side *s, const char *ifname, int rx, int tx) {
@@ -92,15 +103,16 @@ static void kick_tx(struct side *s) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: afxdp_bench TX_IF RX_IF SECONDS BATCH FRAME_SIZE\n");
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: afxdp_bench TX_IF RX_IF SECONDS BATCH FRAME_SIZE [FILL]\n");
         return 2;
     }
     const char *tx_if = argv[1], *rx_if = argv[2];
     double seconds = atof(argv[3]);
     uint32_t batch = (uint32_t)atoi(argv[4]), frame_len = (uint32_t)atoi(argv[5]);
-    if (batch == 0 || batch > 256 || frame_len < 60 || frame_len > 1514) {
-        fprintf(stderr, "afxdp_bench: BATCH must be 1...256 and FRAME_SIZE 60...1514\n");
+    uint32_t fill = argc == 7 ? (uint32_t)atoi(argv[6]) : RING;
+    if (batch == 0 || batch > 256 || frame_len < 60 || frame_len > 1514 || fill < batch || fill > RING) {
+        fprintf(stderr, "afxdp_bench: BATCH must be 1...256, FRAME_SIZE 60...1514 and FILL BATCH...%d\n", RING);
         return 2;
     }
     static struct side txs, rxs;
@@ -117,13 +129,14 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < FRAMES; i++)
         memcpy(xsk_umem__get_data(txs.area, (uint64_t)i * FRAME_SIZE + XSK_UMEM__DEFAULT_FRAME_HEADROOM), frame, frame_len);
 
-    /* The RX socket's fill ring: RING frames. */
+    /* The RX socket's fill ring: FILL frames. */
     uint32_t idx;
-    if (xsk_ring_prod__reserve(&rxs.fq, RING, &idx) != RING) die("fill ring reserve", EINVAL);
-    for (uint32_t i = 0; i < RING; i++) *xsk_ring_prod__fill_addr(&rxs.fq, idx + i) = rxs.free_stack[--rxs.free_count];
-    xsk_ring_prod__submit(&rxs.fq, RING);
+    if (xsk_ring_prod__reserve(&rxs.fq, fill, &idx) != fill) die("fill ring reserve", EINVAL);
+    for (uint32_t i = 0; i < fill; i++) *xsk_ring_prod__fill_addr(&rxs.fq, idx + i) = rxs.free_stack[--rxs.free_count];
+    xsk_ring_prod__submit(&rxs.fq, fill);
 
     uint64_t sent = 0, completed = 0, received = 0;
+    double cpu_start = cpu_seconds();
     double start = now(), elapsed;
     do {
         /* Completions back onto the free stack. */
@@ -158,15 +171,16 @@ int main(int argc, char **argv) {
         }
         elapsed = now() - start;
     } while (elapsed < seconds);
+    double cpu = cpu_seconds() - cpu_start;
 
     struct xdp_statistics stats;
     socklen_t len = sizeof stats;
     memset(&stats, 0, sizeof stats);
     getsockopt(xsk_socket__fd(rxs.xsk), SOL_XDP, XDP_STATISTICS, &stats, &len);
-    printf("afxdp libxdp batch=%u frame=%u copy mode: sent %llu, completed %llu, received %llu in %.3f s; "
+    printf("afxdp libxdp batch=%u frame=%u fill=%u copy mode: sent %llu, completed %llu, received %llu in %.3f s, %.3f s of CPU; "
            "rx_dropped %llu, rx_ring_full %llu, rx_fill_ring_empty %llu\n",
-           batch, frame_len, (unsigned long long)sent, (unsigned long long)completed, (unsigned long long)received,
-           elapsed, (unsigned long long)stats.rx_dropped, (unsigned long long)stats.rx_ring_full,
+           batch, frame_len, fill, (unsigned long long)sent, (unsigned long long)completed, (unsigned long long)received,
+           elapsed, cpu, (unsigned long long)stats.rx_dropped, (unsigned long long)stats.rx_ring_full,
            (unsigned long long)stats.rx_fill_ring_empty_descs);
     xsk_socket__delete(txs.xsk);
     xsk_socket__delete(rxs.xsk);
@@ -174,6 +188,8 @@ int main(int argc, char **argv) {
     xsk_umem__delete(rxs.umem);
     /* libxdp without a bpffs cannot tell the program is no longer in use: detach it. */
     bpf_xdp_detach((int)if_nametoindex(rx_if), XDP_FLAGS_SKB_MODE, NULL);
+    printf("tx_per_cpu_second=%.0f\n", completed / cpu);
+    printf("rx_per_cpu_second=%.0f\n", received / cpu);
     printf("tx_persec=%.0f\n", completed / elapsed);
     printf("rx_persec=%.0f\n", received / elapsed);
     return 0;
