@@ -13,7 +13,8 @@ import Glibc
 /// number of freshly allocated buffers. The same loop against libxdp is
 /// tools/afxdp-bench/afxdp_bench.c; tools/compare-afxdp runs both.
 /// Prints `tx_persec=N` (frames completed per second) and `rx_persec=N`
-/// (frames received per second) last.
+/// (frames received per second) last, after the same per CPU second
+/// (`tx_per_cpu_second`, `rx_per_cpu_second`).
 struct AFXDPBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "afxdp",
@@ -92,10 +93,12 @@ struct AFXDPBench: ParsableCommand {
         }
         txPool.free(all)
 
+        let cpuBefore = Self.cpuSeconds()
         let result = try AFXDPLoop.run(
             sender: sender, receiver: receiver, batch: batch, frameSize: frameSize, seconds: seconds)
+        let cpu = Self.cpuSeconds() - cpuBefore
         print("afxdp hugealloc batch=\(batch) frame=\(frameSize) fill=\(fill) copy mode: sent \(result.sent), "
-            + "completed \(result.completed), received \(result.received) in \(result.seconds) s")
+            + "completed \(result.completed), received \(result.received) in \(result.seconds) s, \(cpu) s of CPU")
         _ = consume redirect
         _ = consume receiver
         _ = consume sender
@@ -103,8 +106,21 @@ struct AFXDPBench: ParsableCommand {
             throw ValidationError("buffers missing after close: rx \(rxPool.availableCount)/\(rxPool.count), "
                 + "tx \(txPool.availableCount)/\(txPool.count)")
         }
+        // Per CPU second (user + system time of this process, which the
+        // kernel's sending and receiving softirqs are charged to): the rate a
+        // whole CPU would give, less moved by other processes on a shared machine.
+        print("tx_per_cpu_second=\(Int(Double(result.completed) / cpu))")
+        print("rx_per_cpu_second=\(Int(Double(result.received) / cpu))")
         print("tx_persec=\(Int(Double(result.completed) / result.seconds))")
         print("rx_persec=\(Int(Double(result.received) / result.seconds))")
+    }
+
+    /// User + system CPU seconds of this process (`getrusage(RUSAGE_SELF)`).
+    static func cpuSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 }
 
