@@ -68,10 +68,10 @@ static double cpu_seconds(void) {
 
 static void open_side(struct side *s, const char *ifname, int rx, int tx) {
     size_t size = (size_t)FRAMES * FRAME_SIZE;
+    /* 2 MiB hugepages, as the Swift side's packet pool: no fallback, so both
+     * sides always run on the same kind of memory. */
     s->area = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-    if (s->area == MAP_FAILED)
-        s->area = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (s->area == MAP_FAILED) die("mmap", errno);
+    if (s->area == MAP_FAILED) die("mmap(MAP_HUGETLB) of the UMEM (free 2 MiB hugepages?)", errno);
     struct xsk_umem_config ucfg = {
         .fill_size = RING, .comp_size = RING, .frame_size = FRAME_SIZE,
         .frame_headroom = XSK_UMEM__DEFAULT_FRAME_HEADROOM, .flags = 0,
