@@ -48,6 +48,13 @@ struct side {
     uint32_t free_count;
 };
 
+static int rx_ifindex;
+
+/* libxdp attached its program by netlink: it stays after exit unless detached. */
+static void detach_program(void) {
+    if (rx_ifindex) bpf_xdp_detach(rx_ifindex, XDP_FLAGS_SKB_MODE, NULL);
+}
+
 static void die(const char *what, int err) {
     fprintf(stderr, "afxdp_bench: %s: %s\n", what, strerror(err < 0 ? -err : err));
     exit(1);
@@ -116,6 +123,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     static struct side txs, rxs;
+    /* libxdp without a bpffs cannot tell when its program is no longer in
+     * use: detach it at exit, also after a failure. */
+    rx_ifindex = (int)if_nametoindex(rx_if);
+    atexit(detach_program);
     libbpf_set_print(NULL); /* its notes on libxdp's object sections */
     libxdp_set_print(NULL);
     open_side(&rxs, rx_if, 1, 0);
@@ -186,8 +197,6 @@ int main(int argc, char **argv) {
     xsk_socket__delete(rxs.xsk);
     xsk_umem__delete(txs.umem);
     xsk_umem__delete(rxs.umem);
-    /* libxdp without a bpffs cannot tell the program is no longer in use: detach it. */
-    bpf_xdp_detach((int)if_nametoindex(rx_if), XDP_FLAGS_SKB_MODE, NULL);
     printf("tx_per_cpu_second=%.0f\n", completed / cpu);
     printf("rx_per_cpu_second=%.0f\n", received / cpu);
     printf("tx_persec=%.0f\n", completed / elapsed);
