@@ -245,6 +245,34 @@ uint32_t ha_xsk_receive(struct ha_xsk_ring *ring, uint64_t *addrs, uint32_t *len
     return n;
 }
 
+uint32_t ha_xsk_transmit(struct ha_xsk_ring *ring, const uint64_t *addrs, const uint32_t *lengths, uint32_t n) {
+    uint32_t prod = *ring->producer;
+    uint32_t cons = __atomic_load_n(ring->consumer, __ATOMIC_ACQUIRE);
+    uint32_t room = ring->size - (prod - cons);
+    if (n > room) n = room;
+    struct xdp_desc *descs = ring->descs;
+    for (uint32_t i = 0; i < n; i++) {
+        struct xdp_desc *d = &descs[(prod + i) & ring->mask];
+        d->addr = addrs[i];
+        d->len = lengths[i];
+        d->options = 0;
+    }
+    __atomic_store_n(ring->producer, prod + n, __ATOMIC_RELEASE);
+    return n;
+}
+
+uint32_t ha_xsk_ring_room(const struct ha_xsk_ring *ring) {
+    return ring->size - (*ring->producer - __atomic_load_n(ring->consumer, __ATOMIC_ACQUIRE));
+}
+
+int ha_xsk_ring_needs_wakeup(const struct ha_xsk_ring *ring) {
+    return ring->flags && (__atomic_load_n(ring->flags, __ATOMIC_RELAXED) & XDP_RING_NEED_WAKEUP) != 0;
+}
+
+int ha_xsk_kick_transmit(int fd) {
+    return sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 ? -1 : 0;
+}
+
 uint32_t ha_xsk_ring_pending(const struct ha_xsk_ring *ring) {
     return __atomic_load_n(ring->producer, __ATOMIC_ACQUIRE) - __atomic_load_n(ring->consumer, __ATOMIC_ACQUIRE);
 }

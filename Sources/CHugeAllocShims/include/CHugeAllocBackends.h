@@ -112,6 +112,18 @@ uint32_t ha_xsk_fill(struct ha_xsk_ring *ring, const uint64_t *addrs, uint32_t n
 uint32_t ha_xsk_complete(struct ha_xsk_ring *ring, uint64_t *addrs, uint32_t n);
 /* Takes up to `n` RX descriptors: UMEM address and length of each frame. */
 uint32_t ha_xsk_receive(struct ha_xsk_ring *ring, uint64_t *addrs, uint32_t *lengths, uint32_t n);
+/* Puts up to `n` TX descriptors (UMEM address and length of each frame) on a
+ * TX ring; returns how many fit. */
+uint32_t ha_xsk_transmit(struct ha_xsk_ring *ring, const uint64_t *addrs, const uint32_t *lengths, uint32_t n);
+/* Free slots of a ring this process produces to (fill, TX). */
+uint32_t ha_xsk_ring_room(const struct ha_xsk_ring *ring);
+/* Whether the kernel set XDP_RING_NEED_WAKEUP in the ring's flags (sockets
+ * bound with XDP_USE_NEED_WAKEUP). */
+int ha_xsk_ring_needs_wakeup(const struct ha_xsk_ring *ring);
+/* sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0): asks the kernel to transmit
+ * what is on the TX ring. Returns 0 or -1 with errno set (EAGAIN, EBUSY,
+ * ENOBUFS and ENETDOWN mean "busy, kick again later"). */
+int ha_xsk_kick_transmit(int fd);
 /* Entries a producer has published and the consumer not yet taken. */
 uint32_t ha_xsk_ring_pending(const struct ha_xsk_ring *ring);
 /* bind(2) to an interface queue with `struct sockaddr_xdp`. Returns 0 or -1 with errno set. */

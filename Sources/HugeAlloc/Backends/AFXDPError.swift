@@ -21,6 +21,18 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
     case ringSizeNotPowerOfTwo(entries: Int)
     /// A UMEM address that lies outside the UMEM.
     case addressOutsideUMEM(address: UInt64, length: Int)
+    /// A buffer handed to an ``AFXDPSocket`` is not one of its pool's
+    /// buffers (its metadata is not a chunk start of the UMEM).
+    case bufferNotInUMEM(address: UInt, base: UInt, length: Int)
+    /// A buffer handed to the kernel (fill or TX ring) that it already holds.
+    case bufferAlreadyWithKernel(index: Int)
+    /// A buffer whose data cannot go in one TX descriptor: more than one
+    /// segment, an indirect clone, empty, or data beyond its buffer.
+    case frameNotSendable(index: Int, dataOffset: Int, length: Int, room: Int, segments: Int)
+    /// `bind` was asked for neither an RX nor a TX ring.
+    case noReceiveOrTransmitRing
+    /// `transmit` on a socket bound without a TX ring (or not bound).
+    case noTransmitRing
     /// The kernel refused a call for want of a capability: `socket(AF_XDP)`
     /// needs CAP_NET_RAW; loading and attaching the XDP program (`bpf(2)`)
     /// needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN).
@@ -68,6 +80,20 @@ public enum AFXDPError: Error, Equatable, Sendable, CustomStringConvertible {
             return "AF_XDP ring size \(n) is not a power of two: use 512, 1024, 2048 or 4096"
         case .addressOutsideUMEM(let a, let len):
             return "UMEM address 0x\(String(a, radix: 16)) is outside the \(len)-byte UMEM"
+        case .bufferNotInUMEM(let address, let base, let length):
+            return "buffer 0x\(String(address, radix: 16)) is not one of the AF_XDP socket's UMEM buffers "
+                + "(0x\(String(base, radix: 16)), \(length) bytes): allocate it from the socket's pool"
+        case .bufferAlreadyWithKernel(let index):
+            return "buffer \(index) is already the kernel's (on the fill or TX ring, or not yet back from it): "
+                + "hand a buffer over once, and again only after receive or takeCompleted/freeCompleted returned it"
+        case .frameNotSendable(let index, let offset, let length, let room, let segments):
+            return "buffer \(index) cannot be sent in one AF_XDP TX descriptor (data offset \(offset), length \(length), "
+                + "buffer room \(room), \(segments) segment(s)): send one direct segment with 1...room − offset bytes; "
+                + "copy a chain or a clone into one buffer first"
+        case .noReceiveOrTransmitRing:
+            return "AF_XDP bind needs an RX or a TX ring: give receiveRingEntries or transmitRingEntries a power of two"
+        case .noTransmitRing:
+            return "the AF_XDP socket has no TX ring: bind it with transmitRingEntries > 0 before transmitting"
         case .missingCapability(let call, let capabilities, let underlying):
             let names = capabilities.joined(separator: " and ")
             let setcap = capabilities.map { $0.lowercased() }.joined(separator: ",")

@@ -1,7 +1,8 @@
 import CHugeAllocShims
 import SystemPackage
 
-/// An AF_XDP socket whose UMEM is a packet pool's memory.
+/// An AF_XDP socket whose UMEM is a packet pool's memory, receiving and
+/// transmitting frames in the pool's buffers.
 ///
 /// Creation opens the socket (`socket(AF_XDP, SOCK_RAW, 0)`), registers the
 /// pool's ``AFXDPUMEMLayout`` (`setsockopt(SOL_XDP, XDP_UMEM_REG)`), sizes
@@ -9,13 +10,26 @@ import SystemPackage
 /// `XDP_UMEM_COMPLETION_RING`), reads their offsets
 /// (`getsockopt(XDP_MMAP_OFFSETS)`) and maps them. Buffers allocated from
 /// the pool go to the kernel with ``fill(_:)-(UnsafeBufferPointer<PacketBuffer>)``;
-/// ``bind(interfaceIndex:queue:receiveRingEntries:flags:)`` adds an RX ring
-/// and attaches to an interface queue, after which ``receive(maximum:)``
-/// returns the filled buffers with their data offset and length set.
+/// ``bind(interfaceIndex:queue:receiveRingEntries:transmitRingEntries:flags:)``
+/// adds the RX and TX rings (`XDP_RX_RING`, `XDP_TX_RING`) and attaches to an
+/// interface queue, after which ``receive(into:)`` returns the filled buffers
+/// with their data offset and length set, and
+/// ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)`` sends
+/// buffers' data, the buffers coming back with ``freeCompleted(maximum:)``
+/// or ``takeCompleted(into:)``.
+///
+/// Ownership: a buffer handed to ``fill(_:)-(UnsafeBufferPointer<PacketBuffer>)``
+/// or ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)`` is the
+/// kernel's until it comes back from ``receive(into:)`` or the completion
+/// ring; the socket records which (``kernelOwnedCount``). When the socket is
+/// destroyed, every buffer the kernel still holds (on the fill, RX, TX or
+/// completion ring, or in flight between them) goes back to the pool: the
+/// caller frees only the buffers it holds itself.
 ///
 /// Noncopyable: the rings are unmapped and the socket closed (which
 /// unregisters the UMEM) exactly once, when the value is destroyed. The pool
-/// is kept alive until then.
+/// is kept alive until then. One thread at a time: the rings are
+/// single-producer, single-consumer.
 @safe
 public struct AFXDPSocket: ~Copyable {
     public let fileDescriptor: FileDescriptor
@@ -24,6 +38,13 @@ public struct AFXDPSocket: ~Copyable {
     let fillRing: UnsafeMutablePointer<ha_xsk_ring>
     let completionRing: UnsafeMutablePointer<ha_xsk_ring>
     let receiveRing: UnsafeMutablePointer<ha_xsk_ring>
+    let transmitRing: UnsafeMutablePointer<ha_xsk_ring>
+    /// The chunks the kernel holds, and the socket's counters.
+    let kernel: AFXDPKernelBuffers
+    /// log2 of the chunk size: UMEM address → chunk index is one shift.
+    let chunkShift: Int
+
+    static let ringCount = 4
 
     /// Opens a socket with `pool` as its UMEM and maps fill and completion
     /// rings of the given sizes (powers of two).
@@ -34,8 +55,8 @@ public struct AFXDPSocket: ~Copyable {
         let layout = try AFXDPUMEMLayout(pool: pool)
         let fd: FileDescriptor
         do { fd = try Sys.xdpSocket() } catch { throw AFXDPError(error) }
-        let rings = UnsafeMutablePointer<ha_xsk_ring>.allocate(capacity: 3)
-        unsafe rings.initialize(repeating: ha_xsk_ring(), count: 3)
+        let rings = UnsafeMutablePointer<ha_xsk_ring>.allocate(capacity: Self.ringCount)
+        unsafe rings.initialize(repeating: ha_xsk_ring(), count: Self.ringCount)
         do {
             try unsafe Sys.xdpRegisterUMEM(
                 fd, base: UnsafeMutableRawPointer(bitPattern: layout.base)!, length: layout.length,
@@ -43,7 +64,7 @@ public struct AFXDPSocket: ~Copyable {
             try unsafe Sys.xdpMapRing(fd, kind: HA_XSK_FILL, entries: UInt32(fillRingEntries), into: rings)
             try unsafe Sys.xdpMapRing(fd, kind: HA_XSK_COMPLETION, entries: UInt32(completionRingEntries), into: rings + 1)
         } catch {
-            for i in 0..<3 { unsafe Sys.xdpUnmapRing(rings + i) }
+            for i in 0..<Self.ringCount { unsafe Sys.xdpUnmapRing(rings + i) }
             unsafe rings.deallocate()
             Sys.close(fd)
             throw AFXDPError(error)
@@ -54,20 +75,64 @@ public struct AFXDPSocket: ~Copyable {
         unsafe fillRing = rings
         unsafe completionRing = rings + 1
         unsafe receiveRing = rings + 2
+        unsafe transmitRing = rings + 3
+        kernel = AFXDPKernelBuffers(chunkCount: layout.chunkCount)
+        chunkShift = layout.chunkSize.trailingZeroBitCount
     }
 
+    /// Unmaps the rings and closes the socket (`munmap(2)`, `close(2)`; the
+    /// kernel unbinds it and drops the UMEM), then frees to the pool every
+    /// buffer the kernel held: those on the fill, RX, TX and completion
+    /// rings and those between them. A frame still being sent at that
+    /// moment may go out with what its buffer holds by then.
     deinit {
-        for i in 0..<3 { unsafe Sys.xdpUnmapRing(fillRing + i) }
+        for i in 0..<Self.ringCount { unsafe Sys.xdpUnmapRing(fillRing + i) }
         unsafe fillRing.deallocate()
         Sys.close(fileDescriptor)
+        let pool = self.pool
+        let batch = unsafe kernel.buffers
+        var n = 0
+        kernel.removeAll { chunk in
+            unsafe batch[n] = buffer(ofChunk: chunk)
+            n += 1
+            if n == AFXDPKernelBuffers.batchLimit {
+                unsafe pool.free(batch, count: n)
+                n = 0
+            }
+        }
+        unsafe pool.free(batch, count: n)
     }
 
     /// Slots of the fill ring.
     public var fillRingEntries: Int { Int(unsafe fillRing.pointee.size) }
     /// Slots of the completion ring.
     public var completionRingEntries: Int { Int(unsafe completionRing.pointee.size) }
+    /// Slots of the RX ring (0 before ``bind(interfaceIndex:queue:receiveRingEntries:transmitRingEntries:flags:)``).
+    public var receiveRingEntries: Int { Int(unsafe receiveRing.pointee.size) }
+    /// Slots of the TX ring (0 before ``bind(interfaceIndex:queue:receiveRingEntries:transmitRingEntries:flags:)``).
+    public var transmitRingEntries: Int { Int(unsafe transmitRing.pointee.size) }
     /// Addresses on the fill ring the kernel has not taken yet.
     public var fillRingPending: Int { Int(unsafe ha_xsk_ring_pending(fillRing)) }
+    /// Frames on the RX ring not yet taken by ``receive(into:)``.
+    public var receiveRingPending: Int {
+        unsafe receiveRing.pointee.size == 0 ? 0 : Int(unsafe ha_xsk_ring_pending(receiveRing))
+    }
+    /// Frames on the TX ring the kernel has not taken yet (it takes them
+    /// when kicked, in copy mode at most 32 per kick).
+    public var transmitRingPending: Int {
+        unsafe transmitRing.pointee.size == 0 ? 0 : Int(unsafe ha_xsk_ring_pending(transmitRing))
+    }
+    /// Transmitted buffers on the completion ring, not yet taken back.
+    public var completionRingPending: Int { Int(unsafe ha_xsk_ring_pending(completionRing)) }
+    /// Buffers the kernel holds: handed over by ``fill(_:)-(UnsafeBufferPointer<PacketBuffer>)``
+    /// or ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)`` and not yet
+    /// back from ``receive(into:)`` or the completion ring. These go back to
+    /// the pool when the socket is destroyed.
+    public var kernelOwnedCount: Int { kernel.count }
+    /// Frames handed to ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)``
+    /// whose buffers have not come back on the completion ring yet.
+    public var transmitsInFlight: Int { kernel.transmitsInFlight }
+
     /// The UMEM addresses on the fill ring not yet taken by the kernel, read
     /// back from the shared ring memory, oldest first.
     public var fillRingAddresses: [UInt64] {
@@ -78,76 +143,140 @@ public struct AFXDPSocket: ~Copyable {
         return (0..<Int(producer &- consumer)).map { unsafe descs[Int((consumer &+ UInt32($0)) & ring.mask)] }
     }
 
-    /// Hands buffers to the kernel to receive into: puts each one's chunk
-    /// address on the fill ring. Returns how many fit; the rest stay the
-    /// caller's. The buffers must be this socket's pool's.
-    @discardableResult
-    public func fill(_ buffers: UnsafeBufferPointer<PacketBuffer>) -> Int {
-        let n = min(buffers.count, fillRingEntries)
-        guard n > 0 else { return 0 }
-        return unsafe withUnsafeTemporaryAllocation(of: UInt64.self, capacity: n) { addresses in
-            for i in 0..<n { unsafe addresses[i] = layout.address(of: buffers[i]) }
-            return Int(unsafe ha_xsk_fill(fillRing, addresses.baseAddress!, UInt32(n)))
+    /// The chunk index of `buffer`, or a typed error when it is not one of
+    /// this UMEM's buffers or the kernel already holds it.
+    @inline(__always)
+    func chunk(of buffer: PacketBuffer) throws(AFXDPError) -> Int {
+        let offset = UInt(bitPattern: unsafe buffer.metadata) &- layout.base
+        guard offset < UInt(layout.length), offset & UInt(layout.chunkSize - 1) == 0 else {
+            throw .bufferNotInUMEM(address: UInt(bitPattern: unsafe buffer.metadata), base: layout.base, length: layout.length)
         }
+        return Int(offset &>> UInt(chunkShift))
     }
 
-    /// Hands buffers to the kernel; returns how many fit on the fill ring.
+    /// The buffer of chunk `chunk`.
+    @inline(__always)
+    func buffer(ofChunk chunk: Int) -> PacketBuffer {
+        unsafe PacketBuffer(metadata: UnsafeMutableRawPointer(bitPattern: layout.base &+ UInt(chunk &<< chunkShift))!)
+    }
+
+    /// Hands buffers to the kernel to receive into: puts each one's chunk
+    /// address on the fill ring. Returns how many were taken, from the
+    /// front: as many as the ring has room for. The rest stay the caller's.
+    /// Throws, taking none, when the first buffer is not one of this pool's
+    /// or the kernel already holds it; a bad buffer further on ends the
+    /// batch there (the next call, starting with it, reports it).
     @discardableResult
-    public func fill(_ buffers: [PacketBuffer]) -> Int {
-        unsafe buffers.withUnsafeBufferPointer { unsafe fill($0) }
+    public func fill(_ buffers: UnsafeBufferPointer<PacketBuffer>) throws(AFXDPError) -> Int {
+        let addresses = unsafe kernel.addresses
+        var done = 0
+        while done < buffers.count {
+            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(fillRing)), AFXDPKernelBuffers.batchLimit)
+            guard n > 0 else { break }
+            var taken = 0
+            while taken < n {
+                let chunk: Int
+                do throws(AFXDPError) { chunk = try self.chunk(of: unsafe buffers[done + taken]) } catch {
+                    if done + taken == 0 { throw error }
+                    break
+                }
+                guard kernel.take(chunk) else {
+                    if done + taken == 0 { throw AFXDPError.bufferAlreadyWithKernel(index: chunk) }
+                    break
+                }
+                unsafe addresses[taken] = UInt64(chunk &<< chunkShift)
+                taken += 1
+            }
+            _ = unsafe ha_xsk_fill(fillRing, addresses, UInt32(taken))
+            done += taken
+            if taken < n { break }
+        }
+        return done
     }
 
-    /// Buffers the kernel finished transmitting (off the completion ring).
-    public func takeCompleted(maximum: Int = 64) -> [PacketBuffer] {
-        guard maximum > 0 else { return [] }
-        var addresses = [UInt64](repeating: 0, count: maximum)
-        let n = unsafe ha_xsk_complete(completionRing, &addresses, UInt32(maximum))
-        return addresses.prefix(Int(n)).compactMap { layout.buffer(atAddress: $0) }
+    /// Hands buffers to the kernel; returns how many it took (see
+    /// ``fill(_:)-(UnsafeBufferPointer<PacketBuffer>)``).
+    @discardableResult
+    public func fill(_ buffers: [PacketBuffer]) throws(AFXDPError) -> Int {
+        try unsafe buffers.withUnsafeBufferPointer { (b) throws(AFXDPError) -> Int in try unsafe fill(b) }
     }
 
-    /// `sxdp_flags` of ``bind(interfaceIndex:queue:receiveRingEntries:flags:)``.
+    /// `sxdp_flags` of ``bind(interfaceIndex:queue:receiveRingEntries:transmitRingEntries:flags:)``.
     public struct BindFlags: OptionSet, Sendable {
         public let rawValue: UInt16
         public init(rawValue: UInt16) { self.rawValue = rawValue }
         /// `XDP_COPY`: copy mode even where the driver supports zero-copy.
         public static var copy: BindFlags { BindFlags(rawValue: HA_XDP_COPY) }
-        /// `XDP_USE_NEED_WAKEUP`: the kernel may ask to be woken by `poll`/`sendto`.
+        /// `XDP_USE_NEED_WAKEUP`: the kernel says, with `XDP_RING_NEED_WAKEUP`
+        /// in a ring's flags, when it must be woken by `sendto`/`poll`;
+        /// without it every transmit is kicked.
         public static var useNeedWakeup: BindFlags { BindFlags(rawValue: HA_XDP_USE_NEED_WAKEUP) }
     }
 
-    /// Maps an RX ring and binds to queue `queue` of interface
-    /// `interfaceIndex` (`bind(2)` with `struct sockaddr_xdp`). Frames arrive
-    /// once an XDP program redirects them to this socket.
+    /// Maps the RX and TX rings (`setsockopt(SOL_XDP, XDP_RX_RING /
+    /// XDP_TX_RING)`, `mmap(2)` at the offsets of `XDP_MMAP_OFFSETS`) and
+    /// binds to queue `queue` of interface `interfaceIndex` (`bind(2)` with
+    /// `struct sockaddr_xdp`). Frames arrive once an XDP program redirects
+    /// them to this socket. A ring size of 0 leaves that ring out (a socket
+    /// that only sends or only receives); at least one is needed.
     public func bind(
-        interfaceIndex: UInt32, queue: UInt32 = 0, receiveRingEntries: Int = 2048, flags: BindFlags = []
+        interfaceIndex: UInt32, queue: UInt32 = 0, receiveRingEntries: Int = 2048, transmitRingEntries: Int = 2048,
+        flags: BindFlags = []
     ) throws(AFXDPError) {
-        guard receiveRingEntries > 0, receiveRingEntries & (receiveRingEntries - 1) == 0 else {
-            throw .ringSizeNotPowerOfTwo(entries: receiveRingEntries)
+        for n in [receiveRingEntries, transmitRingEntries] where n < 0 || n & (n &- 1) != 0 {
+            throw .ringSizeNotPowerOfTwo(entries: n)
         }
+        guard receiveRingEntries > 0 || transmitRingEntries > 0 else { throw .noReceiveOrTransmitRing }
         do {
-            if unsafe receiveRing.pointee.size == 0 {
+            if receiveRingEntries > 0, unsafe receiveRing.pointee.size == 0 {
                 try unsafe Sys.xdpMapRing(fileDescriptor, kind: HA_XSK_RX, entries: UInt32(receiveRingEntries), into: receiveRing)
+            }
+            if transmitRingEntries > 0, unsafe transmitRing.pointee.size == 0 {
+                try unsafe Sys.xdpMapRing(fileDescriptor, kind: HA_XSK_TX, entries: UInt32(transmitRingEntries), into: transmitRing)
             }
             try Sys.xdpBind(fileDescriptor, interfaceIndex: interfaceIndex, queue: queue, flags: flags.rawValue)
         } catch { throw AFXDPError(error) }
+        kernel.alwaysKick = !flags.contains(.useNeedWakeup)
     }
 
-    /// Frames received since the last call, at most `maximum`: each buffer's
-    /// data offset and length set to where the kernel wrote the frame.
-    public func receive(maximum: Int = 64) -> [PacketBuffer] {
-        guard maximum > 0, unsafe receiveRing.pointee.size != 0 else { return [] }
-        var addresses = [UInt64](repeating: 0, count: maximum)
-        var lengths = [UInt32](repeating: 0, count: maximum)
-        let n = Int(unsafe ha_xsk_receive(receiveRing, &addresses, &lengths, UInt32(maximum)))
-        var result: [PacketBuffer] = []
-        for i in 0..<n {
-            guard let b = layout.buffer(atAddress: addresses[i]) else { continue }
-            let chunkStart = UInt64(layout.bufferIndex(ofAddress: addresses[i])! * layout.chunkSize)
-            b.dataOffset = Int(addresses[i] - chunkStart) - PacketBuffer.metadataSize
-            b.store(UInt16(truncatingIfNeeded: lengths[i]), PacketBuffer.Field.dataLength)
-            b.packetLength = Int(lengths[i])
-            result.append(b)
+    // MARK: receiving
+
+    /// Takes up to `buffers.count` received frames off the RX ring into
+    /// `buffers`, each buffer's data offset and length set to where the
+    /// kernel wrote the frame; returns how many. No allocation.
+    public func receive(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
+        guard unsafe receiveRing.pointee.size != 0, let out = buffers.baseAddress else { return 0 }
+        let addresses = unsafe kernel.addresses, lengths = unsafe kernel.lengths
+        let inChunkMask = UInt64(layout.chunkSize &- 1)
+        var done = 0
+        while done < buffers.count {
+            let n = min(buffers.count - done, AFXDPKernelBuffers.batchLimit)
+            let got = Int(unsafe ha_xsk_receive(receiveRing, addresses, lengths, UInt32(n)))
+            for i in 0..<got {
+                let address = unsafe addresses[i]
+                let chunk = Int(truncatingIfNeeded: address &>> UInt64(chunkShift))
+                // Only what the fill ring gave: anything else is not ours to hand out.
+                guard kernel.giveBack(chunk) else { continue }
+                let b = buffer(ofChunk: chunk)
+                let length = unsafe lengths[i]
+                let dataOffset = (address & inChunkMask) &- UInt64(PacketBuffer.metadataSize)
+                // Data offset, data length, one segment, no flags: one store.
+                b.store(dataOffset | UInt64(length & 0xFFFF) &<< 16 | 1 &<< 32, PacketBuffer.Field.dataOffset)
+                b.store(length, PacketBuffer.Field.packetLength)
+                unsafe out[done] = b
+                done += 1
+            }
+            if got < n { break }
         }
-        return result
+        return done
+    }
+
+    /// Frames received since the last call, at most `maximum` (see
+    /// ``receive(into:)``, which allocates nothing).
+    public func receive(maximum: Int = 64) -> [PacketBuffer] {
+        guard maximum > 0 else { return [] }
+        return unsafe [PacketBuffer](unsafeUninitializedCapacity: maximum) { storage, initialized in
+            initialized = unsafe receive(into: storage)
+        }
     }
 }

@@ -94,6 +94,23 @@ extension Sys {
         }
     }
 
+    /// Asks the kernel to send what is on an AF_XDP socket's TX ring.
+    /// Returns false when the kernel is busy and wants another kick later
+    /// (`EAGAIN`: its per-call budget ran out or the completion ring is full;
+    /// `EBUSY`, `ENOBUFS`, `ENETDOWN`), as libxdp's users treat them.
+    /// The corresponding C call is `sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0)`.
+    static func xdpKickTransmit(_ fd: FileDescriptor) throws(SystemCallError) -> Bool {
+        do {
+            _ = try retryingInterrupts("sendto", detail: "AF_XDP TX kick, fd \(fd.rawValue)") { ha_xsk_kick_transmit(fd.rawValue) }
+            return true
+        } catch {
+            switch error.errno {
+            case .resourceTemporarilyUnavailable, .resourceBusy, .noBufferSpace, .networkDown: return false
+            default: throw error
+            }
+        }
+    }
+
     // MARK: - XDP redirect program (bpf(2))
 
     /// An XSKMAP. The corresponding system call is `bpf(BPF_MAP_CREATE)`.

@@ -2,6 +2,7 @@ import CHugeAllocShims
 import Foundation
 import HugeAllocTestSupport
 import SystemPackage
+import Synchronization
 import Testing
 @testable import HugeAlloc
 
@@ -25,9 +26,13 @@ func runIP(_ arguments: [String]) -> Bool {
     return process.terminationStatus == 0
 }
 
+let vethPairsMade = Atomic<Int>(0)
+
 /// A veth pair that exists for `body`'s duration: (sender, receiver) interface indexes.
 func withVethPair(_ body: (UInt32, UInt32) throws -> Void) throws {
-    let a = "hax\(getpid() % 100_000)a", b = "hax\(getpid() % 100_000)b"
+    // Unique per call, so tests running in parallel get their own pairs (15-byte names).
+    let n = vethPairsMade.add(1, ordering: .relaxed).newValue % 100
+    let a = "hax\(getpid() % 100_000)\(n)a", b = "hax\(getpid() % 100_000)\(n)b"
     runIP(["link", "del", a])
     try #require(runIP(["link", "add", a, "type", "veth", "peer", "name", b]), "ip link add \(a) type veth peer name \(b)")
     defer { runIP(["link", "del", a]) }
@@ -81,13 +86,18 @@ let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
 
             // Allocated buffers go onto the fill ring, up to its size.
             let buffers = try #require(pool.allocate(count: 2100))
-            #expect(socket.fill(buffers) == 2048)
+            #expect(try socket.fill(buffers) == 2048)
             #expect(socket.fillRingPending == 2048, "nothing is bound, so the kernel takes none")
             #expect(socket.fillRingAddresses == buffers.prefix(2048).map { layout.address(of: $0) })
-            #expect(socket.fill(Array(buffers.suffix(52))) == 0, "the ring is full")
+            #expect(try socket.fill(Array(buffers.suffix(52))) == 0, "the ring is full")
             #expect(socket.takeCompleted().isEmpty)
+            #expect(socket.kernelOwnedCount == 2048)
+            #expect(pool.availableCount == 4096 - 2100)
+            // Closing gives the 2048 on the fill ring back; the 52 left are ours.
             _ = consume socket
-            pool.free(buffers)
+            #expect(pool.availableCount == 4096 - 52)
+            pool.free(Array(buffers.suffix(52)))
+            #expect(pool.availableCount == 4096)
         }
     }
 
@@ -163,7 +173,7 @@ let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
                 let pool = try PacketPool(configuration: .afXDP(count: 2048, chunkSize: 2048))
                 let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 1024, completionRingEntries: 1024)
                 let filled = try #require(pool.allocate(count: 1024))
-                #expect(socket.fill(filled) == 1024)
+                #expect(try socket.fill(filled) == 1024)
                 try socket.bind(interfaceIndex: receiver, queue: 0, flags: .copy)
                 let redirect = try XDPRedirect(interfaceIndex: receiver)
                 try redirect.redirect(queue: 0, to: socket)
@@ -176,9 +186,11 @@ let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
                 for frame in frames { #expect(try Sys.packetSend(interfaceIndex: sender, frame: frame) == frame.count) }
 
                 var received: [PacketBuffer] = []
+                var taken: [PacketBuffer] = []
                 let deadline = Date().addingTimeInterval(2)
                 while received.count < frames.count && Date() < deadline {
                     for b in socket.receive() {
+                        taken.append(b)
                         let bytes = b.contents
                         // Other traffic (IPv6 neighbour discovery) lands too; all buffers are freed below.
                         if bytes.count > 14 && bytes[12] == 0x88 && bytes[13] == 0xB5 { received.append(b) }
@@ -195,9 +207,12 @@ let hasIPCommand = FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
                     #expect(b.dataPhysicalAddress?.rawValue == Kernel.physicalAddress(UInt(bitPattern: b.data)))
                 }
                 #expect(socket.fillRingPending <= 1024 - frames.count)
+                #expect(socket.kernelOwnedCount == 1024 - taken.count)
                 _ = consume redirect
                 _ = consume socket
-                pool.free(filled)
+                #expect(pool.availableCount == 2048 - taken.count, "closing gave back what the kernel held")
+                pool.free(taken)
+                #expect(pool.availableCount == 2048)
             }
         }
     }

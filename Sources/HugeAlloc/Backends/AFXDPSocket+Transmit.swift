@@ -1,0 +1,147 @@
+import CHugeAllocShims
+
+extension AFXDPSocket {
+    // MARK: transmitting
+
+    /// Sends the data of `buffers`: puts one TX descriptor per buffer (its
+    /// data's UMEM address and its length) on the TX ring and, when `kick`
+    /// is true and the kernel needs it, wakes the kernel with `sendto(fd,
+    /// NULL, 0, MSG_DONTWAIT, NULL, 0)`: always for a socket bound without
+    /// ``BindFlags/useNeedWakeup``, else when the TX ring's flags carry
+    /// `XDP_RING_NEED_WAKEUP` (in copy mode the kernel always sets it). In
+    /// copy mode the kernel sends at most 32 frames per kick; this kicks
+    /// again while the TX ring empties, and stops when the kernel makes no
+    /// progress (the completion ring is full: take completions first).
+    ///
+    /// Returns how many buffers were taken, from the front: as many as the
+    /// TX ring has room for. Taken buffers are the kernel's until they come
+    /// back on the completion ring (``freeCompleted(maximum:)``,
+    /// ``takeCompleted(into:)``). Throws, taking none, when the first buffer
+    /// cannot be sent as it is (not this pool's, already the kernel's, more
+    /// than one segment or an indirect clone, empty, or data beyond its
+    /// chunk); a bad buffer further on ends the batch there. A kick that
+    /// fails for another reason than a busy kernel throws after the frames
+    /// are on the ring (they are then the kernel's).
+    @discardableResult
+    public func transmit(_ buffers: UnsafeBufferPointer<PacketBuffer>, kick: Bool = true) throws(AFXDPError) -> Int {
+        guard unsafe transmitRing.pointee.size != 0 else { throw .noTransmitRing }
+        let addresses = unsafe kernel.addresses, lengths = unsafe kernel.lengths
+        var done = 0
+        while done < buffers.count {
+            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(transmitRing)), AFXDPKernelBuffers.batchLimit)
+            guard n > 0 else { break }
+            var taken = 0
+            while taken < n {
+                let descriptor: (UInt64, UInt32)
+                do throws(AFXDPError) { descriptor = try transmitDescriptor(unsafe buffers[done + taken]) } catch {
+                    if done + taken == 0 { throw error }
+                    break
+                }
+                unsafe addresses[taken] = descriptor.0
+                unsafe lengths[taken] = descriptor.1
+                taken += 1
+            }
+            _ = unsafe ha_xsk_transmit(transmitRing, addresses, lengths, UInt32(taken))
+            done += taken
+            if taken < n { break }
+        }
+        kernel.transmitsInFlight += done
+        if kick && done > 0 { try kickTransmitIfNeeded() }
+        return done
+    }
+
+    /// Sends the data of `buffers` (see ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)``).
+    @discardableResult
+    public func transmit(_ buffers: [PacketBuffer], kick: Bool = true) throws(AFXDPError) -> Int {
+        try unsafe buffers.withUnsafeBufferPointer { (b) throws(AFXDPError) -> Int in try unsafe transmit(b, kick: kick) }
+    }
+
+    /// The TX descriptor of `buffer` (UMEM address of its data, length),
+    /// after checking it can be sent; marks its chunk as the kernel's.
+    @inline(__always)
+    func transmitDescriptor(_ b: PacketBuffer) throws(AFXDPError) -> (UInt64, UInt32) {
+        let chunk = try self.chunk(of: b)
+        // Data offset, data length, segments and flags in one load.
+        let word = b.load(PacketBuffer.Field.dataOffset, as: UInt64.self)
+        let offset = Int(word & 0xFFFF), length = Int(word &>> 16 & 0xFFFF)
+        let singleDirect = word &>> 32 == 1 && b.load(PacketBuffer.Field.next, as: UInt64.self) == 0
+        guard singleDirect, length > 0, offset &+ length <= b.bufferLength else {
+            throw .frameNotSendable(index: chunk, dataOffset: offset, length: length, room: b.bufferLength, segments: b.segmentCount)
+        }
+        guard kernel.take(chunk) else { throw .bufferAlreadyWithKernel(index: chunk) }
+        return (UInt64(chunk &<< chunkShift &+ PacketBuffer.metadataSize &+ offset), UInt32(truncatingIfNeeded: length))
+    }
+
+    /// Kicks the kernel to send what is on the TX ring when it needs it
+    /// (see ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)``),
+    /// again while each kick empties the ring further.
+    public func kickTransmitIfNeeded() throws(AFXDPError) {
+        var pending = transmitRingPending
+        while pending > 0, kernel.alwaysKick || (unsafe ha_xsk_ring_needs_wakeup(transmitRing)) != 0 {
+            let sent: Bool
+            do { sent = try Sys.xdpKickTransmit(fileDescriptor) } catch { throw AFXDPError(error) }
+            let left = transmitRingPending
+            // A kick that returned at once with frames left is the per-call
+            // budget (EAGAIN); one that made no progress is a full completion ring.
+            if sent && left == 0 || left >= pending { break }
+            pending = left
+        }
+    }
+
+    /// One `sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0)`, whatever the ring's
+    /// flags say. Returns false when the kernel was busy (`EAGAIN`, `EBUSY`,
+    /// `ENOBUFS`, `ENETDOWN`).
+    @discardableResult
+    public func kickTransmit() throws(AFXDPError) -> Bool {
+        do { return try Sys.xdpKickTransmit(fileDescriptor) } catch { throw AFXDPError(error) }
+    }
+
+    // MARK: completions
+
+    /// Takes up to `buffers.count` transmitted buffers off the completion
+    /// ring into `buffers` (now the caller's again); returns how many.
+    /// No allocation.
+    public func takeCompleted(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
+        guard let out = buffers.baseAddress else { return 0 }
+        let addresses = unsafe kernel.addresses
+        var done = 0
+        while done < buffers.count {
+            let n = min(buffers.count - done, AFXDPKernelBuffers.batchLimit)
+            let got = Int(unsafe ha_xsk_complete(completionRing, addresses, UInt32(n)))
+            for i in 0..<got {
+                let chunk = Int(truncatingIfNeeded: unsafe addresses[i] &>> UInt64(chunkShift))
+                guard kernel.giveBack(chunk) else { continue }
+                unsafe out[done] = buffer(ofChunk: chunk)
+                done += 1
+            }
+            kernel.transmitsInFlight -= got
+            if got < n { break }
+        }
+        return done
+    }
+
+    /// Buffers the kernel finished transmitting, at most `maximum` (see
+    /// ``takeCompleted(into:)``, which allocates nothing).
+    public func takeCompleted(maximum: Int = 64) -> [PacketBuffer] {
+        guard maximum > 0 else { return [] }
+        return unsafe [PacketBuffer](unsafeUninitializedCapacity: maximum) { storage, initialized in
+            initialized = unsafe takeCompleted(into: storage)
+        }
+    }
+
+    /// Frees transmitted buffers back to the pool, up to `maximum`, straight
+    /// off the completion ring; returns how many. No allocation.
+    @discardableResult
+    public func freeCompleted(maximum: Int = 256) -> Int {
+        let batch = unsafe UnsafeMutableBufferPointer(start: kernel.buffers, count: AFXDPKernelBuffers.batchLimit)
+        var done = 0
+        while done < maximum {
+            let n = min(maximum - done, batch.count)
+            let got = unsafe takeCompleted(into: UnsafeMutableBufferPointer(rebasing: batch[..<n]))
+            unsafe pool.free(kernel.buffers, count: got)
+            done += got
+            if got < n { break }
+        }
+        return done
+    }
+}

@@ -1,0 +1,173 @@
+import CHugeAllocShims
+import Foundation
+import HugeAllocTestSupport
+import SystemPackage
+import Testing
+@testable import HugeAlloc
+
+/// An Ethernet frame of an experimental EtherType (0x88B5) with `payload`
+/// pattern bytes.
+func experimentalFrame(payload: Int, seed: Int) -> [UInt8] {
+    [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02, 0, 0, 0, 0, 2, 0x88, 0xB5] + patternBytes(payload, seed: seed)
+}
+
+func isExperimentalFrame(_ bytes: [UInt8]) -> Bool {
+    bytes.count > 14 && bytes[12] == 0x88 && bytes[13] == 0xB5
+}
+
+/// Copies `frame` into `buffer`'s data (appended after its headroom).
+func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
+    let start = try #require(buffer.append(frame.count))
+    unsafe frame.withUnsafeBytes { unsafe start.copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
+}
+
+@Suite(.usesHugepagePool) struct AFXDPTransmitTests {
+    static let gate = canMakePools && canOpenAFXDP && hasIPCommand
+
+    @Test(.enabled(if: gate, "needs root, free 2 MiB hugepages, AF_XDP and iproute2"))
+    func AF_XDPTransmitsPacketBuffersThatArriveByteForByteAtThePeer() throws {
+        try expectNoLeak {
+            try withVethPair { sender, receiver in
+                // The peer: an AF_XDP socket on the other end, with its own pool.
+                let peerPool = try PacketPool(configuration: .afXDP(count: 1024, chunkSize: 2048))
+                let peer = try AFXDPSocket(umemOf: peerPool, fillRingEntries: 512, completionRingEntries: 512)
+                #expect(try peer.fill(try #require(peerPool.allocate(count: 512))) == 512)
+                try peer.bind(interfaceIndex: receiver, receiveRingEntries: 512, transmitRingEntries: 0, flags: .copy)
+                let redirect = try XDPRedirect(interfaceIndex: receiver)
+                try redirect.redirect(queue: 0, to: peer)
+
+                // The sender: a TX-only socket bound with need-wakeup in copy mode.
+                let pool = try PacketPool(configuration: .afXDP(count: 512, chunkSize: 2048))
+                let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 256, completionRingEntries: 256)
+                try socket.bind(interfaceIndex: sender, receiveRingEntries: 0, transmitRingEntries: 256,
+                                flags: [.copy, .useNeedWakeup])
+                #expect(socket.transmitRingEntries == 256 && socket.receiveRingEntries == 0)
+
+                // 100 frames (more than one kick's budget of 32), 60 to 1514 bytes.
+                let frames = (0..<100).map { i in experimentalFrame(payload: 46 + (i * 137) % 1455, seed: i) }
+                let buffers = try #require(pool.allocate(count: frames.count))
+                for (frame, b) in zip(frames, buffers) { try write(frame, into: b) }
+                #expect(try socket.transmit(buffers) == frames.count)
+                #expect(socket.kernelOwnedCount + pool.availableCount == pool.count)
+
+                var arrived: [[UInt8]] = []
+                var taken: [PacketBuffer] = []
+                var completed: [PacketBuffer] = []
+                let deadline = Date().addingTimeInterval(3)
+                while (arrived.count < frames.count || completed.count < frames.count) && Date() < deadline {
+                    try socket.kickTransmitIfNeeded()
+                    completed += socket.takeCompleted()
+                    for b in peer.receive() {
+                        taken.append(b)
+                        if isExperimentalFrame(b.contents) { arrived.append(b.contents) }
+                    }
+                    usleep(1000)
+                }
+                #expect(arrived.count == frames.count)
+                #expect(arrived == frames, "every frame arrived byte for byte, in order")
+                #expect(Set(completed) == Set(buffers) && completed.count == buffers.count,
+                        "each transmitted buffer came back once on the completion ring")
+                #expect(socket.transmitsInFlight == 0 && socket.kernelOwnedCount == 0)
+                #expect(pool.availableCount == pool.count - frames.count)
+                pool.free(completed)
+                #expect(pool.availableCount == pool.count)
+
+                _ = consume redirect
+                _ = consume peer
+                #expect(peerPool.availableCount == peerPool.count - taken.count)
+                peerPool.free(taken)
+                #expect(peerPool.availableCount == peerPool.count)
+                _ = consume socket
+                #expect(pool.availableCount == pool.count)
+            }
+        }
+    }
+
+    @Test(.enabled(if: gate, "needs root, free 2 MiB hugepages, AF_XDP and iproute2"))
+    func AF_XDPClosingGivesEveryBufferOnItsFourRingsBackToThePool() throws {
+        try expectNoLeak {
+            try withVethPair { here, there in
+                let pool = try PacketPool(configuration: .afXDP(count: 1024, chunkSize: 2048))
+                let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 512, completionRingEntries: 512)
+                #expect(try socket.fill(try #require(pool.allocate(count: 256))) == 256)
+                try socket.bind(interfaceIndex: here, receiveRingEntries: 512, transmitRingEntries: 512, flags: .copy)
+                let redirect = try XDPRedirect(interfaceIndex: here)
+                try redirect.redirect(queue: 0, to: socket)
+
+                // RX ring: frames sent into this end from the other.
+                for i in 0..<8 {
+                    let frame = experimentalFrame(payload: 100, seed: i)
+                    #expect(try Sys.packetSend(interfaceIndex: there, frame: frame) == frame.count)
+                }
+                // Completion ring: 16 frames sent and kicked, completions not taken.
+                let sent = try #require(pool.allocate(count: 16))
+                for (i, b) in sent.enumerated() { try write(experimentalFrame(payload: 64, seed: 100 + i), into: b) }
+                #expect(try socket.transmit(sent) == 16)
+                // TX ring: 8 frames put on the ring and never kicked.
+                let queued = try #require(pool.allocate(count: 8))
+                for (i, b) in queued.enumerated() { try write(experimentalFrame(payload: 64, seed: 200 + i), into: b) }
+                #expect(try socket.transmit(queued, kick: false) == 8)
+
+                let deadline = Date().addingTimeInterval(2)
+                while (socket.receiveRingPending < 8 || socket.completionRingPending < 16) && Date() < deadline {
+                    usleep(1000)
+                }
+                // The user takes three received frames and keeps them.
+                let held = socket.receive(maximum: 3)
+                #expect(held.count == 3)
+                #expect(socket.fillRingPending > 0, "fill ring")
+                #expect(socket.receiveRingPending >= 5, "RX ring")
+                #expect(socket.transmitRingPending == 8, "TX ring")
+                #expect(socket.completionRingPending == 16, "completion ring")
+                #expect(socket.transmitsInFlight == 24)
+                #expect(socket.kernelOwnedCount == 256 + 24 - 3)
+                #expect(pool.availableCount == pool.count - 256 - 24)
+
+                _ = consume redirect
+                _ = consume socket
+                #expect(pool.availableCount == pool.count - held.count, "all but the buffers the user holds")
+                pool.free(held)
+                #expect(pool.availableCount == pool.count)
+            }
+        }
+    }
+
+    @Test(.enabled(if: canMakePools && canOpenAFXDP, "needs root, free 2 MiB hugepages and AF_XDP sockets"))
+    func AF_XDPRefusesBuffersItCannotSendOrAlreadyHolds() throws {
+        let pool = try PacketPool(configuration: .afXDP(count: 256, chunkSize: 2048))
+        let other = try PacketPool(configuration: .afXDP(count: 64, chunkSize: 2048))
+        let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 64, completionRingEntries: 64)
+        let b = try #require(pool.allocate())
+        #expect(throws: AFXDPError.noTransmitRing) { try socket.transmit([b]) }
+        #expect(throws: AFXDPError.noReceiveOrTransmitRing) {
+            try socket.bind(interfaceIndex: 1, receiveRingEntries: 0, transmitRingEntries: 0)
+        }
+        #expect(throws: AFXDPError.ringSizeNotPowerOfTwo(entries: 100)) {
+            try socket.bind(interfaceIndex: 1, receiveRingEntries: 0, transmitRingEntries: 100)
+        }
+        try socket.bind(interfaceIndex: 1, receiveRingEntries: 0, transmitRingEntries: 64)  // loopback
+
+        #expect(throws: AFXDPError.frameNotSendable(index: b.index, dataOffset: 256, length: 0, room: 1984, segments: 1)) {
+            try socket.transmit([b])
+        }
+        let foreign = try #require(other.allocate())
+        #expect(throws: AFXDPError.bufferNotInUMEM(address: UInt(bitPattern: foreign.metadata), base: socket.layout.base,
+                                                   length: socket.layout.length)) {
+            try socket.fill([foreign])
+        }
+        // Filled once: a second fill or a transmit of it is refused, the first stays.
+        #expect(try socket.fill([b]) == 1)
+        #expect(throws: AFXDPError.bufferAlreadyWithKernel(index: b.index)) { try socket.fill([b]) }
+        _ = b.append(60)
+        #expect(throws: AFXDPError.bufferAlreadyWithKernel(index: b.index)) { try socket.transmit([b]) }
+        // A bad buffer after good ones ends the batch there.
+        let good = try #require(pool.allocate(count: 2))
+        #expect(try socket.fill(good + [foreign]) == 2)
+        #expect(socket.kernelOwnedCount == 3 && socket.fillRingPending == 3)
+        let message = AFXDPError.bufferAlreadyWithKernel(index: 7).description
+        #expect(message.contains("already the kernel's") && message.contains("takeCompleted"))
+        _ = consume socket
+        #expect(pool.availableCount == pool.count)
+        other.free(foreign)
+    }
+}
