@@ -163,6 +163,7 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #endif
 #include "CHugeAllocShimsNUMA.h"
 #include "CHugeAllocAffinity.h"
+#include "CHugeAllocCAPI.h"
 #include "CHugeAllocBackends.h"
 #include "CHugeAllocFileSystem.h"
 #include "CHugeAllocDevices.h"

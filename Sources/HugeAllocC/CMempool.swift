@@ -1,0 +1,247 @@
+import HugeAlloc
+import Synchronization
+
+/// What an `ha_mempool *` points to: the pool and the facts the entry points
+/// check before calling it, in one allocation the C caller holds. Created by
+/// `ha_mempool_create`, freed by `ha_mempool_destroy`, never moved.
+@safe
+struct CMempoolHandle {
+    let pool: Unmanaged<Mempool>
+    /// The pool's memory: `[start, end)`, for the two-compare foreign-pointer check.
+    let start: UInt
+    let end: UInt
+    let checked: Bool
+    let count: Int
+}
+
+/// The live pools of the C API, by name and address range: names are unique
+/// (as with `rte_mempool_create`), and `ha_iova` finds a pool's memory here.
+enum CMempoolRegistry {
+    struct Entry {
+        var name: String
+        var start: UInt
+        var end: UInt
+        /// The `CMempoolHandle` address (0 while the pool is being made).
+        var handle: UInt
+    }
+
+    static let entries = Mutex<[Entry]>([])
+
+    /// The IOVA of `address` when it lies in a live pool's memory.
+    static func iova(of address: UInt) -> UInt64? {
+        entries.withLock { entries in
+            for entry in entries where address >= entry.start && address < entry.end {
+                let handle = unsafe UnsafePointer<CMempoolHandle>(bitPattern: entry.handle)!
+                let pool = unsafe handle.pointee.pool.takeUnretainedValue()
+                return unsafe pool.physicalAddress(of: UnsafeRawPointer(bitPattern: address)!)?.rawValue
+            }
+            return nil
+        }
+    }
+}
+
+let maximumNameBytes = 63
+
+@_cdecl("ha_mempool_create")
+public func ha_mempool_create(
+    _ name: UnsafePointer<CChar>?, _ count: UInt, _ objectSize: UInt, _ cacheSize: UInt,
+    _ numaNode: Int32, _ flags: UInt32, _ out: UnsafeMutablePointer<OpaquePointer?>?
+) -> Int32 {
+    let function = "ha_mempool_create"
+    guard let out = unsafe out else {
+        return CAPIError.record(CAPIError.invalidArgument, "\(function): out is NULL: pass the address of an ha_mempool * to receive the pool")
+    }
+    guard let name = unsafe name else {
+        return CAPIError.record(CAPIError.invalidArgument, "\(function): name is NULL: give the pool a name of 1 to \(maximumNameBytes) bytes")
+    }
+    let poolName = unsafe String(cString: name)
+    guard !poolName.isEmpty, poolName.utf8.count <= maximumNameBytes else {
+        return CAPIError.record(CAPIError.invalidArgument,
+            "\(function): name \"\(poolName.prefix(80))\" is \(poolName.utf8.count) bytes long: give a name of 1 to \(maximumNameBytes) bytes")
+    }
+    let known: UInt32 = 0b111
+    guard flags & ~known == 0 else {
+        return CAPIError.record(CAPIError.invalidArgument,
+            "\(function): unknown flags 0x\(String(flags & ~known, radix: 16)): use HA_MEMPOOL_CHECKED, HA_MEMPOOL_SINGLE_THREAD, HA_MEMPOOL_STACK or 0")
+    }
+    guard checkNode(numaNode, in: function) else { return CAPIError.invalidArgument }
+    // Counts and sizes beyond what a pool can hold are refused by the
+    // pool's own checks; anything past these limits would overflow first.
+    guard let count = checkedSize(count, limit: Mempool.maximumCount, "object count", in: function),
+          let objectSize = checkedSize(objectSize, limit: 1 << 40, "object size", in: function),
+          let cacheSize = checkedSize(cacheSize, limit: Mempool.maximumCacheSize, "cache size", in: function)
+    else { return CAPIError.invalidArgument }
+
+    let configuration = MempoolConfiguration(
+        count: count, objectSize: objectSize, cacheSize: cacheSize,
+        backend: flags & 4 != 0 ? .stack : .ring,
+        threading: flags & 2 != 0 ? .singleThread : .shared,
+        checked: flags & 1 != 0, memoryChannels: 4)
+    let mapping = MappingOptions(numaPolicy: numaNode == -1 ? .any : .bind(Int(numaNode)))
+
+    // The name is taken under the registry's lock before the (slow) mapping,
+    // so two threads creating the same name cannot both succeed.
+    let taken = CMempoolRegistry.entries.withLock { entries in
+        if entries.contains(where: { $0.name == poolName }) { return true }
+        entries.append(.init(name: poolName, start: 0, end: 0, handle: 0))
+        return false
+    }
+    if taken {
+        return CAPIError.record(CAPIError.nameExists,
+            "\(function): a pool named \"\(poolName)\" exists: choose another name or destroy that pool first")
+    }
+    let pool: Mempool
+    do {
+        pool = try Mempool(configuration: configuration, mapping: mapping)
+    } catch {
+        CMempoolRegistry.entries.withLock { $0.removeAll { $0.name == poolName } }
+        return CAPIError.record(error, in: function)
+    }
+    let start = UInt(bitPattern: unsafe pool.base)
+    let handle = UnsafeMutablePointer<CMempoolHandle>.allocate(capacity: 1)
+    unsafe handle.initialize(to: CMempoolHandle(
+        pool: Unmanaged.passRetained(pool), start: start, end: start + UInt(pool.length),
+        checked: pool.isChecked, count: pool.count))
+    CMempoolRegistry.entries.withLock { entries in
+        if let i = entries.firstIndex(where: { $0.name == poolName }) {
+            entries[i] = .init(name: poolName, start: start, end: start + UInt(pool.length), handle: UInt(bitPattern: handle))
+        }
+    }
+    unsafe out.pointee = OpaquePointer(handle)
+    return 0
+}
+
+@_cdecl("ha_mempool_destroy")
+public func ha_mempool_destroy(_ pool: OpaquePointer?) {
+    guard let pool = unsafe pool else { return }
+    let handle = unsafe UnsafeMutablePointer<CMempoolHandle>(pool)
+    let known = CMempoolRegistry.entries.withLock { entries in
+        guard let i = entries.firstIndex(where: { $0.handle == UInt(bitPattern: handle) }) else { return false }
+        entries.remove(at: i)
+        return true
+    }
+    guard known else {
+        CAPIError.record(CAPIError.badPointer,
+            "ha_mempool_destroy: 0x\(String(UInt(bitPattern: handle), radix: 16)) is not a live pool of this API: destroy each pool once, with the pointer ha_mempool_create gave")
+        return
+    }
+    unsafe handle.pointee.pool.release()
+    unsafe handle.deinitialize(count: 1)
+    unsafe handle.deallocate()
+}
+
+@inline(never)
+func nullPool(_ function: StaticString) {
+    CAPIError.record(CAPIError.invalidArgument, "\(function): pool is NULL: pass the pool ha_mempool_create gave")
+}
+
+@_cdecl("ha_mempool_get")
+public func ha_mempool_get(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
+    guard let pool = unsafe pool else { nullPool("ha_mempool_get"); return nil }
+    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    if let object = unsafe handle.pointee.pool._withUnsafeGuaranteedRef({ unsafe $0.get() }) { return unsafe object }
+    unsafe poolEmpty(handle)
+    return nil
+}
+
+@inline(never)
+func poolEmpty(_ handle: UnsafePointer<CMempoolHandle>) {
+    CAPIError.record(CAPIError.noObjects, "ha_mempool_get: the pool is empty (all \(unsafe handle.pointee.count) objects are handed out): put objects back or create a larger pool")
+}
+
+@_cdecl("ha_mempool_get_bulk")
+public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
+    guard let pool = unsafe pool else { nullPool("ha_mempool_get_bulk"); return CAPIError.invalidArgument }
+    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    guard let objects = unsafe objects else {
+        if n == 0 { return 0 }
+        return CAPIError.record(CAPIError.invalidArgument, "ha_mempool_get_bulk: objects is NULL: pass an array of \(n) pointers")
+    }
+    let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+    let ok = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in unsafe p.get(into: table, count: Int(n)) }
+    if ok { return 0 }
+    return unsafe bulkGetFailed(handle, n)
+}
+
+@inline(never)
+func bulkGetFailed(_ handle: UnsafePointer<CMempoolHandle>, _ n: UInt32) -> Int32 {
+    let h = unsafe handle.pointee
+    if Int(n) > h.count {
+        return CAPIError.record(CAPIError.invalidArgument,
+            "ha_mempool_get_bulk: asked for \(n) objects from a pool of \(h.count): ask for at most \(h.count)")
+    }
+    let available = unsafe h.pool.takeUnretainedValue().availableCount
+    return CAPIError.record(.init(CAPIError.noObjects),
+        "ha_mempool_get_bulk: asked for \(n) objects but only \(available) are available: put objects back or create a larger pool")
+}
+
+@_cdecl("ha_mempool_put")
+public func ha_mempool_put(_ pool: OpaquePointer?, _ object: UnsafeMutableRawPointer?) {
+    guard let pool = unsafe pool else { nullPool("ha_mempool_put"); return }
+    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    let address = UInt(bitPattern: object)
+    // One branch covers NULL, foreign pointers and checked mode.
+    if _slowPath(unsafe address &- handle.pointee.start >= handle.pointee.end &- handle.pointee.start || handle.pointee.checked) {
+        var one = unsafe object
+        unsafe withUnsafePointer(to: &one) { unsafe slowPut(handle, $0, 1, "ha_mempool_put") }
+        return
+    }
+    unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in unsafe p.put(object.unsafelyUnwrapped) }
+}
+
+@_cdecl("ha_mempool_put_bulk")
+public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) {
+    guard let pool = unsafe pool else { nullPool("ha_mempool_put_bulk"); return }
+    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    guard let objects = unsafe objects else {
+        if n != 0 { CAPIError.record(CAPIError.invalidArgument, "ha_mempool_put_bulk: objects is NULL: pass the array of \(n) objects to put back") }
+        return
+    }
+    let (start, end) = unsafe (handle.pointee.start, handle.pointee.end)
+    var inside = !(unsafe handle.pointee.checked) && Int(n) <= (unsafe handle.pointee.count)
+    // Every pointer in range: the same compares, folded without branches.
+    for i in 0..<Int(n) { inside = inside && (UInt(bitPattern: unsafe objects[i]) &- start < end &- start) }
+    if _slowPath(!inside) {
+        unsafe slowPut(handle, objects, Int(n), "ha_mempool_put_bulk")
+        return
+    }
+    let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+    _ = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in unsafe p.put(from: table, count: Int(n)) }
+}
+
+/// The put path for checked pools and for calls the fast path refused:
+/// every misuse becomes an error for `ha_last_error()`, nothing is put back.
+@inline(never)
+func slowPut(_ handle: UnsafePointer<CMempoolHandle>, _ objects: UnsafePointer<UnsafeMutableRawPointer?>, _ n: Int, _ function: String) {
+    let h = unsafe handle.pointee
+    let pool = unsafe h.pool.takeUnretainedValue()
+    guard n <= h.count else {
+        CAPIError.record(CAPIError.invalidArgument, "\(function): \(n) objects put back into a pool of \(h.count): a pool never hands out more than it holds")
+        return
+    }
+    for i in 0..<n {
+        let address = UInt(bitPattern: unsafe objects[i])
+        if address == 0 {
+            CAPIError.record(CAPIError.invalidArgument, "\(function): object \(i) is NULL: put back only pointers the pool handed out (nothing was put back)")
+            return
+        }
+        if address < h.start || address >= h.end {
+            CAPIError.record(CAPIError.badPointer,
+                "\(function): object \(i) at 0x\(String(address, radix: 16)) does not belong to this pool: put it back into the pool it came from (nothing was put back)")
+            return
+        }
+    }
+    let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+    if h.checked {
+        do { try unsafe pool.putChecked(from: table, count: n) } catch { CAPIError.record(error, in: function) }
+    } else {
+        _ = unsafe pool.put(from: table, count: n)
+    }
+}
+
+@_cdecl("ha_mempool_available")
+public func ha_mempool_available(_ pool: OpaquePointer?) -> UInt32 {
+    guard let pool = unsafe pool else { return 0 }
+    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    return UInt32(clamping: unsafe handle.pointee.pool.takeUnretainedValue().availableCount)
+}
