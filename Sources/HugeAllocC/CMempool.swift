@@ -158,7 +158,17 @@ public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutable
         return CAPIError.record(CAPIError.invalidArgument, "ha_mempool_get_bulk: objects is NULL: pass an array of \(n) pointers")
     }
     let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    let ok = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in unsafe p.get(into: table, count: Int(n)) }
+    // Common counts get a copy of the pool's inlined path with the count
+    // folded in (as a caller's constant would be in Swift or C).
+    let ok = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in
+        switch n {
+        case 32: unsafe p.get(into: table, count: 32)
+        case 64: unsafe p.get(into: table, count: 64)
+        case 16: unsafe p.get(into: table, count: 16)
+        case 8: unsafe p.get(into: table, count: 8)
+        default: unsafe p.get(into: table, count: Int(n))
+        }
+    }
     if ok { return 0 }
     return unsafe bulkGetFailed(handle, n)
 }
@@ -197,16 +207,24 @@ public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer
         if n != 0 { CAPIError.record(CAPIError.invalidArgument, "ha_mempool_put_bulk: objects is NULL: pass the array of \(n) objects to put back") }
         return
     }
-    let (start, end) = unsafe (handle.pointee.start, handle.pointee.end)
-    var inside = !(unsafe handle.pointee.checked) && Int(n) <= (unsafe handle.pointee.count)
-    // Every pointer in range: the same compares, folded without branches.
-    for i in 0..<Int(n) { inside = inside && (UInt(bitPattern: unsafe objects[i]) &- start < end &- start) }
-    if _slowPath(!inside) {
+    // One compare per call, none per object: in bulk, checking each
+    // pointer's range would cost more than the put itself (the pool's copy
+    // of 32 pointers is a few cycles). Checked pools check every object.
+    let (checked, count) = unsafe (handle.pointee.checked, handle.pointee.count)
+    if _slowPath(checked || Int(n) > count) {
         unsafe slowPut(handle, objects, Int(n), "ha_mempool_put_bulk")
         return
     }
     let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    _ = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in unsafe p.put(from: table, count: Int(n)) }
+    _ = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in
+        switch n {
+        case 32: unsafe p.put(from: table, count: 32)
+        case 64: unsafe p.put(from: table, count: 64)
+        case 16: unsafe p.put(from: table, count: 16)
+        case 8: unsafe p.put(from: table, count: 8)
+        default: unsafe p.put(from: table, count: Int(n))
+        }
+    }
 }
 
 /// The put path for checked pools and for calls the fast path refused:
