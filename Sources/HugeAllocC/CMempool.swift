@@ -139,10 +139,15 @@ func nullPool(_ function: StaticString) {
 public func ha_mempool_get(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
     guard let pool = unsafe pool else { nullPool("ha_mempool_get"); return nil }
     let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
-    if let object = unsafe handle.pointee.pool._withUnsafeGuaranteedRef({ unsafe $0.get() }) { return unsafe object }
+    if let object = unsafe handle.pointee.pool._withUnsafeGuaranteedRef(getOne) { return unsafe object }
     unsafe poolEmpty(handle)
     return nil
 }
+
+/// The pool's inlined get, as a function the optimizer inlines into the
+/// entry point (a closure here stays a call of its own).
+@inline(__always)
+func getOne(_ pool: Mempool) -> UnsafeMutableRawPointer? { unsafe pool.get() }
 
 @inline(never)
 func poolEmpty(_ handle: UnsafePointer<CMempoolHandle>) {
