@@ -42,6 +42,28 @@ enum CAPIError {
     }
 }
 
+extension CAPIError {
+    /// The code a ``DMAHeapError`` maps to, recorded with its description.
+    @discardableResult @inline(never)
+    static func record(_ error: DMAHeapError, in function: String) -> Int32 {
+        let code: Int32
+        switch error {
+        case .zeroSize, .sizeTooLarge, .alignmentNotPowerOfTwo, .boundaryNotPowerOfTwo, .boundarySmallerThanSize,
+             .unknownNode, .checksDisabled, .memzoneExists, .memzoneNotFound, .invalidMemzoneName:
+            code = invalidArgument
+        case .noContiguousRun, .growthFailed, .rangeExhausted, .eventRefused, .noPhysicalAddresses:
+            code = noMemory
+        case .tooManyHeaps:
+            code = limit
+        case .systemCall:
+            code = system
+        case .foreignPointer, .interiorPointer, .doubleFree, .overrun:
+            code = badPointer
+        }
+        return record(code, "\(function): \(error)")
+    }
+}
+
 /// Bytes as C gives them (`size_t`), refused above `limit` before any
 /// arithmetic can overflow.
 func checkedSize(_ value: UInt, limit: Int, _ what: String, in function: String) -> Int? {

@@ -37,14 +37,14 @@ enum CHeap {
                 }
                 return current
             }
-            do {
+            do throws(DMAHeapError) {
                 let heap = try DMAHeap(DMAHeap.Options(checked: flags & checkedFlag != 0))
                 let bits = unsafe UInt(bitPattern: Unmanaged.passRetained(heap).toOpaque()) | UInt(flags & checkedFlag)
                 published.store(bits, ordering: .releasing)
                 made = flags
                 return heap
             } catch {
-                CAPIError.record(CAPIError.noMemory, "\(function): the DMA heap could not be created: \(error)")
+                CAPIError.record(error, in: "\(function) (creating the DMA heap)")
                 return nil
             }
         }
@@ -73,7 +73,7 @@ enum CHeap {
             if let iovaOut = unsafe iovaOut { unsafe iovaOut.pointee = heap.iova(of: pointer) ?? UInt64.max }
             return unsafe pointer
         } catch {
-            CAPIError.record(CAPIError.noMemory, "\(function): \(error)")
+            CAPIError.record(error, in: function)
             return nil
         }
     }
@@ -110,7 +110,7 @@ public func ha_free(_ pointer: UnsafeMutableRawPointer?) {
     do {
         try unsafe heap.freeChecked(pointer)
     } catch {
-        CAPIError.record(CAPIError.badPointer, "ha_free: \(error)")
+        CAPIError.record(error, in: "ha_free")
     }
 }
 

@@ -131,11 +131,17 @@ static void test_pool(const char *name, unsigned flags, size_t cache) {
     CHECK_RECORDS(ha_mempool_put(pool, &local), HA_ERR_BAD_POINTER);
     CHECK_RECORDS(ha_mempool_put_bulk(pool, NULL, 3), HA_ERR_INVALID_ARGUMENT);
     CHECK(ha_mempool_get_bulk(pool, bulk, 4) == 0, "%s: get_bulk 4", name);
-    void *mixed[4] = { bulk[0], bulk[1], &local, bulk[3] };
-    CHECK_RECORDS(ha_mempool_put_bulk(pool, mixed, 4), HA_ERR_BAD_POINTER);
-    CHECK(ha_mempool_available(pool) == COUNT - 4, "%s: a refused put_bulk put objects back (%u)", name, ha_mempool_available(pool));
+    CHECK_RECORDS(ha_mempool_put_bulk(pool, bulk, COUNT + 1), HA_ERR_INVALID_ARGUMENT);
+    if (flags & HA_MEMPOOL_CHECKED) {
+        /* Only checked pools look at each pointer of a bulk put. */
+        void *mixed[4] = { bulk[0], bulk[1], &local, bulk[3] };
+        CHECK_RECORDS(ha_mempool_put_bulk(pool, mixed, 4), HA_ERR_BAD_POINTER);
+        void *with_null[2] = { bulk[0], NULL };
+        CHECK_RECORDS(ha_mempool_put_bulk(pool, with_null, 2), HA_ERR_INVALID_ARGUMENT);
+        CHECK(ha_mempool_available(pool) == COUNT - 4, "%s: a refused put_bulk put objects back (%u)", name, ha_mempool_available(pool));
+    }
     ha_mempool_put_bulk(pool, bulk, 4);
-    CHECK(ha_mempool_available(pool) == COUNT, "%s: %u after the mixed round", name, ha_mempool_available(pool));
+    CHECK(ha_mempool_available(pool) == COUNT, "%s: %u after the bulk misuse round", name, ha_mempool_available(pool));
 
     if (flags & HA_MEMPOOL_CHECKED) {
         void *a = ha_mempool_get(pool);
@@ -261,7 +267,8 @@ static void test_heap(void) {
     CHECK_RECORDS(CHECK(ha_malloc(0, 0, HA_NODE_ANY, NULL) == NULL, "size 0"), HA_ERR_INVALID_ARGUMENT);
     CHECK_RECORDS(CHECK(ha_malloc(SIZE_MAX, 0, HA_NODE_ANY, NULL) == NULL, "SIZE_MAX"), HA_ERR_INVALID_ARGUMENT);
     CHECK_RECORDS(CHECK(ha_malloc(SIZE_MAX / 2, 64, HA_NODE_ANY, NULL) == NULL, "SIZE_MAX/2"), HA_ERR_INVALID_ARGUMENT);
-    CHECK_RECORDS(CHECK(ha_malloc((size_t)1 << 40, 64, HA_NODE_ANY, NULL) == NULL, "1 TiB"), HA_ERR_NO_MEMORY);
+    CHECK_RECORDS(CHECK(ha_malloc((size_t)1 << 40, 64, HA_NODE_ANY, NULL) == NULL, "1 TiB"), HA_ERR_INVALID_ARGUMENT);
+    CHECK_RECORDS(CHECK(ha_malloc((size_t)48 << 30, 64, HA_NODE_ANY, NULL) == NULL, "48 GiB"), HA_ERR_NO_MEMORY);
     CHECK_RECORDS(CHECK(ha_zmalloc(64, 3, HA_NODE_ANY, NULL) == NULL, "alignment 3"), HA_ERR_INVALID_ARGUMENT);
     CHECK_RECORDS(CHECK(ha_malloc(64, 96, HA_NODE_ANY, NULL) == NULL, "alignment 96"), HA_ERR_INVALID_ARGUMENT);
     CHECK_RECORDS(CHECK(ha_malloc(64, SIZE_MAX / 2 + 1, HA_NODE_ANY, NULL) == NULL, "alignment 2^63"), HA_ERR_INVALID_ARGUMENT);

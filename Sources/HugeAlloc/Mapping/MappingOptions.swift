@@ -52,6 +52,11 @@ public struct MappingOptions: Sendable {
     /// Where the pages are placed; `mbind(2)` is applied before any page
     /// faults in, and every page's node is verified afterwards.
     public var numaPolicy: NUMAPolicy
+    /// Map at exactly this address (`MAP_FIXED`), replacing whatever the
+    /// range holds: for a range the caller reserved (the DMA heap's
+    /// `PROT_NONE` reservation). The caller takes the range back with
+    /// ``MemoryMapping/relinquish()`` and re-reserves it.
+    var fixedAddress: UInt? = nil
 
     public init(
         pageSize: PageSize = .huge2M,

@@ -158,7 +158,8 @@ public struct MemoryMapping: ~Copyable {
         let lock = options.lock || !pageSize.isHuge
         if lock, let shortage = MemlockCheck.shortage(needed: length) { throw .memlockLimitTooLow(shortage) }
 
-        let region = try Self.mapRegion(length: length, pageSize: pageSize, backing: options.backing)
+        let region = try Self.mapRegion(length: length, pageSize: pageSize, backing: options.backing,
+                                        at: options.fixedAddress)
         let base = unsafe region.base
         do {
             if options.dontFork { try unsafe Sys.madvise(base, length: length, .dontFork) }
@@ -227,6 +228,14 @@ public struct MemoryMapping: ~Copyable {
         self.pageNodes = pageNodes
         self.translationMode = translationMode
         self.dontFork = dontFork
+    }
+
+    /// Gives up the mapping without unmapping it: the caller owns the range
+    /// (and the descriptor, -1 for anonymous memory) from now on. For
+    /// mappings placed in a reserved range, which the caller re-reserves
+    /// instead of unmapping.
+    consuming func relinquish() -> (base: UnsafeMutableRawPointer, length: Int, fd: Int32) {
+        unsafe region.forget()
     }
 
     /// Unmaps now and reports any error; the mapping is gone either way.
@@ -304,14 +313,16 @@ public struct MemoryMapping: ~Copyable {
     }
 
     /// Creates the backing and maps it.
-    static func mapRegion(length: Int, pageSize: PageSize, backing: MappingOptions.Backing) throws(MappingError) -> MappedRegion {
-        let (base, fd) = try unsafe mapBacking(length: length, pageSize: pageSize, backing: backing)
+    static func mapRegion(
+        length: Int, pageSize: PageSize, backing: MappingOptions.Backing, at fixedAddress: UInt? = nil
+    ) throws(MappingError) -> MappedRegion {
+        let (base, fd) = try unsafe mapBacking(length: length, pageSize: pageSize, backing: backing, at: fixedAddress)
         return unsafe MappedRegion(base: base, length: length, fd: fd?.rawValue ?? -1)
     }
 
     /// Opens the backing file (if any) and maps it; closes the file on failure.
     static func mapBacking(
-        length: Int, pageSize: PageSize, backing: MappingOptions.Backing
+        length: Int, pageSize: PageSize, backing: MappingOptions.Backing, at fixedAddress: UInt? = nil
     ) throws(MappingError) -> (UnsafeMutableRawPointer, FileDescriptor?) {
         var flags: Sys.MapFlags = []
         if pageSize.isHuge { flags.formUnion([.hugeTLB, .hugePageSize(pageSize.bytes)]) }
@@ -349,7 +360,9 @@ public struct MemoryMapping: ~Copyable {
         }
         do {
             if let fd { try Sys.ftruncate(fd, length: length) }
-            return (try unsafe Sys.mmap(length: length, protection: .readWrite, flags: flags, fd: fd), fd)
+            if fixedAddress != nil { flags.insert(.fixed) }
+            let address = unsafe UnsafeMutableRawPointer(bitPattern: fixedAddress ?? 0)
+            return (try unsafe Sys.mmap(length: length, protection: .readWrite, flags: flags, fd: fd, at: address), fd)
         } catch {
             if let fd { Sys.close(fd) }
             if pageSize.isHuge, error.errno == .noMemory || (error.call == "ftruncate" && error.errno == .invalidArgument),

@@ -114,8 +114,13 @@ int  ha_mempool_get_bulk(ha_mempool *pool, void **objects, unsigned n);  /* all 
  * HA_MEMPOOL_CHECKED while debugging. */
 void ha_mempool_put(ha_mempool *pool, void *object);
 
-/* Puts objects[0..n-1] back, with the checks of ha_mempool_put(): a refused
- * call puts none of them back. n == 0 does nothing. */
+/* Puts objects[0..n-1] back. Refused (nothing put back, ha_last_error()
+ * says why): a NULL pool, NULL `objects` with n > 0, n larger than the pool.
+ * A checked pool also checks every object as ha_mempool_put() does and
+ * refuses the whole call on the first misuse. An unchecked pool does not
+ * look at the pointers (a range check per object would cost more than the
+ * bulk put itself): NULL or foreign pointers, or objects put back twice,
+ * corrupt the pool there. n == 0 does nothing. */
 void ha_mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n);
 
 /* Objects free right now: in the shared store plus every thread's cache.
