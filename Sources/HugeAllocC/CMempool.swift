@@ -165,7 +165,7 @@ public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutable
     let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
     // Common counts get a copy of the pool's inlined path with the count
     // folded in (as a caller's constant would be in Swift or C).
-    let ok = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in
+    @inline(__always) func getMany(_ p: Mempool) -> Bool {
         switch n {
         case 32: unsafe p.get(into: table, count: 32)
         case 64: unsafe p.get(into: table, count: 64)
@@ -174,6 +174,7 @@ public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutable
         default: unsafe p.get(into: table, count: Int(n))
         }
     }
+    let ok = unsafe handle.pointee.pool._withUnsafeGuaranteedRef(getMany)
     if ok { return 0 }
     return unsafe bulkGetFailed(handle, n)
 }
@@ -201,7 +202,10 @@ public func ha_mempool_put(_ pool: OpaquePointer?, _ object: UnsafeMutableRawPoi
         unsafe withUnsafePointer(to: &one) { unsafe slowPut(handle, $0, 1, "ha_mempool_put") }
         return
     }
-    unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in unsafe p.put(object.unsafelyUnwrapped) }
+    // A local function, not a closure, so the optimizer inlines it (and
+    // with it the pool's put) into this entry point.
+    @inline(__always) func putOne(_ p: Mempool) { unsafe p.put(object.unsafelyUnwrapped) }
+    unsafe handle.pointee.pool._withUnsafeGuaranteedRef(putOne)
 }
 
 @_cdecl("ha_mempool_put_bulk")
@@ -221,15 +225,16 @@ public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer
         return
     }
     let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    _ = unsafe handle.pointee.pool._withUnsafeGuaranteedRef { p in
+    @inline(__always) func putMany(_ p: Mempool) {
         switch n {
-        case 32: unsafe p.put(from: table, count: 32)
-        case 64: unsafe p.put(from: table, count: 64)
-        case 16: unsafe p.put(from: table, count: 16)
-        case 8: unsafe p.put(from: table, count: 8)
-        default: unsafe p.put(from: table, count: Int(n))
+        case 32: _ = unsafe p.put(from: table, count: 32)
+        case 64: _ = unsafe p.put(from: table, count: 64)
+        case 16: _ = unsafe p.put(from: table, count: 16)
+        case 8: _ = unsafe p.put(from: table, count: 8)
+        default: _ = unsafe p.put(from: table, count: Int(n))
         }
     }
+    unsafe handle.pointee.pool._withUnsafeGuaranteedRef(putMany)
 }
 
 /// The put path for checked pools and for calls the fast path refused:
