@@ -42,6 +42,14 @@ enum CMempoolRegistry {
 
 let maximumNameBytes = 63
 
+/// hugealloc.h's `HA_MEMPOOL_*` flags.
+enum CMempoolFlags {
+    static let checked: UInt32 = 1 << 0
+    static let singleThread: UInt32 = 1 << 1
+    static let stack: UInt32 = 1 << 2
+    static let all = checked | singleThread | stack
+}
+
 @_cdecl("ha_mempool_create")
 public func ha_mempool_create(
     _ name: UnsafePointer<CChar>?, _ count: UInt, _ objectSize: UInt, _ cacheSize: UInt,
@@ -59,10 +67,9 @@ public func ha_mempool_create(
         return CAPIError.record(CAPIError.invalidArgument,
             "\(function): name \"\(poolName.prefix(80))\" is \(poolName.utf8.count) bytes long: give a name of 1 to \(maximumNameBytes) bytes")
     }
-    let known: UInt32 = 0b111
-    guard flags & ~known == 0 else {
+    guard flags & ~CMempoolFlags.all == 0 else {
         return CAPIError.record(CAPIError.invalidArgument,
-            "\(function): unknown flags 0x\(String(flags & ~known, radix: 16)): use HA_MEMPOOL_CHECKED, HA_MEMPOOL_SINGLE_THREAD, HA_MEMPOOL_STACK or 0")
+            "\(function): unknown flags 0x\(String(flags & ~CMempoolFlags.all, radix: 16)): use HA_MEMPOOL_CHECKED, HA_MEMPOOL_SINGLE_THREAD, HA_MEMPOOL_STACK or 0")
     }
     guard checkNode(numaNode, in: function) else { return CAPIError.invalidArgument }
     // Counts and sizes beyond what a pool can hold are refused by the
@@ -74,9 +81,9 @@ public func ha_mempool_create(
 
     let configuration = MempoolConfiguration(
         count: count, objectSize: objectSize, cacheSize: cacheSize,
-        backend: flags & 4 != 0 ? .stack : .ring,
-        threading: flags & 2 != 0 ? .singleThread : .shared,
-        checked: flags & 1 != 0, memoryChannels: 4)
+        backend: flags & CMempoolFlags.stack != 0 ? .stack : .ring,
+        threading: flags & CMempoolFlags.singleThread != 0 ? .singleThread : .shared,
+        checked: flags & CMempoolFlags.checked != 0, memoryChannels: 4)
     let mapping = MappingOptions(numaPolicy: numaNode == -1 ? .any : .bind(Int(numaNode)))
 
     // The name is taken under the registry's lock before the (slow) mapping,
