@@ -20,6 +20,16 @@ enum CAPIError {
         return code
     }
 
+    /// Records a fixed message: no formatting, for failures a polling loop
+    /// may hit all the time (an empty pool).
+    @discardableResult @inline(never)
+    static func record(_ code: Int32, fixed message: StaticString) -> Int32 {
+        unsafe message.withUTF8Buffer { buffer in
+            unsafe buffer.withMemoryRebound(to: CChar.self) { unsafe ha_capi_set_error(code, $0.baseAddress) }
+        }
+        return code
+    }
+
     /// The code a ``MempoolError`` maps to, recorded with its description.
     @discardableResult @inline(never)
     static func record(_ error: MempoolError, in function: String) -> Int32 {

@@ -147,7 +147,7 @@ public func ha_mempool_get(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
     guard let pool = unsafe pool else { nullPool("ha_mempool_get"); return nil }
     let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
     if let object = unsafe handle.pointee.pool._withUnsafeGuaranteedRef(getOne) { return unsafe object }
-    unsafe poolEmpty(handle)
+    poolEmpty()
     return nil
 }
 
@@ -157,8 +157,9 @@ public func ha_mempool_get(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
 func getOne(_ pool: Mempool) -> UnsafeMutableRawPointer? { unsafe pool.get() }
 
 @inline(never)
-func poolEmpty(_ handle: UnsafePointer<CMempoolHandle>) {
-    CAPIError.record(CAPIError.noObjects, "ha_mempool_get: the pool is empty (all \(unsafe handle.pointee.count) objects are handed out): put objects back or create a larger pool")
+func poolEmpty() {
+    CAPIError.record(CAPIError.noObjects,
+        fixed: "ha_mempool_get: the pool is empty (every object is handed out): put objects back or create a larger pool")
 }
 
 @_cdecl("ha_mempool_get_bulk")
@@ -188,14 +189,13 @@ public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutable
 
 @inline(never)
 func bulkGetFailed(_ handle: UnsafePointer<CMempoolHandle>, _ n: UInt32) -> Int32 {
-    let h = unsafe handle.pointee
-    if Int(n) > h.count {
+    let count = unsafe handle.pointee.count
+    if Int(n) > count {
         return CAPIError.record(CAPIError.invalidArgument,
-            "ha_mempool_get_bulk: asked for \(n) objects from a pool of \(h.count): ask for at most \(h.count)")
+            "ha_mempool_get_bulk: asked for \(n) objects from a pool of \(count): ask for at most \(count)")
     }
-    let available = unsafe h.pool.takeUnretainedValue().availableCount
-    return CAPIError.record(.init(CAPIError.noObjects),
-        "ha_mempool_get_bulk: asked for \(n) objects but only \(available) are available: put objects back or create a larger pool")
+    return CAPIError.record(CAPIError.noObjects,
+        fixed: "ha_mempool_get_bulk: fewer objects are available than asked for (nothing was taken): put objects back or create a larger pool")
 }
 
 @_cdecl("ha_mempool_put")
