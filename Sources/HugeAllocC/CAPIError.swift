@@ -24,7 +24,7 @@ enum CAPIError {
     /// may hit all the time (an empty pool).
     @discardableResult @inline(never)
     static func record(_ code: Int32, fixed message: StaticString) -> Int32 {
-        unsafe message.withUTF8Buffer { buffer in
+        message.withUTF8Buffer { buffer in
             unsafe buffer.withMemoryRebound(to: CChar.self) { unsafe ha_capi_set_error(code, $0.baseAddress) }
         }
         return code
