@@ -19,6 +19,9 @@
  * unchecked pool, a pointer into the middle of a heap block) is named in the
  * comment of the function concerned; create the pool with
  * HA_MEMPOOL_CHECKED, or the heap with HA_HEAP_CHECKED, to have it checked.
+ * A pool argument must be NULL or a live pool from ha_mempool_create(): the
+ * get and put paths do not look it up (ha_mempool_destroy() does, and
+ * refuses anything else).
  */
 #ifndef HUGEALLOC_H
 #define HUGEALLOC_H
