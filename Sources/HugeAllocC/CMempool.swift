@@ -1,17 +1,27 @@
 import HugeAlloc
 import Synchronization
 
-/// What an `ha_mempool *` points to: the pool and the facts the entry points
-/// check before calling it, in one allocation the C caller holds. Created by
-/// `ha_mempool_create`, freed by `ha_mempool_destroy`, never moved.
+/// An `ha_mempool *`: the address of the `Mempool` instance itself (retained
+/// by `ha_mempool_create`, released by `ha_mempool_destroy`), with bit 0
+/// set for a checked pool. The hot paths reach the pool's fields with no
+/// load in between and tell checked pools apart with no load at all.
 @safe
 struct CMempoolHandle {
-    let pool: Unmanaged<Mempool>
-    /// The pool's memory: `[start, end)`, for the two-compare foreign-pointer check.
-    let start: UInt
-    let end: UInt
-    let checked: Bool
-    let count: Int
+    let bits: UInt
+
+    init(bits: UInt) { self.bits = bits }
+    init(_ pointer: OpaquePointer) { bits = UInt(bitPattern: unsafe UnsafeRawPointer(pointer)) }
+
+    /// Retains `pool` for the handle.
+    init(retaining pool: Mempool) {
+        bits = UInt(bitPattern: unsafe Unmanaged.passRetained(pool).toOpaque()) | (pool.isChecked ? 1 : 0)
+    }
+
+    var opaque: OpaquePointer { unsafe OpaquePointer(bitPattern: bits)! }
+    @inline(__always) var checked: Bool { bits & 1 != 0 }
+    @inline(__always) var pool: Unmanaged<Mempool> {
+        unsafe Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits & ~1).unsafelyUnwrapped)
+    }
 }
 
 /// The live pools of the C API, by name and address range: names are unique
@@ -21,7 +31,7 @@ enum CMempoolRegistry {
         var name: String
         var start: UInt
         var end: UInt
-        /// The `CMempoolHandle` address (0 while the pool is being made).
+        /// The `CMempoolHandle` bits (0 while the pool is being made).
         var handle: UInt
     }
 
@@ -31,8 +41,7 @@ enum CMempoolRegistry {
     static func iova(of address: UInt) -> UInt64? {
         entries.withLock { entries in
             for entry in entries where address >= entry.start && address < entry.end {
-                let handle = unsafe UnsafePointer<CMempoolHandle>(bitPattern: entry.handle)!
-                let pool = unsafe handle.pointee.pool.takeUnretainedValue()
+                let pool = unsafe CMempoolHandle(bits: entry.handle).pool.takeUnretainedValue()
                 return unsafe pool.physicalAddress(of: UnsafeRawPointer(bitPattern: address)!)?.rawValue
             }
             return nil
@@ -105,36 +114,31 @@ public func ha_mempool_create(
         return CAPIError.record(error, in: function)
     }
     let start = UInt(bitPattern: unsafe pool.base)
-    let handle = UnsafeMutablePointer<CMempoolHandle>.allocate(capacity: 1)
-    unsafe handle.initialize(to: CMempoolHandle(
-        pool: Unmanaged.passRetained(pool), start: start, end: start + UInt(pool.length),
-        checked: pool.isChecked, count: pool.count))
+    let handle = CMempoolHandle(retaining: pool)
     CMempoolRegistry.entries.withLock { entries in
         if let i = entries.firstIndex(where: { $0.name == poolName }) {
-            entries[i] = .init(name: poolName, start: start, end: start + UInt(pool.length), handle: UInt(bitPattern: handle))
+            entries[i] = .init(name: poolName, start: start, end: start + UInt(pool.length), handle: handle.bits)
         }
     }
-    unsafe out.pointee = OpaquePointer(handle)
+    unsafe out.pointee = handle.opaque
     return 0
 }
 
 @_cdecl("ha_mempool_destroy")
 public func ha_mempool_destroy(_ pool: OpaquePointer?) {
     guard let pool = unsafe pool else { return }
-    let handle = unsafe UnsafeMutablePointer<CMempoolHandle>(pool)
+    let handle = unsafe CMempoolHandle(pool)
     let known = CMempoolRegistry.entries.withLock { entries in
-        guard let i = entries.firstIndex(where: { $0.handle == UInt(bitPattern: handle) }) else { return false }
+        guard let i = entries.firstIndex(where: { $0.handle == handle.bits }) else { return false }
         entries.remove(at: i)
         return true
     }
     guard known else {
         CAPIError.record(CAPIError.badPointer,
-            "ha_mempool_destroy: 0x\(String(UInt(bitPattern: handle), radix: 16)) is not a live pool of this API: destroy each pool once, with the pointer ha_mempool_create gave")
+            "ha_mempool_destroy: 0x\(String(handle.bits, radix: 16)) is not a live pool of this API: destroy each pool once, with the pointer ha_mempool_create gave")
         return
     }
-    unsafe handle.pointee.pool.release()
-    unsafe handle.deinitialize(count: 1)
-    unsafe handle.deallocate()
+    unsafe handle.pool.release()
 }
 
 @inline(never)
@@ -145,8 +149,8 @@ func nullPool(_ function: StaticString) {
 @_cdecl("ha_mempool_get")
 public func ha_mempool_get(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
     guard let pool = unsafe pool else { nullPool("ha_mempool_get"); return nil }
-    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
-    if let object = unsafe handle.pointee.pool._withUnsafeGuaranteedRef(getOne) { return unsafe object }
+    let handle = unsafe CMempoolHandle(pool)
+    if let object = unsafe handle.pool._withUnsafeGuaranteedRef(getOne) { return unsafe object }
     poolEmpty()
     return nil
 }
@@ -165,7 +169,7 @@ func poolEmpty() {
 @_cdecl("ha_mempool_get_bulk")
 public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
     guard let pool = unsafe pool else { nullPool("ha_mempool_get_bulk"); return CAPIError.invalidArgument }
-    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    let handle = unsafe CMempoolHandle(pool)
     guard let objects = unsafe objects else {
         if n == 0 { return 0 }
         return CAPIError.record(CAPIError.invalidArgument, "ha_mempool_get_bulk: objects is NULL: pass an array of \(n) pointers")
@@ -182,14 +186,14 @@ public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutable
         default: unsafe p.get(into: table, count: Int(n))
         }
     }
-    let ok = unsafe handle.pointee.pool._withUnsafeGuaranteedRef(getMany)
+    let ok = unsafe handle.pool._withUnsafeGuaranteedRef(getMany)
     if ok { return 0 }
-    return unsafe bulkGetFailed(handle, n)
+    return bulkGetFailed(handle, n)
 }
 
 @inline(never)
-func bulkGetFailed(_ handle: UnsafePointer<CMempoolHandle>, _ n: UInt32) -> Int32 {
-    let count = unsafe handle.pointee.count
+func bulkGetFailed(_ handle: CMempoolHandle, _ n: UInt32) -> Int32 {
+    let count = unsafe handle.pool.takeUnretainedValue().count
     if Int(n) > count {
         return CAPIError.record(CAPIError.invalidArgument,
             "ha_mempool_get_bulk: asked for \(n) objects from a pool of \(count): ask for at most \(count)")
@@ -201,24 +205,31 @@ func bulkGetFailed(_ handle: UnsafePointer<CMempoolHandle>, _ n: UInt32) -> Int3
 @_cdecl("ha_mempool_put")
 public func ha_mempool_put(_ pool: OpaquePointer?, _ object: UnsafeMutableRawPointer?) {
     guard let pool = unsafe pool else { nullPool("ha_mempool_put"); return }
-    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
-    let address = UInt(bitPattern: object)
-    // One branch covers NULL, foreign pointers and checked mode.
-    if _slowPath(unsafe address &- handle.pointee.start >= handle.pointee.end &- handle.pointee.start || handle.pointee.checked) {
-        var one = unsafe object
-        unsafe withUnsafePointer(to: &one) { unsafe slowPut(handle, $0, 1, "ha_mempool_put") }
-        return
-    }
+    let handle = unsafe CMempoolHandle(pool)
     // A local function, not a closure, so the optimizer inlines it (and
-    // with it the pool's put) into this entry point.
-    @inline(__always) func putOne(_ p: Mempool) { unsafe p.put(object.unsafelyUnwrapped) }
-    unsafe handle.pointee.pool._withUnsafeGuaranteedRef(putOne)
+    // with it the pool's put) into this entry point. One compare refuses
+    // NULL and pointers outside the pool.
+    @inline(__always) func putOne(_ p: Mempool) -> Bool {
+        guard UInt(bitPattern: object) &- UInt(bitPattern: unsafe p.base) < UInt(bitPattern: p.length) else { return false }
+        unsafe p.put(object.unsafelyUnwrapped)
+        return true
+    }
+    if _fastPath(!handle.checked), unsafe handle.pool._withUnsafeGuaranteedRef(putOne) { return }
+    unsafe slowPutOne(handle, object)
+}
+
+/// `slowPut` for one object, out of line so `ha_mempool_put` keeps no
+/// address-taken local (and so no stack-protector check).
+@inline(never)
+func slowPutOne(_ handle: CMempoolHandle, _ object: UnsafeMutableRawPointer?) {
+    var one = unsafe object
+    unsafe withUnsafePointer(to: &one) { unsafe slowPut(handle, $0, 1, "ha_mempool_put") }
 }
 
 @_cdecl("ha_mempool_put_bulk")
 public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) {
     guard let pool = unsafe pool else { nullPool("ha_mempool_put_bulk"); return }
-    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
+    let handle = unsafe CMempoolHandle(pool)
     guard let objects = unsafe objects else {
         if n != 0 { CAPIError.record(CAPIError.invalidArgument, "ha_mempool_put_bulk: objects is NULL: pass the array of \(n) objects to put back") }
         return
@@ -226,32 +237,34 @@ public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer
     // One compare per call, none per object: in bulk, checking each
     // pointer's range would cost more than the put itself (the pool's copy
     // of 32 pointers is a few cycles). Checked pools check every object.
-    let (checked, count) = unsafe (handle.pointee.checked, handle.pointee.count)
-    if _slowPath(checked || Int(n) > count) {
+    if _slowPath(handle.checked) {
         unsafe slowPut(handle, objects, Int(n), "ha_mempool_put_bulk")
         return
     }
     let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    @inline(__always) func putMany(_ p: Mempool) {
+    // The pool refuses (false, nothing put back) a count larger than itself.
+    @inline(__always) func putMany(_ p: Mempool) -> Bool {
         switch n {
-        case 32: _ = unsafe p.put(from: table, count: 32)
-        case 64: _ = unsafe p.put(from: table, count: 64)
-        case 16: _ = unsafe p.put(from: table, count: 16)
-        case 8: _ = unsafe p.put(from: table, count: 8)
-        default: _ = unsafe p.put(from: table, count: Int(n))
+        case 32: unsafe p.put(from: table, count: 32)
+        case 64: unsafe p.put(from: table, count: 64)
+        case 16: unsafe p.put(from: table, count: 16)
+        case 8: unsafe p.put(from: table, count: 8)
+        default: unsafe p.put(from: table, count: Int(n))
         }
     }
-    unsafe handle.pointee.pool._withUnsafeGuaranteedRef(putMany)
+    if _fastPath(unsafe handle.pool._withUnsafeGuaranteedRef(putMany)) { return }
+    unsafe slowPut(handle, objects, Int(n), "ha_mempool_put_bulk")
 }
 
 /// The put path for checked pools and for calls the fast path refused:
 /// every misuse becomes an error for `ha_last_error()`, nothing is put back.
 @inline(never)
-func slowPut(_ handle: UnsafePointer<CMempoolHandle>, _ objects: UnsafePointer<UnsafeMutableRawPointer?>, _ n: Int, _ function: String) {
-    let h = unsafe handle.pointee
-    let pool = unsafe h.pool.takeUnretainedValue()
-    guard n <= h.count else {
-        CAPIError.record(CAPIError.invalidArgument, "\(function): \(n) objects put back into a pool of \(h.count): a pool never hands out more than it holds")
+func slowPut(_ handle: CMempoolHandle, _ objects: UnsafePointer<UnsafeMutableRawPointer?>, _ n: Int, _ function: String) {
+    let pool = unsafe handle.pool.takeUnretainedValue()
+    let start = UInt(bitPattern: unsafe pool.base)
+    let end = start + UInt(pool.length)
+    guard n <= pool.count else {
+        CAPIError.record(CAPIError.invalidArgument, "\(function): \(n) objects put back into a pool of \(pool.count): a pool never hands out more than it holds")
         return
     }
     for i in 0..<n {
@@ -260,14 +273,14 @@ func slowPut(_ handle: UnsafePointer<CMempoolHandle>, _ objects: UnsafePointer<U
             CAPIError.record(CAPIError.invalidArgument, "\(function): object \(i) is NULL: put back only pointers the pool handed out (nothing was put back)")
             return
         }
-        if address < h.start || address >= h.end {
+        if address < start || address >= end {
             CAPIError.record(CAPIError.badPointer,
                 "\(function): object \(i) at 0x\(String(address, radix: 16)) does not belong to this pool: put it back into the pool it came from (nothing was put back)")
             return
         }
     }
     let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    if h.checked {
+    if handle.checked {
         do { try unsafe pool.putChecked(from: table, count: n) } catch { CAPIError.record(error, in: function) }
     } else {
         _ = unsafe pool.put(from: table, count: n)
@@ -277,6 +290,6 @@ func slowPut(_ handle: UnsafePointer<CMempoolHandle>, _ objects: UnsafePointer<U
 @_cdecl("ha_mempool_available")
 public func ha_mempool_available(_ pool: OpaquePointer?) -> UInt32 {
     guard let pool = unsafe pool else { return 0 }
-    let handle = unsafe UnsafePointer<CMempoolHandle>(pool)
-    return UInt32(clamping: unsafe handle.pointee.pool.takeUnretainedValue().availableCount)
+    let handle = unsafe CMempoolHandle(pool)
+    return UInt32(clamping: unsafe handle.pool.takeUnretainedValue().availableCount)
 }

@@ -80,7 +80,7 @@ int main(int argc, char **argv) {
     CPU_SET(0, &cpus);
     sched_setaffinity(0, sizeof cpus, &cpus); /* best effort, as in the Swift benchmark */
     if (ha_mempool_create("bench", count, object_size, cache, HA_NODE_ANY, 0, &pool) != 0) {
-        fprintf(stderr, "ha_mempool_create: %s\n", ha_last_error());
+        fprintf(stderr, "%s\n", ha_last_error());
         return 1;
     }
     printf("c-api mempool object_size=%zu count=%zu cache=%zu bulk=%u keep=%u threads=1\n",
