@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "HugeAlloc", targets: ["HugeAlloc"]),
         .library(name: "HugeAllocE1000", targets: ["HugeAllocE1000"]),
+        .library(name: "HugeAllocNVMe", targets: ["HugeAllocNVMe"]),
         // The C API (hugealloc.h): a shared library for C, C++, Rust and any
         // FFI; tools/install puts it, the header and hugealloc.pc in a prefix.
         .library(name: "HugeAllocC", type: .dynamic, targets: ["HugeAllocC"]),
@@ -96,6 +97,10 @@ let package = Package(
         .target(name: "HugeAllocE1000", dependencies: ["HugeAlloc"]),
         // Runs inside the guest that tools/dma-vm-test boots: the e1000 DMAs into packet-pool buffers.
         .executableTarget(name: "dma-vm-check", dependencies: ["HugeAlloc", "HugeAllocE1000", "VMCheckSupport"]),
+        // A user-space NVMe driver: all of its DMA memory from a DMAHeap (docs/devices.md).
+        .target(name: "HugeAllocNVMe", dependencies: ["HugeAlloc"]),
+        // Runs in the same guest: writes and reads an emulated NVMe drive through HugeAllocNVMe.
+        .executableTarget(name: "nvme-vm-check", dependencies: ["HugeAlloc", "HugeAllocNVMe", "VMCheckSupport"]),
         // What both test targets share: the fixture trees (one per machine),
         // independent readers of the kernel's files, this process's own
         // memory counters and leak check, and the turn-taking trait for
@@ -109,7 +114,7 @@ let package = Package(
         .testTarget(
             name: "HugeAllocTests",
             dependencies: [
-                "HugeAlloc", "HugeAllocTestSupport", "CHugeAllocShims",
+                "HugeAlloc", "HugeAllocNVMe", "HugeAllocTestSupport", "CHugeAllocShims",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

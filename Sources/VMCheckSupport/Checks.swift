@@ -33,3 +33,21 @@ public func check(_ name: String, _ body: () throws -> String) {
 public func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws {
     if !condition { throw CheckFailure(message()) }
 }
+
+/// The physical address of the byte at `pointer`, read from
+/// /proc/self/pagemap by the check itself (not through the library, so a
+/// check can compare the library's answer with the kernel's); nil when the
+/// page is not present or the kernel hides frame numbers (not root).
+public func pagemapPhysicalAddress(_ pointer: UnsafeRawPointer) -> UInt64? {
+    let fd = pagemapDescriptor
+    guard fd >= 0 else { return nil }
+    let virtual = UInt(bitPattern: pointer)
+    var entry: UInt64 = 0
+    let n = pread(fd, &entry, 8, off_t(virtual / 4096 * 8))
+    guard n == 8, entry & (1 << 63) != 0 else { return nil }
+    let pfn = entry & ((1 << 55) - 1)
+    return pfn == 0 ? nil : pfn * 4096 + UInt64(virtual % 4096)
+}
+
+/// /proc/self/pagemap, opened once on first use.
+let pagemapDescriptor = open("/proc/self/pagemap", O_RDONLY)

@@ -71,19 +71,6 @@ func frameBytes(_ index: Int, sender: UInt8) -> [UInt8] {
     return frame
 }
 
-// MARK: - pagemap, read here and not through the library
-
-let pagemap = open("/proc/self/pagemap", O_RDONLY)
-
-func pagemapPhysical(_ pointer: UnsafeRawPointer) -> UInt64? {
-    let virtual = UInt(bitPattern: pointer)
-    var entry: UInt64 = 0
-    let n = pread(pagemap, &entry, 8, off_t(virtual / 4096 * 8))
-    guard n == 8, entry & (1 << 63) != 0 else { return nil }
-    let pfn = entry & ((1 << 55) - 1)
-    return pfn == 0 ? nil : pfn * 4096 + UInt64(virtual % 4096)
-}
-
 // MARK: - setup
 
 print("dma-vm-check: \(useVFIO ? "VFIO, IOVA = virtual address" : "no IOMMU, physical addresses"), \(frameCount) frames each way\(breakAddresses ? ", RX addresses shifted by 4096 (--break)" : "")")
@@ -145,7 +132,7 @@ nonisolated(unsafe) var misdirected = false
                 continue
             }
             let library = entry.buffer.dataPhysicalAddress
-            let kernel = pagemapPhysical(entry.buffer.data)
+            let kernel = pagemapPhysicalAddress(entry.buffer.data)
             if entry.descriptorAddress != library || library?.rawValue != kernel {
                 wrong.append("slot \(slot): descriptor \(entry.descriptorAddress), library \(library.map { "\($0)" } ?? "nil"), pagemap \(kernel.map { "0x" + String($0, radix: 16) } ?? "nil")")
             }

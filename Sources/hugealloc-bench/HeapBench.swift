@@ -77,6 +77,20 @@ struct HeapBench: ParsableCommand {
 
 /// The loop of `hugealloc-bench heap`, shared with its C twin.
 enum HeapWorkload {
+    /// An allocation, or the heap's error on standard error and exit status 1
+    /// (another process may take the free hugepages mid-run).
+    @inline(__always)
+    static func allocateOrExit(_ heap: DMAHeap, _ size: Int) -> UnsafeMutableRawPointer {
+        do { return try heap.allocate(size, alignment: 64) } catch { fail(error) }
+    }
+
+    @inline(never)
+    static func fail(_ error: DMAHeapError) -> Never {
+        let line = Array("hugealloc-bench heap: \(error)\n".utf8)
+        _ = unsafe line.withUnsafeBytes { unsafe write(2, $0.baseAddress, $0.count) }
+        exit(1)
+    }
+
     /// 4096 sizes spread log-uniformly over [min, max]: entry i is
     /// min · (max/min)^((i + 0.5) / 4096), rounded down.
     static func sizes(min: Int, max: Int) -> [Int] {
@@ -110,7 +124,7 @@ enum HeapWorkload {
         var liveBytes = 0
         for i in 0..<live {
             let size = unsafe table[Int(next() & 4095)]
-            let p = try! heap.allocate(size, alignment: 64)
+            let p = allocateOrExit(heap, size)
             unsafe p.storeBytes(of: 1, as: UInt8.self)
             unsafe p.storeBytes(of: 1, toByteOffset: size - 1, as: UInt8.self)
             unsafe pointers[i] = p
@@ -128,7 +142,7 @@ enum HeapWorkload {
                 let size = unsafe table[Int(r & 4095)]
                 unsafe heap.free(pointers[victim])
                 liveBytes -= unsafe held[victim]
-                let p = try! heap.allocate(size, alignment: 64)
+                let p = allocateOrExit(heap, size)
                 unsafe p.storeBytes(of: 1, as: UInt8.self)
                 unsafe p.storeBytes(of: 1, toByteOffset: size - 1, as: UInt8.self)
                 unsafe pointers[victim] = p

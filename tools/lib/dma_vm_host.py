@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """Host side of tools/dma-vm-test: boots the guest with an e1000 whose link
-is one end of a socketpair, sends frames to it, checks the frames it sends.
+is one end of a socketpair, sends frames to it, checks the frames it sends;
+with --nvme-image, also an NVMe drive backed by that raw file, whose blocks
+it checks after the guest is done.
 
 QEMU's `-netdev socket,fd=N` on a stream socket carries each frame after its
 length as a 4-byte big-endian integer. The guest prints
 "dma-vm-check: ready to receive" when its receive ring is up; the host then
 sends the frames, and reads what the guest transmits until QEMU exits.
+
+The guest's nvme-vm-check prints the seed and every extent it wrote
+("nvme-vm-check: extents seed=S block=B count=C blocks=N", then lines of
+"LBA+BLOCKS"); each block's pattern follows from (seed, LBA), as in
+Sources/nvme-vm-check/main.swift. The host checks that the file holds those
+patterns and that every other block is still zero.
 
 Prints the guest's console from its first line, one PASS/FAIL line per host
 check, and `N passed, M failed` for guest and host together; exits non-zero
@@ -24,6 +32,10 @@ import time
 READY = "dma-vm-check: ready to receive"
 # Later requests: "dma-vm-check: send K frames from I".
 SEND = re.compile(r"dma-vm-check: send (\d+) frames? from (\d+)")
+EXTENTS = re.compile(r"nvme-vm-check: extents seed=(\d+) block=(\d+) count=(\d+) blocks=(\d+)")
+EXTENT = "nvme-vm-check: extent "
+NAMESPACE = re.compile(r"nvme-vm-check: namespace blocks=(\d+) block=(\d+)")
+MASK = (1 << 64) - 1
 
 
 def frame_length(index):
@@ -48,6 +60,51 @@ def frame_bytes(index, sender):
     return bytes(frame)
 
 
+def pattern_block(seed, lba, block_size):
+    """Must match patternWord in Sources/nvme-vm-check/main.swift."""
+    base = seed ^ ((lba * 0x9E3779B97F4A7C15) & MASK)
+    words = [base ^ ((k * 0xD1B54A32D192ED03) & MASK) for k in range(block_size // 8)]
+    return struct.pack(f"<{len(words)}Q", *words)
+
+
+def check_nvme_image(path, console, check):
+    """The blocks the guest wrote hold their patterns; all others are zero."""
+    header = [EXTENTS.search(l) for l in console]
+    header = [m for m in header if m]
+    if not header:
+        check("NVMe drive file", False, "the guest printed no extent list")
+        return
+    seed, block, count, total = map(int, header[-1].groups())
+    extents = []
+    for line in console:
+        if EXTENT in line:
+            for item in line[line.index(EXTENT) + len(EXTENT):].split():
+                lba, blocks = item.split("+")
+                extents.append((int(lba), int(blocks)))
+    with open(path, "rb") as f:
+        data = f.read()
+    namespace = [m for m in map(NAMESPACE.search, console) if m]
+    if namespace:
+        blocks, size = map(int, namespace[-1].groups())
+        check("NVMe namespace size = the drive file", blocks * size == len(data),
+              f"Identify Namespace: {blocks} blocks of {size} bytes; file {len(data)} bytes")
+    bad = []
+    written = bytearray(len(data) // block)
+    for lba, blocks in extents:
+        for b in range(lba, lba + blocks):
+            written[b] = 1
+            if data[b * block:(b + 1) * block] != pattern_block(seed, b, block):
+                bad.append(b)
+    listed = len(extents) == count and sum(n for _, n in extents) == total
+    check(f"NVMe drive file holds the {total} blocks the guest wrote", listed and not bad,
+          f"{len(extents)} extents of {count} listed, seed {seed}, {block}-byte blocks"
+          + (f"; {len(bad)} blocks differ, first LBAs {bad[:5]}" if bad else ", all equal"))
+    zero = bytes(block)
+    stray = [b for b in range(len(written)) if not written[b] and data[b * block:(b + 1) * block] != zero]
+    check("NVMe blocks not written are still zero", not stray,
+          f"{len(written) - sum(written)} blocks" + (f"; {len(stray)} not zero, first LBAs {stray[:5]}" if stray else ""))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kernel", required=True)
@@ -56,6 +113,7 @@ def main():
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--timeout", type=int, default=180)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--nvme-image", help="a raw file for -device nvme,serial=ha0 (nvme-vm-check runs too)")
     parser.add_argument("--iommu", action="store_true",
                         help="add QEMU's intel-iommu (interrupt remapping, 48-bit addresses)")
     args = parser.parse_args()
@@ -64,11 +122,14 @@ def main():
     # aw-bits=48: the default 39-bit width rejects user-space addresses as
     # IOVAs; intremap=on: without it VFIO_SET_IOMMU fails with EPERM.
     iommu = ["-device", "intel-iommu,intremap=on,aw-bits=48"] if args.iommu else []
+    nvme = ["-drive", f"file={args.nvme_image},if=none,id=d0,format=raw",
+            "-device", "nvme,serial=ha0,drive=d0"] if args.nvme_image else []
     command = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35",
         "-m", "1G", "-smp", "1",
         "-kernel", args.kernel, "-initrd", args.initrd, "-append", args.append,
         *iommu,
+        *nvme,
         "-netdev", f"socket,id=n0,fd={guest.fileno()}",
         "-device", "e1000,netdev=n0,addr=03.0",
         "-nographic", "-monitor", "none", "-serial", "stdio", "-no-reboot",
@@ -119,7 +180,7 @@ def main():
                 if "dma-vm-test: guest up" in line:
                     started = True
                     line = line[line.index("dma-vm-test: guest up"):]
-                if started:
+                if started and EXTENT not in line:  # the extent list is in the log only
                     print(line, flush=True)
                 if READY in line:
                     ready.set()
@@ -145,14 +206,18 @@ def main():
     host.close()
     print(f"==> guest ran {time.monotonic() - begun:.0f}s")
 
+    # One tally and one exit line per guest program.
+    programs = ["dma-vm-check"] + (["nvme-vm-check"] if args.nvme_image else [])
     tally = [l for l in console if re.fullmatch(r"\d+ passed, \d+ failed", l)]
-    exit_line = [l for l in console if re.fullmatch(r"dma-vm-check exit=\d+", l)]
-    if not tally or not exit_line:
-        print(f"dma-vm-test: FAILED: no tally from the guest (qemu exit {qemu.returncode}); last console lines:",
+    exit_lines = [l for l in console if re.fullmatch(r"(dma|nvme)-vm-check exit=\d+", l)]
+    if len(tally) != len(programs) or [l.split(" ")[0] for l in exit_lines] != programs:
+        print(f"dma-vm-test: FAILED: {len(tally)} tallies and exit lines {exit_lines} from the guest, "
+              f"want one each from {', '.join(programs)} (qemu exit {qemu.returncode}); last console lines:",
               file=sys.stderr)
         print("\n".join(console[-30:]), file=sys.stderr)
         return 1
-    guest_passed, guest_failed = map(int, re.findall(r"\d+", tally[-1]))
+    counts = [list(map(int, re.findall(r"\d+", l))) for l in tally]
+    guest_passed, guest_failed = sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     # Host checks: every frame the guest sent from packet-pool buffers, byte for byte.
     passed = failed = 0
@@ -180,10 +245,13 @@ def main():
           f"{len(seen)} distinct, {min(lengths)}…{max(lengths)} bytes"
           + (f"; bad: {', '.join(bad[:3])}" if bad else ", all equal" if from_guest else ""))
 
+    if args.nvme_image:
+        check_nvme_image(args.nvme_image, console, check)
+
     total_passed, total_failed = guest_passed + passed, guest_failed + failed
     print(f"{total_passed} passed, {total_failed} failed")
-    if total_failed or exit_line[-1] != "dma-vm-check exit=0":
-        print(f"dma-vm-test: FAILED ({total_passed} passed, {total_failed} failed, {exit_line[-1]})", file=sys.stderr)
+    if total_failed or any(not l.endswith(" exit=0") for l in exit_lines):
+        print(f"dma-vm-test: FAILED ({total_passed} passed, {total_failed} failed, {'; '.join(exit_lines)})", file=sys.stderr)
         return 1
     return 0
 

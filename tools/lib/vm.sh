@@ -65,6 +65,18 @@ vm_make_root() {
     vm_library_count=$(echo "$libraries" | wc -l)
 }
 
+# vm_add_binary ROOT BINARY NAME: one more program in a root made by
+# vm_make_root, as /NAME, with the shared libraries it loads.
+vm_add_binary() {
+    local root=$1 binary=$2 name=$3 lib
+    cp "$binary" "$root/$name"
+    for lib in $(ldd "$binary" | grep -o '/[^ ]*' | sort -u); do
+        [ -e "$root$lib" ] && continue
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+
 # vm_pack_initramfs ROOT OUTPUT: a gzipped newc cpio of ROOT.
 vm_pack_initramfs() {
     (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"

@@ -29,10 +29,21 @@ enum HeapChecks {
     }
 
     /// Marks a new allocation handed out and writes its guard bytes.
+    /// (Large blocks keep the size in their record instead of a state word.)
     static func recordAllocation(_ pointer: UnsafeMutableRawPointer, size: Int, heap: DMAHeap) {
-        guard let (span, index) = unsafe heap.spanAndIndex(of: UInt(bitPattern: pointer)) else { return }
-        unsafe word(span, index)?.pointee.store(UInt64(size) << 1 | 1, ordering: .releasing)
+        if let (span, index) = unsafe heap.spanAndIndex(of: UInt(bitPattern: pointer)) {
+            unsafe word(span, index)?.pointee.store(UInt64(size) << 1 | 1, ordering: .releasing)
+        }
         unsafe (pointer + size).initializeMemory(as: UInt8.self, repeating: guardByte, count: guardBytes)
+    }
+
+    /// The first guard byte after `size` bytes at `pointer` that changed, nil if none.
+    static func firstChangedGuardByte(_ pointer: UnsafeMutableRawPointer, size: Int) -> Int? {
+        let guardStart = unsafe pointer + size
+        for i in 0..<guardBytes where unsafe guardStart.load(fromByteOffset: i, as: UInt8.self) != guardByte {
+            return size + i
+        }
+        return nil
     }
 }
 
@@ -45,7 +56,7 @@ extension DMAHeap {
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
         guard unsafe meta.header.pointee.mapped else { return nil }
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
+        let span = unsafe meta.span(meta.spanOf(granule))
         guard unsafe span.pointee.kind != .free else { return nil }
         let relative = unsafe Int(address - span.pointee.start)
         let size = unsafe span.pointee.kind == .direct ? Int.max : classes.sizes[Int(span.pointee.classIndex)]
@@ -61,16 +72,22 @@ extension DMAHeap {
         let address = UInt(bitPattern: pointer)
         let offset = address &- space.base
         guard offset < space.bytes else {
-            if freeLarge(address) { return }
-            if let block = largeBlock(containing: address) {
-                throw .interiorPointer(address: address, allocationStart: block.address)
+            guard let block = largeBlock(containing: address) else { throw .foreignPointer(address: address) }
+            guard block.address == address else { throw .interiorPointer(address: address, allocationStart: block.address) }
+            let size = block.requested - HeapChecks.guardBytes
+            if let bad = unsafe HeapChecks.firstChangedGuardByte(pointer, size: size) {
+                throw .overrun(address: address, size: size, firstBadOffset: bad)
             }
-            throw .foreignPointer(address: address)
+            // Another thread may have freed it meanwhile.
+            guard freeLarge(address) else { throw .doubleFree(address: address) }
+            return
         }
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
-        guard unsafe meta.header.pointee.mapped else { throw .foreignPointer(address: address) }
+        // Everything in the heap's range was heap memory: a page given back
+        // held only freed allocations.
+        guard unsafe meta.header.pointee.mapped else { throw .doubleFree(address: address) }
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
+        let span = unsafe meta.span(meta.spanOf(granule))
         if unsafe span.pointee.kind == .free {
             // A released span: its last allocation was freed already.
             if address & UInt(HeapSizeClasses.granule - 1) == 0 { throw .doubleFree(address: address) }
@@ -94,21 +111,20 @@ extension DMAHeap {
         let state = unsafe word.pointee.load(ordering: .acquiring)
         guard state & 1 != 0 else { throw .doubleFree(address: address) }
         let size = Int(state >> 1)
-        let guardStart = unsafe pointer + size
-        for i in 0..<HeapChecks.guardBytes where unsafe guardStart.load(fromByteOffset: i, as: UInt8.self) != HeapChecks.guardByte {
-            throw .overrun(address: address, size: size, firstBadOffset: size + i)
+        if let bad = unsafe HeapChecks.firstChangedGuardByte(pointer, size: size) {
+            throw .overrun(address: address, size: size, firstBadOffset: bad)
         }
         guard unsafe word.pointee.compareExchange(expected: state, desired: 0, ordering: .acquiringAndReleasing).exchanged else {
             throw .doubleFree(address: address)
         }
-        freeObject(address, span: span)
+        unsafe freeObject(address, span: span)
     }
 
     /// Frees the state words of every span of a page being unmapped.
     func releaseChecks(_ meta: HeapPageMeta) {
         guard checked else { return }
         for g in 0..<HeapSizeClasses.granulesPerPage {
-            let span = meta.span(g)
+            let span = unsafe meta.span(g)
             if unsafe span.pointee.checks != 0 { unsafe HeapChecks.detach(from: span) }
         }
     }

@@ -101,11 +101,11 @@ extension DMAHeap {
         let address = UInt(bitPattern: unsafe parts.base)
         let region = MemoryRegion(address: address, length: length, pageSize: pageSize,
                                   pieces: [.init(offset: 0, length: length, physicalAddress: PhysicalAddress(pagePhysical[0]))])
-        let block = HeapLargeBlock(address: address, length: length, requested: bytes, fd: parts.fd,
+        let block = unsafe HeapLargeBlock(address: address, length: length, requested: bytes, fd: parts.fd,
                                    pagePhysical: pagePhysical, region: region)
         do { try events.add(region) } catch {
             try? unsafe Sys.munmap(parts.base, length: length)
-            if parts.fd >= 0 { Sys.close(.init(rawValue: parts.fd)) }
+            if unsafe parts.fd >= 0 { unsafe Sys.close(.init(rawValue: parts.fd)) }
             throw .eventRefused(error)
         }
         largeMap.set(address, pages: pagePhysical, count: pagePhysical.count)

@@ -38,14 +38,14 @@ extension DMAHeap {
         guard claimed else { throw .memzoneExists(name: name) }
         let pointer: UnsafeMutableRawPointer
         do {
-            pointer = try allocate(size, alignment: alignment, boundary: boundary, node: node, zeroed: true)
+            unsafe pointer = unsafe try allocate(size, alignment: alignment, boundary: boundary, node: node, zeroed: true)
         } catch {
             _ = memzoneTable.withLock { $0.removeValue(forKey: name) }
             throw error
         }
         let address = UInt(bitPattern: pointer)
         let nodeID = nodeOf(address) ?? node ?? nodes[0].node
-        let zone = Memzone(name: name, address: address, length: size, iova: iova(of: pointer) ?? 0,
+        let zone = unsafe Memzone(name: name, address: address, length: size, iova: iova(of: pointer) ?? 0,
                            node: nodeID, alignment: alignment, boundary: boundary)
         memzoneTable.withLock { $0[name] = zone }
         return zone
@@ -69,7 +69,7 @@ extension DMAHeap {
             return zone
         }
         guard let zone else { throw .memzoneNotFound(name: name) }
-        free(zone.pointer)
+        unsafe free(zone.pointer)
     }
 
     /// The NUMA node of heap memory at `address`.

@@ -74,7 +74,7 @@ public final class DMAHeap: Sendable {
 
     public let options: Options
     /// Memory joining and leaving the heap: follow it with a VFIO container
-    /// (``VFIOContainer/attach(_:)-(DMAHeap)``) or any handler.
+    /// (the devices layer's `attach(_:)` of a VFIO container) or any handler.
     public let events: MemoryArena
 
     let id: UInt64
@@ -92,6 +92,8 @@ public final class DMAHeap: Sendable {
     let deviceIOVAIsVirtual = Atomic<Bool>(false)
     let memzoneTable = Mutex<[String: Memzone]>([:])
     let largeMap: HeapLargeMap
+    /// Free one-object spans per node and class.
+    let central: HeapCentralLists
 
     /// Creates a heap serving every NUMA node the process may use. Maps
     /// nothing yet: the first allocation on a node maps its first page.
@@ -107,14 +109,14 @@ public final class DMAHeap: Sendable {
         let length = nodeIDs.count * pagesPerNode * pageBytes + pageBytes
         let reserved: UnsafeMutableRawPointer
         do {
-            reserved = try unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve])
+            unsafe reserved = try unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve])
         } catch { throw .systemCall(error) }
         let base = (UInt(bitPattern: reserved) + UInt(pageBytes - 1)) & ~UInt(pageBytes - 1)
         let pages = nodeIDs.count * pagesPerNode
         let metaBytes = pages * HeapPageMeta.stride
         let metas: UnsafeMutableRawPointer
         do {
-            metas = try unsafe Sys.mmap(length: metaBytes, protection: .readWrite, flags: [.private, .anonymous, .noReserve])
+            unsafe metas = try unsafe Sys.mmap(length: metaBytes, protection: .readWrite, flags: [.private, .anonymous, .noReserve])
         } catch {
             try? unsafe Sys.munmap(reserved, length: length)
             throw .systemCall(error)
@@ -129,10 +131,12 @@ public final class DMAHeap: Sendable {
         self.events = MemoryArena()
         self.id = ticket.id
         self.slot = ticket.slot
-        self.space = unsafe HeapSpace(base: base, bytes: UInt(pages * pageBytes), pagesPerNode: pagesPerNode, metas: metas)
+        let space = unsafe HeapSpace(base: base, bytes: UInt(pages * pageBytes), pagesPerNode: pagesPerNode, metas: metas)
+        self.space = space
         self.classes = HeapClassTable.shared
         self.nodes = nodeIDs.enumerated().map {
-            HeapNode(index: $0.offset, node: $0.element, firstPage: $0.offset * pagesPerNode, classCount: HeapClassTable.shared.count)
+            HeapNode(index: $0.offset, node: $0.element, firstPage: $0.offset * pagesPerNode,
+                     classCount: HeapClassTable.shared.count, space: space)
         }
         var byID = [Int](repeating: -1, count: (nodeIDs.max() ?? 0) + 1)
         for (i, node) in nodeIDs.enumerated() { byID[node] = i }
@@ -141,7 +145,8 @@ public final class DMAHeap: Sendable {
         self.reservation = (UInt(bitPattern: reserved), length)
         self.metaBytes = metaBytes
         self.largeMap = HeapLargeMap()
-        HeapRegistry.publish(slot: ticket.slot, id: ticket.id, heap: Unmanaged.passUnretained(self))
+        self.central = HeapCentralLists(lists: nodeIDs.count * HeapClassTable.shared.count)
+        unsafe HeapRegistry.publish(slot: ticket.slot, id: ticket.id, heap: Unmanaged.passUnretained(self))
     }
 
     deinit {
@@ -155,6 +160,7 @@ public final class DMAHeap: Sendable {
             }
         }
         largeMap.deallocate()
+        central.deallocate()
         try? unsafe Sys.munmap(UnsafeMutableRawPointer(bitPattern: reservation.base)!, length: reservation.length)
         try? unsafe Sys.munmap(space.metas, length: metaBytes)
     }
@@ -171,13 +177,14 @@ public final class DMAHeap: Sendable {
         _ size: Int, alignment: Int = 64, boundary: Int? = nil, node: Int? = nil, zeroed: Bool = false
     ) throws(DMAHeapError) -> UnsafeMutableRawPointer {
         if _fastPath(UInt(bitPattern: size &- 1) < UInt(HeapSizeClasses.maximumClassSize)
-                     && alignment & (alignment &- 1) == 0 && alignment <= 64 && boundary == nil && node == nil
+                     && UInt(bitPattern: alignment &- 1) < 64 && alignment & (alignment &- 1) == 0
+                     && boundary == nil && node == nil
                      && !checked && !zeroed) {
             let cache = threadCache()
             let c = classes.classIndex(of: size)
-            if let pointer = unsafe popCached(cache, node: unsafe cache.header.pointee.homeNode, class: c) {
-                return unsafe pointer
-            }
+            let home = unsafe cache.header.pointee.homeNode
+            if let pointer = unsafe popCached(cache, node: home, class: c) { return unsafe pointer }
+            return try unsafe refillOrGeneral(cache, node: home, class: c, size: size)
         }
         return try unsafe allocateGeneral(size, alignment: alignment, boundary: boundary, node: node, zeroed: zeroed)
     }
@@ -190,11 +197,11 @@ public final class DMAHeap: Sendable {
     public func free(_ pointer: UnsafeMutableRawPointer) {
         let address = UInt(bitPattern: pointer)
         let offset = address &- space.base
-        guard _fastPath(offset < space.bytes && !checked) else { return freeGeneral(pointer) }
+        guard _fastPath(offset < space.bytes && !checked) else { return unsafe freeGeneral(pointer) }
         let meta = space.meta(Int(offset &>> UInt(HeapSizeClasses.pageShift)))
         let granule = Int((offset &>> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
-        freeObject(address, span: span)
+        let span = unsafe meta.span(meta.spanOf(granule))
+        unsafe freeObject(address, span: span)
     }
 
     /// Whether `address` is memory of this heap (mapped now).
@@ -226,13 +233,13 @@ public final class DMAHeap: Sendable {
     /// bytes from `address` that are IOVA-contiguous (across hugepages when
     /// they lie next to each other physically). Nil outside the heap.
     public func translate(_ address: UnsafeRawPointer, length: inout Int) -> UInt64? {
-        guard let first = iova(of: address) else { length = 0; return nil }
+        guard let first = unsafe iova(of: address) else { length = 0; return nil }
         let pageBytes = HeapSizeClasses.pageBytes
         let a = UInt(bitPattern: address)
         var contiguous = pageBytes - Int(a & UInt(pageBytes - 1))
         while contiguous < length {
             let next = unsafe UnsafeRawPointer(bitPattern: a + UInt(contiguous))!
-            guard let iova = iova(of: next), iova == first + UInt64(contiguous) else { break }
+            guard let iova = unsafe iova(of: next), iova == first + UInt64(contiguous) else { break }
             contiguous += pageBytes
         }
         length = min(length, contiguous)
@@ -250,7 +257,7 @@ public final class DMAHeap: Sendable {
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
         guard unsafe meta.header.pointee.mapped else { return 0 }
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-        let span = meta.span(meta.spanOf(granule))
+        let span = unsafe meta.span(meta.spanOf(granule))
         switch unsafe span.pointee.kind {
         case .multi, .single: return unsafe classes.sizes[Int(span.pointee.classIndex)] - (checked ? HeapChecks.guardBytes : 0)
         case .direct: return unsafe Int(span.pointee.end - a) - (checked ? HeapChecks.guardBytes : 0)
@@ -262,8 +269,8 @@ public final class DMAHeap: Sendable {
 
     @inline(__always)
     func threadCache() -> HeapThreadCache {
-        if let table = HeapRegistry.ThreadTable.current, let cache = unsafe table.cache(slot: slot, id: id) {
-            return unsafe cache
+        if let table = HeapRegistry.ThreadTable.current, let cache = table.cache(slot: slot, id: id) {
+            return cache
         }
         return makeThreadCache()
     }
@@ -310,14 +317,14 @@ public final class DMAHeap: Sendable {
                 let object = unsafe UnsafeMutableRawPointer(bitPattern: head).unsafelyUnwrapped
                 unsafe span.pointee.freeList = object.load(as: UInt.self)
                 unsafe span.pointee.used &+= 1
-                unsafe countAllocation(cache, class: c)
+                countAllocation(cache, class: c)
                 return unsafe object
             }
             let bump = unsafe span.pointee.bump
             guard unsafe bump < span.pointee.end else { return nil }
             unsafe span.pointee.bump = bump &+ UInt(classes.sizes[c])
             unsafe span.pointee.used &+= 1
-            unsafe countAllocation(cache, class: c)
+            countAllocation(cache, class: c)
             return unsafe UnsafeMutableRawPointer(bitPattern: bump).unsafelyUnwrapped
         }
         let n = unsafe entry.pointee.stashCount
@@ -326,7 +333,7 @@ public final class DMAHeap: Sendable {
         let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: HeapThreadCache.stashSlot(entry, n &- 1).pointee)
             .unsafelyUnwrapped
         unsafe span.pointee.used = 1
-        unsafe countAllocation(cache, class: c)
+        countAllocation(cache, class: c)
         return unsafe UnsafeMutableRawPointer(bitPattern: span.pointee.start).unsafelyUnwrapped
     }
 
@@ -354,7 +361,7 @@ public final class DMAHeap: Sendable {
                 unsafe span.pointee.used &-= 1
                 if _slowPath(unsafe span.pointee.used == 0) {
                     let entry = unsafe cache.entry(Int(span.pointee.node) &* classes.count &+ c)
-                    if unsafe entry.pointee.current != UInt(bitPattern: span) { releaseOwnedSpan(span, entry: entry) }
+                    if unsafe entry.pointee.current != UInt(bitPattern: span) { unsafe releaseOwnedSpan(span, entry: entry) }
                 }
             } else {
                 unsafe pushRemote(address, span: span)
@@ -366,14 +373,14 @@ public final class DMAHeap: Sendable {
             let entry = unsafe cache.entry(Int(span.pointee.node) &* classes.count &+ c)
             unsafe span.pointee.used = 0
             let n = unsafe entry.pointee.stashCount
-            if _fastPath(n < classes.stashLimit[c]) {
+            if unsafe _fastPath(n < classes.stashLimit[c]) {
                 unsafe HeapThreadCache.stashSlot(entry, n).pointee = UInt(bitPattern: span)
                 unsafe entry.pointee.stashCount = n &+ 1
             } else {
                 unsafe flushStash(entry, adding: span)
             }
         case .direct:
-            freeDirect(span)
+            unsafe freeDirect(span)
         case .free:
             break
         }
@@ -483,26 +490,54 @@ public final class DMAHeap: Sendable {
         return try unsafe allocateLarge(bytes, alignment: alignment, boundary: boundary, nodeIndex: n)
     }
 
+    /// The fast path's miss: refill from the home node; when it cannot grow,
+    /// the general path tries the other nodes.
+    @inline(never)
+    func refillOrGeneral(_ cache: HeapThreadCache, node n: Int, class c: Int, size: Int) throws(DMAHeapError) -> UnsafeMutableRawPointer {
+        do { return try unsafe refill(cache, node: n, class: c) } catch {
+            guard nodes.count > 1, case .growthFailed = error else { throw error }
+            return try unsafe allocateGeneral(size, alignment: 64, boundary: nil, node: nil, zeroed: false)
+        }
+    }
+
     /// The cache had nothing for class `c`: remote frees, another owned
     /// span, an abandoned span, or a new one.
     func refill(_ cache: HeapThreadCache, node n: Int, class c: Int) throws(DMAHeapError) -> UnsafeMutableRawPointer {
         let entry = unsafe cache.entry(n * classes.count + c)
         if c >= classes.firstSingleClass {
-            let span = try unsafe newSpan(class: c, nodeIndex: n, owner: 0)
+            // A batch from the node's list of free spans of the class, else a new span.
+            let want = max(1, unsafe classes.stashLimit[c] / 2)
+            let first: UInt = unsafe central.withList(n &* classes.count &+ c) { count, slots in
+                let k = min(want, count)
+                guard k > 0 else { return 0 }
+                count -= k
+                for i in 1..<k {
+                    let s = unsafe entry.pointee.stashCount
+                    unsafe HeapThreadCache.stashSlot(entry, s).pointee = slots[count + i]
+                    unsafe entry.pointee.stashCount = s + 1
+                }
+                return unsafe slots[count]
+            }
+            let span: UnsafeMutablePointer<HeapSpan>
+            if first != 0 {
+                unsafe span = unsafe UnsafeMutablePointer(bitPattern: first)!
+            } else {
+                unsafe span = try unsafe newSpan(class: c, nodeIndex: n, owner: 0)
+            }
             unsafe span.pointee.used = 1
             countAllocation(cache, class: c)
             return unsafe UnsafeMutableRawPointer(bitPattern: span.pointee.start)!
         }
         if let current = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: entry.pointee.current) {
-            collectRemote(current)
+            unsafe collectRemote(current)
         }
         if unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: entry.pointee.current).map({ unsafe !hasRoom($0) }) ?? true {
             var candidate = unsafe entry.pointee.owned
             var found: UInt = 0
             while candidate != 0 {
                 let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: candidate)!
-                collectRemote(span)
-                if hasRoom(span) { found = candidate; break }
+                unsafe collectRemote(span)
+                if unsafe hasRoom(span) { found = candidate; break }
                 candidate = unsafe span.pointee.next
             }
             if found == 0 {
@@ -525,7 +560,7 @@ public final class DMAHeap: Sendable {
         guard let adopted, let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: adopted) else { return 0 }
         unsafe span.pointee.owner.store(cache.bits, ordering: .releasing)
         unsafe link(span, into: entry)
-        collectRemote(span)
+        unsafe collectRemote(span)
         return adopted
     }
 
@@ -537,7 +572,7 @@ public final class DMAHeap: Sendable {
         }
         let meta = space.meta(page)
         for g in granule..<(granule + granules) { meta.setSpanOf(g, granule) }
-        let span = meta.span(granule)
+        let span = unsafe meta.span(granule)
         let start = space.granuleAddress(page: page, granule: granule)
         let objects = unsafe classes.objectsPerSpan[c]
         unsafe span.pointee.start = start
@@ -576,8 +611,8 @@ public final class DMAHeap: Sendable {
     /// An owned span became empty: back to the node.
     @inline(never)
     func releaseOwnedSpan(_ span: UnsafeMutablePointer<HeapSpan>, entry: UnsafeMutablePointer<HeapThreadCache.ClassCache>) {
-        unlink(span, from: entry)
-        releaseSpan(span)
+        unsafe unlink(span, from: entry)
+        unsafe releaseSpan(span)
     }
 
     /// Gives a span's granules back to its node (the span holds no object).
@@ -594,17 +629,44 @@ public final class DMAHeap: Sendable {
         node.state.withLock { s in s.releaseGranules(page: page, granule: granule, count: count, heap: self) }
     }
 
-    /// The stash of a one-object class is full: half of it, and `span`, go back to the node.
+    /// The stash of a one-object class is full: half of it, and `span`, go
+    /// to the node's list of free spans of the class; what that list holds
+    /// beyond ``HeapClassTable/centralBytes`` goes back to the node's granules.
     @inline(never)
     func flushStash(_ entry: UnsafeMutablePointer<HeapThreadCache.ClassCache>, adding span: UnsafeMutablePointer<HeapSpan>) {
         let n = unsafe entry.pointee.stashCount
         let keep = n / 2
-        var released = [UnsafeMutablePointer<HeapSpan>]()
-        released.reserveCapacity(n - keep + 1)
-        released.append(span)
-        for i in keep..<n { unsafe released.append(UnsafeMutablePointer(bitPattern: HeapThreadCache.stashSlot(entry, i).pointee)!) }
+        let c = unsafe Int(span.pointee.classIndex)
+        let limit = unsafe min(HeapCentralLists.capacity, max(1, HeapClassTable.centralBytes / classes.sizes[c]))
+        // Spans that do not fit in the list go back to the granules.
+        var excess: (UInt, UInt, UInt, UInt, UInt, UInt, UInt, UInt) = (0, 0, 0, 0, 0, 0, 0, 0)
+        let spilled: Int = unsafe withUnsafeMutableBytes(of: &excess) { raw in
+            let out = unsafe raw.baseAddress!.assumingMemoryBound(to: UInt.self)
+            return unsafe central.withList(Int(span.pointee.node) &* classes.count &+ c) { count, slots in
+                var spilled = 0
+                func put(_ bits: UInt) {
+                    if count < limit { unsafe slots[count] = bits; count += 1 } else { unsafe out[spilled] = bits; spilled += 1 }
+                }
+                put(UInt(bitPattern: span))
+                for i in keep..<n { unsafe put(HeapThreadCache.stashSlot(entry, i).pointee) }
+                return spilled
+            }
+        }
         unsafe entry.pointee.stashCount = keep
-        for span in released { unsafe releaseSpan(span) }
+        unsafe withUnsafeBytes(of: &excess) { raw in
+            for i in 0..<spilled { unsafe releaseSpan(UnsafeMutablePointer(bitPattern: raw.load(fromByteOffset: i * 8, as: UInt.self))!) }
+        }
+    }
+
+    /// Gives every span on the nodes' lists of free spans back to the granules.
+    func drainCentralLists() {
+        for list in 0..<central.lists {
+            let spans: [UInt] = unsafe central.withList(list) { count, slots in
+                defer { count = 0 }
+                return (0..<count).map { unsafe slots[$0] }
+            }
+            for bits in spans { unsafe releaseSpan(UnsafeMutablePointer(bitPattern: bits)!) }
+        }
     }
 
     /// Granules of their own, under the node's lock: sizes above 256 KiB up
@@ -617,7 +679,7 @@ public final class DMAHeap: Sendable {
         }
         let meta = space.meta(page)
         for g in granule..<(granule + granules) { meta.setSpanOf(g, granule) }
-        let span = meta.span(granule)
+        let span = unsafe meta.span(granule)
         let start = space.granuleAddress(page: page, granule: granule)
         unsafe span.pointee.start = start
         unsafe span.pointee.end = start + UInt(granules << HeapSizeClasses.granuleShift)
@@ -636,17 +698,17 @@ public final class DMAHeap: Sendable {
     func freeDirect(_ span: UnsafeMutablePointer<HeapSpan>) {
         let bytes = unsafe Int(span.pointee.granules) << HeapSizeClasses.granuleShift
         nodes[Int(unsafe span.pointee.node)].state.withLock { s in s.directBytes -= bytes }
-        releaseSpan(span)
+        unsafe releaseSpan(span)
     }
 
     /// Frees what the fast path does not: checked heaps, large blocks.
     @inline(never)
     func freeGeneral(_ pointer: UnsafeMutableRawPointer) {
         if checked {
-            do { try freeChecked(pointer) } catch { fatalError("DMAHeap.free: \(error)") }
+            do { unsafe try freeChecked(pointer) } catch { fatalError("DMAHeap.free: \(error)") }
             return
         }
-        freeUnchecked(pointer)
+        unsafe freeUnchecked(pointer)
     }
 
     /// Frees without checks: objects in the range, large blocks outside it.
@@ -657,7 +719,7 @@ public final class DMAHeap: Sendable {
             let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
             guard unsafe meta.header.pointee.mapped else { return }
             let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
-            freeObject(address, span: meta.span(meta.spanOf(granule)))
+            unsafe freeObject(address, span: meta.span(meta.spanOf(granule)))
             return
         }
         _ = freeLarge(address)
@@ -670,9 +732,10 @@ public final class DMAHeap: Sendable {
     /// and empty pages beyond the retention. Other threads' caches keep
     /// theirs until they exit or trim.
     public func trim() {
-        if let table = HeapRegistry.ThreadTable.current, let cache = unsafe table.cache(slot: slot, id: id) {
+        if let table = HeapRegistry.ThreadTable.current, let cache = table.cache(slot: slot, id: id) {
             flush(cache, abandon: false)
         }
+        drainCentralLists()
         for node in nodes {
             let candidates: [[UInt]] = node.state.withLock { s in
                 let all = s.abandoned
@@ -683,8 +746,8 @@ public final class DMAHeap: Sendable {
             for (c, list) in candidates.enumerated() {
                 for bits in list {
                     let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: bits)!
-                    collectRemote(span)
-                    if unsafe span.pointee.used == 0 { releaseSpan(span) } else { keep[c].append(bits) }
+                    unsafe collectRemote(span)
+                    if unsafe span.pointee.used == 0 { unsafe releaseSpan(span) } else { keep[c].append(bits) }
                 }
             }
             node.state.withLock { s in
@@ -710,12 +773,12 @@ public final class DMAHeap: Sendable {
                 while bits != 0 {
                     let span = unsafe UnsafeMutablePointer<HeapSpan>(bitPattern: bits)!
                     bits = unsafe span.pointee.next
-                    collectRemote(span)
+                    unsafe collectRemote(span)
                     if unsafe span.pointee.used == 0 {
-                        unlink(span, from: entry)
-                        releaseSpan(span)
+                        unsafe unlink(span, from: entry)
+                        unsafe releaseSpan(span)
                     } else if abandon {
-                        unlink(span, from: entry)
+                        unsafe unlink(span, from: entry)
                         unsafe span.pointee.owner.store(0, ordering: .releasing)
                         nodes[n].state.withLock { s in s.abandoned[c].append(UInt(bitPattern: span)) }
                     }

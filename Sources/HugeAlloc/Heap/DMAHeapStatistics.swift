@@ -80,7 +80,7 @@ extension DMAHeap {
     public var statistics: DMAHeapStatistics {
         let (live, retired): ([DMAHeapStatistics.Counters], DMAHeapStatistics.Counters) = HeapRegistry.state.withLock { s in
             guard let entry = s.entries[slot], entry.id == id else { return ([], .init()) }
-            let caches = entry.caches.compactMap { unsafe HeapThreadCache(bits: $0) }.map { counters(of: $0) }
+            let caches = entry.caches.compactMap { HeapThreadCache(bits: $0) }.map { counters(of: $0) }
             return (caches, entry.retired)
         }
         var total = DMAHeapStatistics.Counters(allocations: Array(repeating: 0, count: classes.count),

@@ -20,7 +20,9 @@ struct HeapClassTable: @unchecked Sendable {
 
     static let shared = HeapClassTable(HeapSizeClasses())
     /// Bytes of free one-object spans a thread keeps per class, at most.
-    static let stashBytes = 128 << 10
+    static let stashBytes = 256 << 10
+    /// Bytes of free one-object spans a node keeps per class for threads to refill from.
+    static let centralBytes = 128 << 10
 
     init(_ classes: HeapSizeClasses) {
         count = classes.count
@@ -110,6 +112,9 @@ struct HeapSpan: ~Copyable {
     var checks: UInt = 0
     /// Direct allocations: the size asked for.
     var requested: Int = 0
+    /// To 128 bytes: the fields the hot paths touch fill the first cache
+    /// line, and no header straddles two lines.
+    private var padding: (UInt, UInt, UInt, UInt) = (0, 0, 0, 0)
 
     init() {}
 }
@@ -133,7 +138,12 @@ struct HeapPageMeta {
     static let headerBytes = 64
     static let bitmapOffset = 64
     static let spanOfOffset = 128
-    static let spansOffset = spanOfOffset + HeapSizeClasses.granulesPerPage * 2
+    /// Free runs: their length at their first and last granule, and the
+    /// links of the node's list of free runs of that length (at the first).
+    static let runLengthOffset = spanOfOffset + HeapSizeClasses.granulesPerPage * 2
+    static let runNextOffset = runLengthOffset + HeapSizeClasses.granulesPerPage * 2
+    static let runPreviousOffset = runNextOffset + HeapSizeClasses.granulesPerPage * 4
+    static let spansOffset = runPreviousOffset + HeapSizeClasses.granulesPerPage * 4
     /// Bytes per page of metadata, rounded to 4 KiB.
     static let stride: Int = {
         let bytes = spansOffset + HeapSizeClasses.granulesPerPage * MemoryLayout<HeapSpan>.stride
@@ -158,6 +168,18 @@ struct HeapPageMeta {
     func setSpanOf(_ granule: Int, _ first: Int) {
         unsafe (raw + Self.spanOfOffset).assumingMemoryBound(to: UInt16.self)[granule] = UInt16(first)
     }
+    var runLength: UnsafeMutablePointer<UInt16> {
+        unsafe (raw + Self.runLengthOffset).assumingMemoryBound(to: UInt16.self)
+    }
+    var runNext: UnsafeMutablePointer<UInt32> {
+        unsafe (raw + Self.runNextOffset).assumingMemoryBound(to: UInt32.self)
+    }
+    var runPrevious: UnsafeMutablePointer<UInt32> {
+        unsafe (raw + Self.runPreviousOffset).assumingMemoryBound(to: UInt32.self)
+    }
+    /// Whether granule `g` is free.
+    func isFree(_ g: Int) -> Bool { (unsafe bitmap[g >> 6]) & (1 << UInt64(g & 63)) != 0 }
+
     @inline(__always)
     func span(_ granule: Int) -> UnsafeMutablePointer<HeapSpan> {
         unsafe (raw + Self.spansOffset).assumingMemoryBound(to: HeapSpan.self) + granule

@@ -53,11 +53,17 @@ struct HeapSizeClasses: Sendable {
             for k in 1...4 { sizes.append(base + k * base / 4) }
             base *= 2
         }
-        var size = Self.maximumMultiObjectSize
-        while size < Self.maximumClassSize {
-            let step = max(Self.granule, size / 8)
-            size += step
-            sizes.append(size)
+        // Per doubling, steps of an eighth of its start, in whole granules,
+        // so every power of two stays a class.
+        base = Self.maximumMultiObjectSize
+        while base < Self.maximumClassSize {
+            let step = max(Self.granule, base / 8)
+            var size = base + step
+            while size <= 2 * base {
+                sizes.append(size)
+                size += step
+            }
+            base *= 2
         }
         self.sizes = sizes
         var granules: [Int] = []

@@ -109,7 +109,7 @@ enum HeapRegistry {
     static let maximumHeaps = 256
     @inline(__always) static var threadSlot: UInt32 { 1 }
 
-    struct Entry {
+    @safe struct Entry {
         var id: UInt64
         /// Nil until the heap's initializer finished.
         var heap: Unmanaged<DMAHeap>?
@@ -131,7 +131,7 @@ enum HeapRegistry {
             guard let slot = s.entries.firstIndex(where: { $0 == nil }) else { return nil }
             let id = s.nextID
             s.nextID += 1
-            s.entries[slot] = Entry(id: id, heap: nil)
+            s.entries[slot] = unsafe Entry(id: id, heap: nil)
             return (slot, id)
         }
         guard let ticket else { throw .tooManyHeaps(maximum: maximumHeaps) }
@@ -141,7 +141,7 @@ enum HeapRegistry {
     /// Makes a created heap known to thread exit hooks.
     static func publish(slot: Int, id: UInt64, heap: Unmanaged<DMAHeap>) {
         state.withLock { s in
-            if s.entries[slot]?.id == id { s.entries[slot]?.heap = heap }
+            if s.entries[slot]?.id == id { unsafe s.entries[slot]?.heap = unsafe heap }
         }
     }
 
@@ -153,7 +153,7 @@ enum HeapRegistry {
             s.entries[slot] = nil
             return entry.caches
         }
-        for bits in caches { unsafe HeapThreadCache(bits: bits)?.deallocate(nodes: nodes, classes: classes) }
+        for bits in caches { HeapThreadCache(bits: bits)?.deallocate(nodes: nodes, classes: classes) }
     }
 
     /// A thread's table: per heap slot, the cache's address and the heap's id.
@@ -208,9 +208,9 @@ enum HeapRegistry {
             for slot in 0..<maximumHeaps {
                 let bits = unsafe table.entries[2 * slot]
                 let id = UInt64(unsafe table.entries[2 * slot + 1])
-                guard bits != 0, let entry = s.entries[slot], entry.id == id, let unmanaged = entry.heap,
-                      let cache = unsafe HeapThreadCache(bits: bits) else { continue }
-                let heap = unmanaged.takeUnretainedValue()
+                guard bits != 0, let entry = s.entries[slot], entry.id == id, let unmanaged = unsafe entry.heap,
+                      let cache = HeapThreadCache(bits: bits) else { continue }
+                let heap = unsafe unmanaged.takeUnretainedValue()
                 heap.flush(cache, abandon: true)
                 s.entries[slot]!.retired.add(heap.counters(of: cache))
                 s.entries[slot]!.caches.removeAll { $0 == bits }

@@ -54,8 +54,9 @@ public struct MappingOptions: Sendable {
     public var numaPolicy: NUMAPolicy
     /// Map at exactly this address (`MAP_FIXED`), replacing whatever the
     /// range holds: for a range the caller reserved (the DMA heap's
-    /// `PROT_NONE` reservation). The caller takes the range back with
-    /// ``MemoryMapping/relinquish()`` and re-reserves it.
+    /// `PROT_NONE` reservation). When the mapping fails or is released, the
+    /// reservation is put back over the range, never a hole; the caller may
+    /// also take the range over with `relinquish()`.
     var fixedAddress: UInt? = nil
 
     public init(

@@ -14,15 +14,24 @@ struct MappedRegion: ~Copyable {
     @usableFromInline let length: Int
     /// File descriptor of a memfd or hugetlbfs file, or -1.
     let fd: Int32
+    /// The range was placed in a reservation (``MappingOptions/fixedAddress``):
+    /// releasing it puts the reservation back (`PROT_NONE`, `MAP_FIXED`)
+    /// instead of leaving a hole another mapping could take.
+    let reserved: Bool
 
-    init(base: UnsafeMutableRawPointer, length: Int, fd: Int32) {
+    init(base: UnsafeMutableRawPointer, length: Int, fd: Int32, reserved: Bool = false) {
         unsafe self.base = base
         self.length = length
         self.fd = fd
+        self.reserved = reserved
     }
 
     deinit {
-        try? unsafe Sys.munmap(base, length: length)
+        if reserved {
+            _ = try? unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve, .fixed], at: base)
+        } else {
+            try? unsafe Sys.munmap(base, length: length)
+        }
         if fd >= 0 { Sys.close(FileDescriptor(rawValue: fd)) }
     }
 
@@ -317,7 +326,7 @@ public struct MemoryMapping: ~Copyable {
         length: Int, pageSize: PageSize, backing: MappingOptions.Backing, at fixedAddress: UInt? = nil
     ) throws(MappingError) -> MappedRegion {
         let (base, fd) = try unsafe mapBacking(length: length, pageSize: pageSize, backing: backing, at: fixedAddress)
-        return unsafe MappedRegion(base: base, length: length, fd: fd?.rawValue ?? -1)
+        return unsafe MappedRegion(base: base, length: length, fd: fd?.rawValue ?? -1, reserved: fixedAddress != nil)
     }
 
     /// Opens the backing file (if any) and maps it; closes the file on failure.
@@ -365,6 +374,11 @@ public struct MemoryMapping: ~Copyable {
             return (try unsafe Sys.mmap(length: length, protection: .readWrite, flags: flags, fd: fd, at: address), fd)
         } catch {
             if let fd { Sys.close(fd) }
+            if let fixedAddress {
+                // A failed MAP_FIXED may have unmapped the reservation: claim the range again if so.
+                _ = try? unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve, .fixedNoReplace],
+                                         at: UnsafeMutableRawPointer(bitPattern: fixedAddress))
+            }
             if pageSize.isHuge, error.errno == .noMemory || (error.call == "ftruncate" && error.errno == .invalidArgument),
                let counters = try? HugepagePoolDirectory(pageSize).counters() {
                 let needed = length / pageSize.bytes

@@ -242,6 +242,12 @@ package enum Sys {
 
     // MARK: - process facts
 
+    /// Lets another thread run while a spin lock is held elsewhere.
+    /// The corresponding C function is `sched_yield(2)`.
+    static func yieldProcessor() {
+        _ = sched_yield()
+    }
+
     /// The CPU and NUMA node the calling thread runs on.
     /// The corresponding C function is `getcpu(2)`.
     static func getcpu() throws(SystemCallError) -> (cpu: Int, node: Int) {
