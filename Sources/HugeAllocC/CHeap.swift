@@ -50,7 +50,6 @@ enum CHeap {
         }
     }
 
-
     static func allocate(_ size: UInt, _ alignment: UInt, _ node: Int32, _ iovaOut: UnsafeMutablePointer<UInt64>?,
                          zeroed: Bool, function: String) -> UnsafeMutableRawPointer? {
         guard size > 0 else {

@@ -202,6 +202,8 @@ static void test_bad_pool_arguments(void) {
     ha_mempool_destroy(pool);
     CHECK(ha_mempool_create("dup", 16, 64, 0, HA_NODE_ANY, 0, &again) == 0, "the name is free after destroy");
     ha_mempool_destroy(again);
+    CHECK_RECORDS(ha_mempool_destroy(again), HA_ERR_BAD_POINTER);                 /* destroyed twice */
+    CHECK_RECORDS(ha_mempool_destroy((ha_mempool *)(void *)&checks), HA_ERR_BAD_POINTER); /* not a pool */
 
     CHECK_RECORDS(CHECK(ha_mempool_get(NULL) == NULL, "get(NULL)"), HA_ERR_INVALID_ARGUMENT);
     CHECK_ERROR(ha_mempool_get_bulk(NULL, NULL, 0), HA_ERR_INVALID_ARGUMENT);
