@@ -7,6 +7,9 @@ let package = Package(
         .library(name: "HugeAlloc", targets: ["HugeAlloc"]),
         .library(name: "HugeAllocE1000", targets: ["HugeAllocE1000"]),
         .library(name: "HugeAllocNVMe", targets: ["HugeAllocNVMe"]),
+        // The C API (hugealloc.h): a shared library for C, C++, Rust and any
+        // FFI; tools/install puts it, the header and hugealloc.pc in a prefix.
+        .library(name: "HugeAllocC", type: .dynamic, targets: ["HugeAllocC"]),
         .executable(name: "inspect-memory", targets: ["inspect-memory"]),
         .executable(name: "hugealloc-bench", targets: ["hugealloc-bench"]),
     ],
@@ -39,6 +42,14 @@ let package = Package(
                 "CNuma", "CHugetlbfs", "CHugeAllocShims",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
+            swiftSettings: [.strictMemorySafety()]
+        ),
+        // The C API's entry points (@_cdecl), calling the library's own code;
+        // include/hugealloc.h is the installed header (docs/c-api.md).
+        .target(
+            name: "HugeAllocC",
+            dependencies: ["HugeAlloc", "CHugeAllocShims"],
+            exclude: ["include"],
             swiftSettings: [.strictMemorySafety()]
         ),
         // What inspect-memory diagnoses (holders, stale files, setup, doctor,

@@ -65,3 +65,11 @@ reserve_pages_for_tests() {
     }
     trap restore_pages EXIT
 }
+
+# hugetlbfs_files: every file at the top of every hugetlbfs mount, sorted;
+# compared before and after a run that must leave none (EAL --in-memory).
+hugetlbfs_files() {
+    awk '$3 == "hugetlbfs" { print $2 }' /proc/mounts | while read -r mount; do
+        find "$mount" -maxdepth 1 -type f 2>/dev/null || true
+    done | sort
+}

@@ -143,7 +143,10 @@ int ha_thread_capability(int capability, int enable);
 
 /* ---- per-thread slots ------------------------------------------------- */
 #define HA_TLS_SLOTS 4
-extern _Thread_local uintptr_t ha_tls_slots[HA_TLS_SLOTS];
+/* initial-exec: one %fs-relative load, also when the library is a shared
+ * object (libHugeAllocC.so), where the default model would call
+ * __tls_get_addr on every access. 32 bytes of the static TLS block. */
+extern _Thread_local uintptr_t ha_tls_slots[HA_TLS_SLOTS] __attribute__((tls_model("initial-exec")));
 
 static inline uintptr_t ha_tls_load(unsigned int slot) {
     return ha_tls_slots[slot & (HA_TLS_SLOTS - 1)];
@@ -163,6 +166,7 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #endif
 #include "CHugeAllocShimsNUMA.h"
 #include "CHugeAllocAffinity.h"
+#include "CHugeAllocCAPI.h"
 #include "CHugeAllocBackends.h"
 #include "CHugeAllocFileSystem.h"
 #include "CHugeAllocDevices.h"

@@ -1,0 +1,182 @@
+/*
+ * hugealloc.h: the C API of HugeAlloc, DMA-ready memory for Linux.
+ *
+ * Plain C99. Build against it with pkg-config:
+ *
+ *     cc app.c $(pkg-config --cflags --libs hugealloc)
+ *
+ * Every entry point calls the Swift library (libHugeAllocC.so); there is no
+ * second implementation. docs/c-api.md has the ownership and threading
+ * rules and a walkthrough that runs DPDK on this memory.
+ *
+ * Errors: a function that can fail returns 0 or a negative HA_ERR_* code
+ * (pointer-returning functions return NULL), and ha_last_error() then
+ * describes what was wrong and how to fix it. The description is kept per
+ * thread. No function aborts the process on bad arguments: NULL pointers,
+ * zero or overflowing sizes, alignments that are not powers of two, unknown
+ * flags and pointers from elsewhere are reported as HA_ERR_* codes. What
+ * cannot be checked without slowing the fast path (a double put into an
+ * unchecked pool, a pointer into the middle of a heap block) is named in the
+ * comment of the function concerned; create the pool with
+ * HA_MEMPOOL_CHECKED, or the heap with HA_HEAP_CHECKED, to have it checked.
+ * A pool argument must be NULL or a live pool from ha_mempool_create(): the
+ * get and put paths do not look it up (ha_mempool_destroy() does, and
+ * refuses anything else).
+ */
+#ifndef HUGEALLOC_H
+#define HUGEALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- constants ---------------------------------------------------------- */
+
+/* A NUMA node argument meaning "any node": the calling thread's node first,
+ * then any other. */
+#define HA_NODE_ANY (-1)
+/* What ha_iova() returns for an address that is not HugeAlloc memory (or
+ * whose IOVA the kernel hides: reading physical addresses needs
+ * CAP_SYS_ADMIN). */
+#define HA_BAD_IOVA UINT64_MAX
+
+/* Error codes: every failing call returns one of these (negative). */
+#define HA_OK                     0
+#define HA_ERR_INVALID_ARGUMENT (-1)  /* NULL, zero or out-of-range size, bad alignment, unknown flag */
+#define HA_ERR_NO_MEMORY        (-2)  /* too few free hugepages, memlock limit, heap exhausted */
+#define HA_ERR_NO_OBJECTS       (-3)  /* a bulk get asked for more objects than are available */
+#define HA_ERR_NAME_EXISTS      (-4)  /* a live pool already has this name */
+#define HA_ERR_BAD_POINTER      (-5)  /* not this pool's or the heap's, not an object start, double free */
+#define HA_ERR_LIMIT            (-6)  /* too many pools alive at once */
+#define HA_ERR_SYSTEM           (-7)  /* a system call failed; the message names it and its errno */
+
+/* Flags of ha_mempool_create(), or-ed together. */
+/* Checked mode: puts check that each object is the pool's, at an object's
+ * start, handed out (no double put) and not overrun (a guard cookie after
+ * each object). A failed check is reported (ha_last_error()) and the object
+ * is not put back. Costs 8 bytes per object and a check per put. */
+#define HA_MEMPOOL_CHECKED        (1u << 0)
+/* One thread at a time: no atomics and no per-thread caches, a plain LIFO
+ * array. Using such a pool from two threads at once is a data race. */
+#define HA_MEMPOOL_SINGLE_THREAD  (1u << 1)
+/* A LIFO stack behind the caches instead of the lock-free ring: the object
+ * put back last is handed out next (cache-warm). */
+#define HA_MEMPOOL_STACK          (1u << 2)
+
+/* Flags of ha_heap_init(). */
+/* Checked heap: ha_free() checks that the pointer starts a live block. */
+#define HA_HEAP_CHECKED           (1u << 0)
+
+/* ---- mempools ----------------------------------------------------------- */
+
+/* A pool of fixed-size objects in hugepage memory, each with an IOVA. */
+typedef struct ha_mempool ha_mempool;
+
+/* Creates a pool of `count` objects of `object_size` bytes (each starting
+ * at a 64-byte boundary, starts spread over 4 memory channels as DPDK does)
+ * in a new mapping of 2 MiB hugepages, populated, with every page's IOVA
+ * read once from /proc/self/pagemap.
+ *   name        a unique name among the live pools of this API (1 to 63 bytes)
+ *   count       1 to 2^31 - 1 objects
+ *   object_size bytes per object, at least 1; an object larger than a page
+ *               needs physically contiguous pages
+ *   cache_size  objects each thread keeps for itself, 0 (no cache) to 512
+ *   numa_node   HA_NODE_ANY, or a node the memory must be on (mbind(2)
+ *               MPOL_BIND: fails rather than fall back to another node)
+ *   flags       HA_MEMPOOL_* or-ed, or 0
+ *   out         receives the pool; left untouched on failure
+ * Returns 0, or HA_ERR_INVALID_ARGUMENT, HA_ERR_NO_MEMORY (the message gives
+ * how many objects would fit and the command that reserves more hugepages),
+ * HA_ERR_NAME_EXISTS, HA_ERR_LIMIT, HA_ERR_SYSTEM. */
+int  ha_mempool_create(const char *name, size_t count, size_t object_size, size_t cache_size, int numa_node, unsigned flags, ha_mempool **out);
+
+/* Destroys a pool and unmaps its memory. Every object must be back in the
+ * pool and no other thread may use it any more; pointers into the pool are
+ * dangling afterwards. NULL is ignored. */
+void ha_mempool_destroy(ha_mempool *pool);
+
+/* Takes one object, or returns NULL when the pool is empty (or `pool` is
+ * NULL; ha_last_error() says which). Thread-safe unless the pool was created
+ * with HA_MEMPOOL_SINGLE_THREAD. */
+void *ha_mempool_get(ha_mempool *pool);                                  /* NULL when empty */
+
+/* Takes `n` objects into objects[0..n-1], all or nothing. Returns 0, or
+ * HA_ERR_NO_OBJECTS (nothing taken) when fewer than `n` are available,
+ * HA_ERR_INVALID_ARGUMENT for a NULL pool, NULL `objects` with n > 0, or
+ * n larger than the pool. n == 0 returns 0. */
+int  ha_mempool_get_bulk(ha_mempool *pool, void **objects, unsigned n);  /* all or nothing */
+
+/* Puts one object back. NULL objects and pointers outside the pool's memory
+ * are refused (ha_last_error() says so; nothing is put back). In a checked
+ * pool every misuse is refused likewise. In an unchecked pool a pointer
+ * inside the pool that is not an object the pool handed out, or an object
+ * put back twice, is not detected and corrupts the pool: create it with
+ * HA_MEMPOOL_CHECKED while debugging. */
+void ha_mempool_put(ha_mempool *pool, void *object);
+
+/* Puts objects[0..n-1] back. Refused (nothing put back, ha_last_error()
+ * says why): a NULL pool, NULL `objects` with n > 0, n larger than the pool.
+ * A checked pool also checks every object as ha_mempool_put() does and
+ * refuses the whole call on the first misuse. An unchecked pool does not
+ * look at the pointers (a range check per object would cost more than the
+ * bulk put itself): NULL or foreign pointers, or objects put back twice,
+ * corrupt the pool there. n == 0 does nothing. */
+void ha_mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n);
+
+/* Objects free right now: in the shared store plus every thread's cache.
+ * Exact while no get or put is in flight; 0 for NULL. */
+unsigned ha_mempool_available(const ha_mempool *pool);
+
+/* ---- the DMA heap ------------------------------------------------------- */
+
+/* Creates the process's DMA heap now, with HA_HEAP_* flags (the first
+ * ha_malloc() or ha_zmalloc() otherwise creates it with flags 0).
+ * Returns 0, also when the heap exists with the same flags;
+ * HA_ERR_INVALID_ARGUMENT for unknown flags or when it already exists with
+ * other flags; HA_ERR_NO_MEMORY or HA_ERR_SYSTEM when it cannot be made. */
+int  ha_heap_init(unsigned flags);
+
+/* Allocates `size` bytes of DMA memory, IOVA-contiguous (one IOVA range a
+ * device can be given), from hugepages, locked. `alignment` is a power of
+ * two (0 means 64); `numa_node` is HA_NODE_ANY (the calling thread's node
+ * first, then any) or a node. When `iova_out` is not NULL it receives the
+ * IOVA of the first byte. Returns NULL on failure (zero size, bad alignment
+ * or node, no memory), with ha_last_error() saying why. Thread-safe. */
+void *ha_malloc(size_t size, size_t alignment, int numa_node, uint64_t *iova_out);  /* the DMA heap; iova_out may be NULL */
+
+/* As ha_malloc(), with the memory zeroed. */
+void *ha_zmalloc(size_t size, size_t alignment, int numa_node, uint64_t *iova_out);
+
+/* Gives back a block from ha_malloc()/ha_zmalloc(). NULL is ignored. A
+ * pointer outside the heap is refused with HA_ERR_BAD_POINTER in
+ * ha_last_error() (two compares). A pointer inside the heap that does not
+ * start a live block (a double free) is refused too when the heap is
+ * checked (HA_HEAP_CHECKED); otherwise it is undefined, as with free(3). */
+void ha_free(void *pointer);
+
+/* The IOVA of any byte of HugeAlloc memory in this process: the DMA heap
+ * and the pools of this API. HA_BAD_IOVA otherwise (and for NULL). Heap
+ * addresses cost two compares and a table load; pool addresses a search
+ * of the live pools. Thread-safe. */
+uint64_t ha_iova(const void *address);          /* any byte of HugeAlloc memory in this process; HA_BAD_IOVA otherwise */
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* What the calling thread's last failing call said: what was wrong and how
+ * to fix it. "" before any failure. The text stays valid until the next
+ * failing call on this thread. */
+const char *ha_last_error(void);
+
+/* The HA_ERR_* code of the calling thread's last failing call (HA_OK before
+ * any): the code of a failure in a function that returns void or a
+ * pointer. */
+int  ha_last_error_code(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HUGEALLOC_H */
