@@ -157,7 +157,11 @@ public enum ContiguousMemory {
             do { mapping = try MemoryMapping(length: size * ps, options: options) } catch {
                 // Too few free pages for the over-allocation: try with what the
                 // kernel will give, down to the block itself.
-                if case .insufficientHugepages = error, size > pages, stats.attempts == 0 { continue }
+                // Too few for a later, larger look: what was examined is the answer.
+                if case .insufficientHugepages = error, size > pages {
+                    if stats.attempts == 0 { continue }
+                    break
+                }
                 throw .mapping(error)
             }
             if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {

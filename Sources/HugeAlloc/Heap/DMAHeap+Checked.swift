@@ -72,7 +72,10 @@ extension DMAHeap {
         let address = UInt(bitPattern: pointer)
         let offset = address &- space.base
         guard offset < space.bytes else {
-            guard let block = largeBlock(containing: address) else { throw .foreignPointer(address: address) }
+            guard let block = largeBlock(containing: address) else {
+                if freedLargeBlocks.withLock({ $0.contains(address) }) { throw .doubleFree(address: address) }
+                throw .foreignPointer(address: address)
+            }
             guard block.address == address else { throw .interiorPointer(address: address, allocationStart: block.address) }
             let size = block.requested - HeapChecks.guardBytes
             if let bad = unsafe HeapChecks.firstChangedGuardByte(pointer, size: size) {
@@ -80,6 +83,10 @@ extension DMAHeap {
             }
             // Another thread may have freed it meanwhile.
             guard freeLarge(address) else { throw .doubleFree(address: address) }
+            freedLargeBlocks.withLock { freed in
+                freed.append(address)
+                if freed.count > 64 { freed.removeFirst() }
+            }
             return
         }
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
@@ -89,9 +96,8 @@ extension DMAHeap {
         let granule = Int((offset >> UInt(HeapSizeClasses.granuleShift)) & UInt(HeapSizeClasses.granulesPerPage - 1))
         let span = unsafe meta.span(meta.spanOf(granule))
         if unsafe span.pointee.kind == .free {
-            // A released span: its last allocation was freed already.
-            if address & UInt(HeapSizeClasses.granule - 1) == 0 { throw .doubleFree(address: address) }
-            throw .foreignPointer(address: address)
+            // A released span: everything it held was freed already.
+            throw .doubleFree(address: address)
         }
         let start = unsafe span.pointee.start
         let index: Int

@@ -69,11 +69,17 @@ extension DMAHeap {
             // A run aligned to the power of two at or above its size stays inside every larger boundary.
             physicalAlignment = max(physicalAlignment, min(boundary, 1 << (Int.bitWidth - (bytes - 1).leadingZeroBitCount)))
         }
+        // A bounded look: the block, four times it, or 256 MiB, whichever is
+        // more — never every free hugepage of the machine — and one look at a
+        // time, so two threads do not starve each other.
+        let pages = rounded / pageBytes
+        let extra = max(physicalAlignment / pageBytes - 1, 0)
+        let budget = max(2 * (4 * pages + 32 + extra), 128) * pageBytes
         let request = ContiguousRequest(bytes: rounded, pageSize: .huge2M, physicalAlignment: physicalAlignment,
-                                        numaPolicy: placementPolicy(node: node.node))
+                                        numaPolicy: placementPolicy(node: node.node), budgetBytes: budget)
         var mapping: MemoryMapping
         do {
-            mapping = try ContiguousMemory.allocate(request)
+            mapping = try largeSearch.withLock { _ throws(ContiguousError) in try ContiguousMemory.allocate(request) }
         } catch {
             switch error {
             case let .notFound(needed, largest, _, _, _):

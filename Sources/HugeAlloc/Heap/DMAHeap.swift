@@ -91,6 +91,12 @@ public final class DMAHeap: Sendable {
     /// While a VFIO container is attached, IOVA = virtual address.
     let deviceIOVAIsVirtual = Atomic<Bool>(false)
     let memzoneTable = Mutex<[String: Memzone]>([:])
+    /// Checked mode: where the last 64 large blocks freed were, to tell a
+    /// double free from a foreign pointer.
+    let freedLargeBlocks = Mutex<[UInt]>([])
+    /// One search for a contiguous run at a time: each may map many free
+    /// hugepages for a moment, and two at once starve each other.
+    let largeSearch = Mutex<Void>(())
     let largeMap: HeapLargeMap
     /// Free one-object spans per node and class.
     let central: HeapCentralLists

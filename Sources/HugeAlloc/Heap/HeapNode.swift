@@ -98,8 +98,11 @@ final class HeapNode: Sendable {
 @safe
 struct HeapCentralLists: @unchecked Sendable {
     struct Entry: ~Copyable {
-        let lock = Atomic<Bool>(false)
+        // The count first: `body(&entry.pointee.count, …)` is an access at
+        // the entry's address, which must not be the lock's (ThreadSanitizer
+        // takes it for a race with the lock's exchange).
         var count = 0
+        let lock = Atomic<Bool>(false)
     }
 
     static let entryBytes = 128
