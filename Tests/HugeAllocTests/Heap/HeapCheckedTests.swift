@@ -14,7 +14,7 @@ import Testing
         try expectNoLeak {
             let heap = try DMAHeap(.init(retentionBytes: retention, checked: true))
             let keep = try heap.allocate(64)  // keeps the small objects' span and page in use
-            let p = try heap.allocate(size)
+            let p = try heap.allocateRetryingPoolRace(size)
             try heap.freeChecked(p)
             // Known bug (DMAHeap.freeChecked): once the page went back to the kernel, or for a large
             // block once it is unmapped, a second free reports .foreignPointer, not .doubleFree.
@@ -36,7 +36,7 @@ import Testing
         try expectNoLeak {
             let heap = try DMAHeap(.init(retentionBytes: retention, checked: true))
             var pointers: [UnsafeMutableRawPointer] = []
-            for _ in 0..<400 { pointers.append(try heap.allocate(size)) }
+            for _ in 0..<400 { pointers.append(try heap.allocateRetryingPoolRace(size)) }
             for p in pointers { try heap.freeChecked(p) }
             heap.trim()
             for p in [pointers[0], pointers[1], pointers[pointers.count / 2]] {
@@ -83,7 +83,7 @@ import Testing
     func interiorPointersAreCaught(size: Int) throws {
         try expectNoLeak {
             let heap = try DMAHeap(.init(checked: true))
-            let p = try heap.allocate(size)
+            let p = try heap.allocateRetryingPoolRace(size)
             let start = UInt(bitPattern: p)
             for offset in [1, 8, 63, size / 2, size - 1] + (size > 4096 ? [4096] : []) where offset > 0 && offset < size {
                 #expect(heapError { try heap.freeChecked(p + offset) } == .interiorPointer(address: start + UInt(offset), allocationStart: start),
@@ -97,7 +97,7 @@ import Testing
     func overrunPastTheEndIsCaught(size: Int) throws {
         try expectNoLeak {
             let heap = try DMAHeap(.init(checked: true))
-            let p = try heap.allocate(size)
+            let p = try heap.allocateRetryingPoolRace(size)
             memset(p, 0x11, size)  // writing every byte asked for is fine
             let end = p.advanced(by: size).assumingMemoryBound(to: UInt8.self)
             let saved = end.pointee

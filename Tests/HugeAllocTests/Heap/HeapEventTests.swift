@@ -37,7 +37,7 @@ import Testing
             for p in pages {
                 #expect(recorder.added.contains { $0.address == UInt(bitPattern: p) }, "each page's event names it")
             }
-            let large = try heap!.allocate(3 << 20)
+            let large = try heap!.allocateRetryingPoolRace(3 << 20)
             let largeRegion = try #require(recorder.added.last)
             #expect(recorder.added.count == 5 && largeRegion.address == UInt(bitPattern: large) && largeRegion.length == 4 << 20)
             expectRegionsMatchPagemap(recorder.added)
@@ -82,7 +82,7 @@ import Testing
             let heap = try DMAHeap()
             let a = try heap.allocate(100)
             let b = try heap.allocate(twoMiB)
-            let c = try heap.allocate(5 << 20)
+            let c = try heap.allocateRetryingPoolRace(5 << 20)
             let late = HeapEventRecorder()
             let registration = try heap.events.register { try late.handle($0) }
             #expect(late.recorded == heap.events.regions.map { .added($0) }, "replay: one .added per region, in order")
@@ -135,7 +135,7 @@ import Testing
             #expect(hugetlbBytesSince(baseline) == 0, "nothing stays mapped after a refused growth")
 
             second.cancel()
-            let p = try heap.allocate(size)
+            let p = try heap.allocateRetryingPoolRace(size)
             #expect(accepting.mapped.count == 1 && heap.iova(of: p) != nil, "the heap grows again once the handler is gone")
             let zone = try heap.reserve(name: "refused", size: 64)
             #expect(heap.memzone(named: "refused") == zone)

@@ -31,7 +31,7 @@ import Testing
                 for _ in 0..<count { held[size, default: []].append(try heap.allocate(size)) }
             }
             let direct = try heap.allocate(300_000)
-            let large = try heap.allocate(3 << 20)
+            let large = try heap.allocateRetryingPoolRace(3 << 20)
             var statistics = heap.statistics
             var expectedLive = 0
             for (size, count) in plan {
@@ -132,7 +132,7 @@ import Testing
             expectConsistent("new")
             var pointers: [UnsafeMutableRawPointer] = []
             for size in [64, 100_000, 300_000, twoMiB, twoMiB, 3 << 20, 5000, twoMiB] {
-                pointers.append(try heap.allocate(size))
+                pointers.append(try heap.allocateRetryingPoolRace(size))
                 expectConsistent("after \(size) B")
             }
             #expect(heap.statistics.peakMappedBytes > twoMiB)

