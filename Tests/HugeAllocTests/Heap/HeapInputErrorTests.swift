@@ -48,20 +48,13 @@ import Testing
                     try $0.allocate(size)
                 }
             }
-            // Known bug: allocate()'s fast path takes `alignment & (alignment - 1) == 0 && alignment <= 64`
-            // for "1 to 64", which 0 and Int.min pass too; they get an object (cached or refilled).
-            // They go to a heap of their own, as they may map a page.
-            var scratch: DMAHeap? = try DMAHeap()
+            // 0 and Int.min pass `alignment & (alignment - 1) == 0 && alignment <= 64`: the fast path
+            // must not take them for "at most 64".
             for alignment in [0, 3, 48, 100, -64, Int.min, Int.max] {
-                let fastPathBug = alignment == 0 || alignment == Int.min
-                withKnownIssue("the fast path accepts alignment 0 and Int.min") {
-                    expectError(.alignmentNotPowerOfTwo(requested: alignment), mentioning: ["power of two"], fastPathBug ? scratch! : heap) {
-                        try $0.allocate(64, alignment: alignment)
-                    }
-                } when: { fastPathBug }
+                expectError(.alignmentNotPowerOfTwo(requested: alignment), mentioning: ["power of two"], heap) {
+                    try $0.allocate(64, alignment: alignment)
+                }
             }
-            scratch = nil
-            #expect(hugetlbBytesSince(baseline) == heap.statistics.mappedBytes, "the scratch heap gave its page back")
             expectError(.alignmentNotPowerOfTwo(requested: 48), mentioning: ["use 64"], heap) { try $0.allocate(100, alignment: 48) }
             for boundary in [0, 3, 3000, -4096, Int.min] {
                 expectError(.boundaryNotPowerOfTwo(requested: boundary), mentioning: ["power of two"], heap) {
