@@ -16,12 +16,8 @@ import Testing
             let keep = try heap.allocate(64)  // keeps the small objects' span and page in use
             let p = try heap.allocateRetryingPoolRace(size)
             try heap.freeChecked(p)
-            // Known bug (DMAHeap.freeChecked): a large block (above 2 MiB with its 16 guard bytes) is
-            // forgotten once unmapped, so a second free reports .foreignPointer, not .doubleFree.
-            withKnownIssue("a double free of a large block is reported as a foreign pointer") {
-                #expect(heapError { try heap.freeChecked(p) } == .doubleFree(address: UInt(bitPattern: p)),
-                        "a second free of a \(size)-byte allocation")
-            } when: { size + 16 > twoMiB }
+            #expect(heapError { try heap.freeChecked(p) } == .doubleFree(address: UInt(bitPattern: p)),
+                    "a second free of a \(size)-byte allocation")
             try heap.freeChecked(keep)
             #expect(heapError { try heap.freeChecked(keep) } == .doubleFree(address: UInt(bitPattern: keep)))
             heap.trim()
@@ -40,12 +36,8 @@ import Testing
             for p in pointers { try heap.freeChecked(p) }
             heap.trim()
             for p in [pointers[0], pointers[1], pointers[pointers.count / 2]] {
-                // Known bug (DMAHeap.freeChecked): in a released span of a page still mapped, only a
-                // granule-aligned address is taken for a double free; the rest are .foreignPointer.
-                withKnownIssue("a double free after the span went back is reported as a foreign pointer") {
-                    #expect(heapError { try heap.freeChecked(p) } == .doubleFree(address: UInt(bitPattern: p)),
-                            "a second free of a \(size)-byte object whose span was released")
-                } when: { heap.contains(p) && UInt(bitPattern: p) % 4096 != 0 }
+                #expect(heapError { try heap.freeChecked(p) } == .doubleFree(address: UInt(bitPattern: p)),
+                        "a second free of a \(size)-byte object whose span was released")
             }
         }
     }
