@@ -1,0 +1,77 @@
+import CHugeAllocShims
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Terminal calls for `inspect-memory watch`: whether a descriptor is a
+/// terminal, its size, its line discipline, and waiting for input.
+extension Sys {
+    /// Whether `fd` is a terminal. The corresponding C function is `isatty(3)`.
+    package static func isTerminal(_ fd: Int32) -> Bool { Glibc.isatty(fd) == 1 }
+
+    /// The terminal's size in character cells, or nil when `fd` is not a
+    /// terminal or reports 0. The corresponding call is `ioctl(2)` with `TIOCGWINSZ`.
+    package static func terminalSize(_ fd: Int32) -> (rows: Int, columns: Int)? {
+        var size = winsize()
+        guard unsafe ha_ioctl_pointer(fd, UInt(TIOCGWINSZ), &size) == 0, size.ws_row > 0, size.ws_col > 0 else { return nil }
+        return (Int(size.ws_row), Int(size.ws_col))
+    }
+
+    /// A terminal's line-discipline settings, kept to be restored.
+    package struct TerminalMode: Sendable {
+        var attributes: termios
+    }
+
+    /// The current settings of terminal `fd`. The corresponding C function is `tcgetattr(3)`.
+    package static func terminalMode(_ fd: Int32) throws(SystemCallError) -> TerminalMode {
+        var attributes = termios()
+        _ = try retryingInterrupts("tcgetattr") { unsafe tcgetattr(fd, &attributes) }
+        return TerminalMode(attributes: attributes)
+    }
+
+    /// Sets terminal `fd` to `mode` after the output written so far has been sent.
+    /// The corresponding C function is `tcsetattr(3)` with `TCSADRAIN`.
+    package static func setTerminalMode(_ fd: Int32, _ mode: TerminalMode) throws(SystemCallError) {
+        var attributes = mode.attributes
+        _ = try retryingInterrupts("tcsetattr") { unsafe tcsetattr(fd, TCSADRAIN, &attributes) }
+    }
+
+    /// `mode` with input delivered a byte at a time, not echoed, and Ctrl-C
+    /// read as a byte (0x03) instead of raising SIGINT: a full-screen view
+    /// reads keys itself. Output processing is kept.
+    package static func keyAtATime(_ mode: TerminalMode) -> TerminalMode {
+        var attributes = mode.attributes
+        attributes.c_lflag &= ~tcflag_t(ICANON | ECHO | ISIG | IEXTEN)
+        attributes.c_iflag &= ~tcflag_t(IXON | ICRNL)
+        unsafe withUnsafeMutableBytes(of: &attributes.c_cc) { cc in
+            unsafe cc[Int(VMIN)] = 1
+            unsafe cc[Int(VTIME)] = 0
+        }
+        return TerminalMode(attributes: attributes)
+    }
+
+    /// Waits up to `milliseconds` for `fd` to have input. Returns false on
+    /// timeout or when a signal interrupts the wait (the caller checks why).
+    /// The corresponding C function is `poll(2)`.
+    package static func waitForInput(_ fd: Int32, milliseconds: Int) throws(SystemCallError) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let result = unsafe poll(&entry, 1, Int32(clamping: milliseconds))
+        if result == -1 {
+            if lastErrno == .interrupted { return false }
+            throw SystemCallError(call: "poll", errno: lastErrno, detail: "fd \(fd)")
+        }
+        return result > 0
+    }
+
+    /// Reads up to `count` bytes of input from `fd` (0 at end of file).
+    /// The corresponding C function is `read(2)`.
+    package static func readInput(_ fd: Int32, count: Int) throws(SystemCallError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let n = try retryingInterrupts("read") {
+            unsafe bytes.withUnsafeMutableBytes { unsafe Glibc.read(fd, $0.baseAddress, $0.count) }
+        }
+        return Array(bytes[..<n])
+    }
+}
