@@ -1,4 +1,5 @@
 import CHugeAllocShims
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -73,5 +74,24 @@ extension Sys {
             unsafe bytes.withUnsafeMutableBytes { unsafe Glibc.read(fd, $0.baseAddress, $0.count) }
         }
         return Array(bytes[..<n])
+    }
+}
+
+/// The last termination signal (SIGTERM, SIGHUP, SIGINT) caught since
+/// ``Sys/catchTerminationSignals()``, or 0: set from the signal handler,
+/// so an atomic.
+package let caughtTerminationSignal = Atomic<Int32>(0)
+
+extension Sys {
+    /// Catches SIGTERM, SIGHUP and SIGINT into ``caughtTerminationSignal``
+    /// instead of dying, and SIGWINCH (a terminal resize) without action: a
+    /// full-screen view must restore the terminal before it exits, and a
+    /// `poll(2)` in progress returns early (EINTR) when one arrives, so the
+    /// view redraws or leaves at once. The corresponding C function is `signal(2)`.
+    package static func catchTerminationSignals() {
+        let record: @convention(c) (Int32) -> Void = { caughtTerminationSignal.store($0, ordering: .relaxed) }
+        let ignore: @convention(c) (Int32) -> Void = { _ in }
+        for number in [SIGTERM, SIGHUP, SIGINT] { _ = signal(number, record) }
+        _ = signal(SIGWINCH, ignore)
     }
 }
