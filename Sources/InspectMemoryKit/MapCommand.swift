@@ -40,6 +40,18 @@ struct MapCommand: ParsableCommand {
             throw ValidationError("\(size) is not a page size: give 2M or 1G (the sizes in /sys/kernel/mm/hugepages)")
         }
         if let width, width < 8 { throw ValidationError("--width must be at least 8 cells") }
+        if let node {
+            let nodes = HugepageSetup.nodes(in: options.fs)
+            guard nodes.contains(node) else {
+                throw ValidationError(DiagnosticsError.noSuchNode(UnknownNode(node: node, available: nodes)).description)
+            }
+        }
+        if let size = size.flatMap(PageSize.init(parsing:)) {
+            let offered = HugepagePoolDirectory.offeredSizes(in: options.fs)
+            guard offered.contains(size) else {
+                throw ValidationError(UnsupportedPageSize(requested: size.bytes, offered: offered).description)
+            }
+        }
     }
 
     func run() throws {

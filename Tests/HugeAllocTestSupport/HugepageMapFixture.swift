@@ -6,7 +6,8 @@ import Foundation
 /// counters, smaps) are committed in Fixtures/hugepage-map.
 ///
 /// The machine: 128 MiB memory blocks; node 0 has blocks 0-1 (0-256 MiB),
-/// node 1 blocks 8-15 and 17 (1-2 GiB, then a hole, then 2176-2304 MiB).
+/// node 1 blocks 8-15 and 25 (1-2 GiB, a hole of 1 GiB + 128 MiB, then
+/// 3200-3328 MiB).
 ///
 /// | node | 2 MiB frame (physical / 2 MiB) | state |
 /// | ---- | ------------------------------ | ----- |
@@ -18,7 +19,7 @@ import Foundation
 /// | 0 | 24 | held by 4343 spdk_tgt |
 /// | 0 | 25 | held by 4242 and 4343 (count 2) |
 /// | 0 | 60-69 | free, across the block 0/1 boundary: the largest run (20 MiB at 0x7800000) |
-/// | 1 | 1088-1091, 1095 | free (block 17); the node counts 4 free, so one holds file data |
+/// | 1 | 1600-1603, 1607 | free (block 25); the node counts 4 free, so one holds file data |
 ///
 /// and a 1 GiB page at 1 GiB on node 1 held by 4242. Frame 30 is a buddy
 /// page and frame 40 a transparent hugepage: neither is a hugetlb frame.
@@ -26,9 +27,11 @@ public struct HugepageMapFixture {
     public let copy: FixtureCopy
     public var root: String { copy.root }
 
-    public static let frames2M: [(index: UInt64, mapCount: UInt64)] =
-        (8...25).map { ($0, [16, 17, 19, 24].contains($0) ? 1 : $0 == 25 ? 2 : 0) }
-        + (60...69).map { ($0, 0) } + (1088...1091).map { ($0, 0) } + [(1095, 0)]
+    public static let frames2M: [(index: UInt64, mapCount: UInt64)] = {
+        let mapCounts: [UInt64: UInt64] = [16: 1, 17: 1, 19: 1, 24: 1, 25: 2]
+        let indexes: [UInt64] = Array(8...25) + Array(60...69) + Array(1600...1603) + [1607]
+        return indexes.map { (index: $0, mapCount: mapCounts[$0] ?? 0) }
+    }()
     public static let gigabytePage: UInt64 = 1  // physical / 1 GiB
 
     public init(editing edits: [String: String] = [:]) throws {
@@ -50,9 +53,9 @@ public struct HugepageMapFixture {
         flags.append((giant, huge | head | mapped))
         counts.append((giant, 1))
         for k in stride(from: pfnPer2M, to: pfnPer1G, by: Int(pfnPer2M)) { flags.append((giant + k, huge | tail)) }
-        // The tables end with the last memory block (block 17: PFNs up to 18 × 32768).
-        flags.append((18 * 32_768 - 1, 0))
-        counts.append((18 * 32_768 - 1, 0))
+        // The tables end with the last memory block (block 25: PFNs up to 26 × 32768).
+        flags.append((26 * 32_768 - 1, 0))
+        counts.append((26 * 32_768 - 1, 0))
         try copy.writeWords("/proc/kpageflags", flags)
         try copy.writeWords("/proc/kpagecount", counts)
         // pagemap: present bit and PFN at index virtual / 4096.
