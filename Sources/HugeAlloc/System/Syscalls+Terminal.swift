@@ -87,11 +87,21 @@ extension Sys {
     /// instead of dying, and SIGWINCH (a terminal resize) without action: a
     /// full-screen view must restore the terminal before it exits, and a
     /// `poll(2)` in progress returns early (EINTR) when one arrives, so the
-    /// view redraws or leaves at once. The corresponding C function is `signal(2)`.
+    /// view redraws or leaves at once. The four signals are unblocked too: a
+    /// process inherits its parent's signal mask, and a parent that blocks
+    /// SIGTERM would otherwise leave the view unstoppable. The corresponding
+    /// C functions are `signal(2)` and `pthread_sigmask(3)`.
     package static func catchTerminationSignals() {
         let record: @convention(c) (Int32) -> Void = { caughtTerminationSignal.store($0, ordering: .relaxed) }
         let ignore: @convention(c) (Int32) -> Void = { _ in }
-        for number in [SIGTERM, SIGHUP, SIGINT] { _ = signal(number, record) }
+        var set = sigset_t()
+        unsafe sigemptyset(&set)
+        for number in [SIGTERM, SIGHUP, SIGINT] {
+            _ = signal(number, record)
+            unsafe sigaddset(&set, number)
+        }
         _ = signal(SIGWINCH, ignore)
+        unsafe sigaddset(&set, SIGWINCH)
+        _ = unsafe pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 }
