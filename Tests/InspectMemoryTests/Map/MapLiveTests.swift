@@ -157,3 +157,32 @@ func runTool(_ tool: String, _ arguments: [String], input: String? = nil, timeou
         }
     }
 }
+
+/// The SVG in a real browser: headless Chromium opens the fixture's map and
+/// takes a screenshot of it.
+@Suite struct MapBrowserTests {
+    @Test(.enabled(if: toolPath("chromium") != nil, "needs chromium (Debian's chromium package; tools/test installs it)"))
+    func svgOpensInHeadlessChromiumAndIsScreenshotted() throws {
+        let fixture = try HugepageMapFixture()
+        defer { fixture.remove() }
+        let svg = fixture.root + "/map.svg", png = fixture.root + "/map.png"
+        let map = try run(["map", "--root", fixture.root, "--svg", svg])
+        #expect(map.status == 0, "\(map.err)")
+        let text = try String(contentsOfFile: svg, encoding: .utf8)
+        let height = try #require(text.firstMatch(of: /height="([0-9.]+)"/).flatMap { Double($0.1) })
+        let width = 1160, windowHeight = Int(height.rounded(.up))
+        let shot = try runTool("chromium", [
+            "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--user-data-dir=\(fixture.root)/chromium",
+            "--screenshot=\(png)", "--window-size=\(width),\(windowHeight)", "file://\(svg)",
+        ], timeout: 120)
+        #expect(shot.status == 0, "chromium: \(shot.err)")
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: png)))
+        // A PNG of the window's size: the signature, then IHDR's width and height.
+        try #require(bytes.count > 33)
+        #expect(Array(bytes[0..<8]) == [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        func bigEndian(_ at: Int) -> Int { bytes[at..<at + 4].reduce(0) { $0 << 8 | Int($1) } }
+        #expect(bigEndian(16) == width && bigEndian(20) == windowHeight)
+        // Not a blank page: a blank white page of this width screenshots to about 3 KB.
+        #expect(bytes.count > 8_000, "\(bytes.count) bytes")
+    }
+}
