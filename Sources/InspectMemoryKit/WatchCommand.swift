@@ -173,7 +173,7 @@ enum WatchScreen {
                        rows: Int, columns: Int) -> [String] {
         var lines = ["inspect-memory watch · every \(format(interval))s · \(clock(time)) · q or Ctrl-C quits"
             + (previous == nil ? "" : " · changes since the last refresh highlighted"), ""]
-        lines.append(pad(["POOL", "TOTAL", "FREE", "RESERVED", "SURPLUS"], [12, 8, 8, 10, 8]))
+        lines.append(pad(["POOL", "TOTAL", "FREE", "RESERVED", "SURPLUS"], [12, 14, 14, 14, 12]))
         let before = Dictionary(uniqueKeysWithValues: (previous?.pools ?? []).map { ($0.key, $0) })
         for pool in state.pools {
             let old = before[pool.key]
@@ -186,7 +186,7 @@ enum WatchScreen {
             let cells = [("\(pool.size) " + (pool.node.map { "node \($0)" } ?? "all"), false),
                          cell(pool.total, old?.total), cell(pool.free, old?.free),
                          cell(pool.reserved, old?.reserved), cell(pool.surplus, old?.surplus)]
-            lines.append(highlightedRow(cells, [12, 8, 8, 10, 8]))
+            lines.append(highlightedRow(cells, [12, 14, 14, 14, 12]))
         }
         lines.append("")
         let sizes = state.sizes
