@@ -21,6 +21,8 @@ package enum DiagnosticsError: Error, Equatable, Sendable, CustomStringConvertib
     case fileInUse(path: String)
     /// Reading a process's pagemap failed.
     case pagemap(PagemapError)
+    /// The process lacks a capability the operation needs.
+    case needsCapability(MissingCapability)
 
     package init(_ error: KernelFileError) {
         switch error {
@@ -49,6 +51,26 @@ package enum DiagnosticsError: Error, Equatable, Sendable, CustomStringConvertib
             return "\(path) is open or mapped by a process; not removed"
         case .pagemap(let error):
             return error.description
+        case .needsCapability(let missing):
+            return missing.description
         }
     }
+}
+
+/// A capability the process lacks, what it is needed for, and how to get it.
+package struct MissingCapability: Equatable, Sendable, CustomStringConvertible {
+    /// "CAP_SYS_ADMIN".
+    package var capability: String
+    /// What the capability is needed for ("read /proc/kpageflags").
+    package var purpose: String
+    /// How to run with it.
+    package var fix: String
+
+    package init(capability: String, purpose: String, fix: String) {
+        self.capability = capability
+        self.purpose = purpose
+        self.fix = fix
+    }
+
+    package var description: String { "needs \(capability) to \(purpose); \(fix)" }
 }

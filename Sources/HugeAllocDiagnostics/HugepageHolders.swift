@@ -15,10 +15,13 @@ package struct HugepageHolder: Equatable, Sendable {
 package enum HugepageHolders {
     /// Scans /proc/*/smaps below `fs`'s root and sums `Private_Hugetlb` and
     /// `Shared_Hugetlb` per process and page size. Processes that exit during
-    /// the scan or whose smaps cannot be read are left out.
+    /// the scan or whose smaps cannot be read are left out. A process whose
+    /// /proc/PID/smaps_rollup shows no hugetlb bytes is skipped without
+    /// reading its smaps (a compiler's smaps runs to megabytes).
     package static func scan(in fs: KernelFiles = .live) -> [HugepageHolder] {
         var result: [HugepageHolder] = []
         for pid in fs.processIDs() {
+            if let rollup = fs.textIfReadable("/proc/\(pid)/smaps_rollup"), !mapsHugetlb(rollup: rollup) { continue }
             guard let smaps = fs.textIfReadable("/proc/\(pid)/smaps"),
                   let mappings = try? ProcessMemoryMap.parseSmaps(smaps) else { continue }
             var perSize: [Int: Int] = [:]
@@ -36,5 +39,19 @@ package enum HugepageHolders {
             }
         }
         return result
+    }
+
+    /// Whether an smaps_rollup text counts any hugetlb bytes (or cannot be
+    /// read as one: then the full smaps decides).
+    static func mapsHugetlb(rollup: String) -> Bool {
+        var found = false
+        for line in rollup.split(separator: "\n") {
+            guard let (name, bytes) = KernelText.kilobyteLine(line) else { continue }
+            if name == "Private_Hugetlb" || name == "Shared_Hugetlb" {
+                found = true
+                if bytes > 0 { return true }
+            }
+        }
+        return !found
     }
 }
