@@ -186,15 +186,24 @@ func poolEmpty() {
 
 @c(ha_mempool_get_bulk)
 public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
-    // As in ha_mempool_get: the cache alone here, with a copy of it for a
-    // count of 32 (a caller's constant, folded in as it would be in Swift
-    // or C); anything else is `getBulkSlow`.
+    // As in ha_mempool_get: the cache alone here, for a count of 32 (the
+    // common burst, copied with the count folded in as a caller's constant
+    // would be in Swift or C); any other count is `getBulk`, whose copy
+    // loop needs registers this path does not save.
+    if n == 32, let pool = unsafe pool, let objects = unsafe objects {
+        let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+        @inline(__always) func getFromCache(_ p: Mempool) -> Bool { unsafe p.getFromCache(into: table, count: 32) }
+        if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(getFromCache) { return 0 }
+    }
+    return unsafe getBulk(pool, objects, n)
+}
+
+/// `ha_mempool_get_bulk` for any count: the cache, then `getBulkSlow`.
+@inline(never)
+func getBulk(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
     if let pool = unsafe pool, let objects = unsafe objects {
         let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-        @inline(__always) func getFromCache(_ p: Mempool) -> Bool {
-            if n == 32 { return unsafe p.getFromCache(into: table, count: 32) }
-            return unsafe p.getFromCache(into: table, count: Int(n))
-        }
+        @inline(__always) func getFromCache(_ p: Mempool) -> Bool { unsafe p.getFromCache(into: table, count: Int(n)) }
         if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(getFromCache) { return 0 }
     }
     return unsafe getBulkSlow(pool, objects, n)
@@ -265,12 +274,20 @@ public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer
     // As in ha_mempool_get_bulk. No range check per object: in bulk it
     // would cost more than the put itself (the copy of 32 pointers is a few
     // cycles); checked pools check every object, in `putBulkSlow`.
+    if n == 32, let pool = unsafe pool, let objects = unsafe objects {
+        let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+        @inline(__always) func putIntoCache(_ p: Mempool) -> Bool { unsafe p.putIntoCache(from: table, count: 32) }
+        if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(putIntoCache) { return }
+    }
+    unsafe putBulk(pool, objects, n)
+}
+
+/// `ha_mempool_put_bulk` for any count: the cache, then `putBulkSlow`.
+@inline(never)
+func putBulk(_ pool: OpaquePointer?, _ objects: UnsafePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) {
     if let pool = unsafe pool, let objects = unsafe objects {
         let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-        @inline(__always) func putIntoCache(_ p: Mempool) -> Bool {
-            if n == 32 { return unsafe p.putIntoCache(from: table, count: 32) }
-            return unsafe p.putIntoCache(from: table, count: Int(n))
-        }
+        @inline(__always) func putIntoCache(_ p: Mempool) -> Bool { unsafe p.putIntoCache(from: table, count: Int(n)) }
         if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(putIntoCache) { return }
     }
     unsafe putBulkSlow(pool, objects, n)
