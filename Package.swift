@@ -44,7 +44,7 @@ let package = Package(
             ],
             swiftSettings: [.strictMemorySafety()]
         ),
-        // The C API's entry points (@_cdecl), calling the library's own code;
+        // The C API's entry points (@_cdecl, and @c for the mempool hot paths), calling the library's own code;
         // include/hugealloc.h is the installed header (docs/c-api.md).
         .target(
             name: "HugeAllocC",

@@ -146,8 +146,26 @@ func nullPool(_ function: StaticString) {
     CAPIError.record(CAPIError.invalidArgument, "\(function): pool is NULL: pass the pool ha_mempool_create gave")
 }
 
-@_cdecl("ha_mempool_get")
+@c(ha_mempool_get)
 public func ha_mempool_get(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
+    // The fast path is the pool's cache alone and needs no frame: anything
+    // else (NULL, checked pools, an empty cache, a thread's first get) is
+    // `getSlow`, a tail call.
+    if let pool = unsafe pool,
+       let object = unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(getFromCache) {
+        return unsafe object
+    }
+    return unsafe getSlow(pool)
+}
+
+/// The pool's cache fast path, as a function the optimizer inlines into the
+/// entry point (a closure here stays a call of its own).
+@inline(__always)
+func getFromCache(_ pool: Mempool) -> UnsafeMutableRawPointer? { unsafe pool.getFromCache() }
+
+/// `ha_mempool_get` past the cache: the pool's whole `get()`.
+@inline(never)
+func getSlow(_ pool: OpaquePointer?) -> UnsafeMutableRawPointer? {
     guard let pool = unsafe pool else { nullPool("ha_mempool_get"); return nil }
     let handle = unsafe CMempoolHandle(pool)
     if let object = unsafe handle.pool._withUnsafeGuaranteedRef(getOne) { return unsafe object }
@@ -166,8 +184,34 @@ func poolEmpty() {
         fixed: "ha_mempool_get: the pool is empty (every object is handed out): put objects back or create a larger pool")
 }
 
-@_cdecl("ha_mempool_get_bulk")
+@c(ha_mempool_get_bulk)
 public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
+    // As in ha_mempool_get: the cache alone here, for a count of 32 (the
+    // common burst, copied with the count folded in as a caller's constant
+    // would be in Swift or C); any other count is `getBulk`, whose copy
+    // loop needs registers this path does not save.
+    if n == 32, let pool = unsafe pool, let objects = unsafe objects {
+        let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+        @inline(__always) func getFromCache(_ p: Mempool) -> Bool { unsafe p.getFromCache(into: table, count: 32) }
+        if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(getFromCache) { return 0 }
+    }
+    return unsafe getBulk(pool, objects, n)
+}
+
+/// `ha_mempool_get_bulk` for any count: the cache, then `getBulkSlow`.
+@inline(never)
+func getBulk(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
+    if let pool = unsafe pool, let objects = unsafe objects {
+        let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+        @inline(__always) func getFromCache(_ p: Mempool) -> Bool { unsafe p.getFromCache(into: table, count: Int(n)) }
+        if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(getFromCache) { return 0 }
+    }
+    return unsafe getBulkSlow(pool, objects, n)
+}
+
+/// `ha_mempool_get_bulk` past the cache: refusals and the pool's whole `get(into:count:)`.
+@inline(never)
+func getBulkSlow(_ pool: OpaquePointer?, _ objects: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) -> Int32 {
     guard let pool = unsafe pool else { nullPool("ha_mempool_get_bulk"); return CAPIError.invalidArgument }
     let handle = unsafe CMempoolHandle(pool)
     guard let objects = unsafe objects else {
@@ -175,19 +219,8 @@ public func ha_mempool_get_bulk(_ pool: OpaquePointer?, _ objects: UnsafeMutable
         return CAPIError.record(CAPIError.invalidArgument, "ha_mempool_get_bulk: objects is NULL: pass an array of \(n) pointers")
     }
     let table = unsafe UnsafeMutableRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
-    // Common counts get a copy of the pool's inlined path with the count
-    // folded in (as a caller's constant would be in Swift or C).
-    @inline(__always) func getMany(_ p: Mempool) -> Bool {
-        switch n {
-        case 32: unsafe p.get(into: table, count: 32)
-        case 64: unsafe p.get(into: table, count: 64)
-        case 16: unsafe p.get(into: table, count: 16)
-        case 8: unsafe p.get(into: table, count: 8)
-        default: unsafe p.get(into: table, count: Int(n))
-        }
-    }
-    let ok = unsafe handle.pool._withUnsafeGuaranteedRef(getMany)
-    if ok { return 0 }
+    @inline(__always) func getMany(_ p: Mempool) -> Bool { unsafe p.get(into: table, count: Int(n)) }
+    if unsafe handle.pool._withUnsafeGuaranteedRef(getMany) { return 0 }
     return bulkGetFailed(handle, n)
 }
 
@@ -202,19 +235,29 @@ func bulkGetFailed(_ handle: CMempoolHandle, _ n: UInt32) -> Int32 {
         fixed: "ha_mempool_get_bulk: fewer objects are available than asked for (nothing was taken): put objects back or create a larger pool")
 }
 
-@_cdecl("ha_mempool_put")
+@c(ha_mempool_put)
 public func ha_mempool_put(_ pool: OpaquePointer?, _ object: UnsafeMutableRawPointer?) {
+    // As in ha_mempool_get: the cache alone here, the rest in `putSlow`.
+    // One compare refuses NULL and pointers outside the pool.
+    @inline(__always) func putIntoCache(_ p: Mempool) -> Bool {
+        guard UInt(bitPattern: object) &- UInt(bitPattern: unsafe p.base) < UInt(bitPattern: p.length) else { return false }
+        return unsafe p.putIntoCache(object.unsafelyUnwrapped)
+    }
+    if let pool = unsafe pool, unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(putIntoCache) { return }
+    unsafe putSlow(pool, object)
+}
+
+/// `ha_mempool_put` past the cache: refusals, checked pools, a full cache.
+@inline(never)
+func putSlow(_ pool: OpaquePointer?, _ object: UnsafeMutableRawPointer?) {
     guard let pool = unsafe pool else { nullPool("ha_mempool_put"); return }
     let handle = unsafe CMempoolHandle(pool)
-    // A local function, not a closure, so the optimizer inlines it (and
-    // with it the pool's put) into this entry point. One compare refuses
-    // NULL and pointers outside the pool.
     @inline(__always) func putOne(_ p: Mempool) -> Bool {
         guard UInt(bitPattern: object) &- UInt(bitPattern: unsafe p.base) < UInt(bitPattern: p.length) else { return false }
         unsafe p.put(object.unsafelyUnwrapped)
         return true
     }
-    if _fastPath(!handle.checked), unsafe handle.pool._withUnsafeGuaranteedRef(putOne) { return }
+    if !handle.checked, unsafe handle.pool._withUnsafeGuaranteedRef(putOne) { return }
     unsafe slowPutOne(handle, object)
 }
 
@@ -226,33 +269,48 @@ func slowPutOne(_ handle: CMempoolHandle, _ object: UnsafeMutableRawPointer?) {
     unsafe withUnsafePointer(to: &one) { unsafe slowPut(handle, $0, 1, "ha_mempool_put") }
 }
 
-@_cdecl("ha_mempool_put_bulk")
+@c(ha_mempool_put_bulk)
 public func ha_mempool_put_bulk(_ pool: OpaquePointer?, _ objects: UnsafePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) {
+    // As in ha_mempool_get_bulk. No range check per object: in bulk it
+    // would cost more than the put itself (the copy of 32 pointers is a few
+    // cycles); checked pools check every object, in `putBulkSlow`.
+    if n == 32, let pool = unsafe pool, let objects = unsafe objects {
+        let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+        @inline(__always) func putIntoCache(_ p: Mempool) -> Bool { unsafe p.putIntoCache(from: table, count: 32) }
+        if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(putIntoCache) { return }
+    }
+    unsafe putBulk(pool, objects, n)
+}
+
+/// `ha_mempool_put_bulk` for any count: the cache, then `putBulkSlow`.
+@inline(never)
+func putBulk(_ pool: OpaquePointer?, _ objects: UnsafePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) {
+    if let pool = unsafe pool, let objects = unsafe objects {
+        let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+        @inline(__always) func putIntoCache(_ p: Mempool) -> Bool { unsafe p.putIntoCache(from: table, count: Int(n)) }
+        if unsafe CMempoolHandle(pool).pool._withUnsafeGuaranteedRef(putIntoCache) { return }
+    }
+    unsafe putBulkSlow(pool, objects, n)
+}
+
+/// `ha_mempool_put_bulk` past the cache: refusals, checked pools, the
+/// pool's whole `put(from:count:)`.
+@inline(never)
+func putBulkSlow(_ pool: OpaquePointer?, _ objects: UnsafePointer<UnsafeMutableRawPointer?>?, _ n: UInt32) {
     guard let pool = unsafe pool else { nullPool("ha_mempool_put_bulk"); return }
     let handle = unsafe CMempoolHandle(pool)
     guard let objects = unsafe objects else {
         if n != 0 { CAPIError.record(CAPIError.invalidArgument, "ha_mempool_put_bulk: objects is NULL: pass the array of \(n) objects to put back") }
         return
     }
-    // One compare per call, none per object: in bulk, checking each
-    // pointer's range would cost more than the put itself (the pool's copy
-    // of 32 pointers is a few cycles). Checked pools check every object.
     if _slowPath(handle.checked) {
         unsafe slowPut(handle, objects, Int(n), "ha_mempool_put_bulk")
         return
     }
     let table = unsafe UnsafeRawPointer(objects).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
     // The pool refuses (false, nothing put back) a count larger than itself.
-    @inline(__always) func putMany(_ p: Mempool) -> Bool {
-        switch n {
-        case 32: unsafe p.put(from: table, count: 32)
-        case 64: unsafe p.put(from: table, count: 64)
-        case 16: unsafe p.put(from: table, count: 16)
-        case 8: unsafe p.put(from: table, count: 8)
-        default: unsafe p.put(from: table, count: Int(n))
-        }
-    }
-    if _fastPath(unsafe handle.pool._withUnsafeGuaranteedRef(putMany)) { return }
+    @inline(__always) func putMany(_ p: Mempool) -> Bool { unsafe p.put(from: table, count: Int(n)) }
+    if unsafe handle.pool._withUnsafeGuaranteedRef(putMany) { return }
     unsafe slowPut(handle, objects, Int(n), "ha_mempool_put_bulk")
 }
 

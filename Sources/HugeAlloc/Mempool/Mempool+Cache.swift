@@ -190,15 +190,82 @@ extension Mempool {
     /// parallel) and an id compare on the fast path.
     @inlinable @inline(__always)
     func threadRecord() -> MempoolRecord {
-        if let table = MempoolRegistry.ThreadTable.current, let record = table.record(slot: slot, id: id) {
-            return record
-        }
+        if let record = existingThreadRecord() { return record }
         return makeThreadRecord()
+    }
+
+    /// This thread's record for this pool when it has one (nothing is made).
+    @inlinable @inline(__always)
+    func existingThreadRecord() -> MempoolRecord? {
+        guard let table = MempoolRegistry.ThreadTable.current else { return nil }
+        return table.record(slot: slot, id: id)
+    }
+
+    /// ``get()`` when this thread's cache can serve it alone: one object
+    /// off the cache of an unchecked pool, as ``cachedGet(into:count:)``
+    /// takes it. nil when it takes more than that (no cache or no record
+    /// for this thread yet, an empty cache, checked mode): then ``get()``
+    /// does it all. For entry points that keep the slow paths out of line,
+    /// so that their fast path needs no frame (the C API's `ha_mempool_get`).
+    @inlinable @inline(__always)
+    package func getFromCache() -> UnsafeMutableRawPointer? {
+        guard usesThreadRecord, !checked, let record = existingThreadRecord() else { return nil }
+        let have = record.count
+        guard _fastPath(have > 0) else { return nil }
+        let object = unsafe record.slots[have &- 1]
+        record.setCount(have &- 1)
+        if statisticsEnabled { record.bump(.gets, by: 1) }
+        return unsafe object
+    }
+
+    /// ``put(_:)`` when this thread's cache can take `object` alone: an
+    /// unchecked pool whose cache has room, as ``cachedPut(_:count:)``
+    /// puts it back. false, nothing done, when it takes more than that:
+    /// then ``put(_:)`` does it all.
+    @inlinable @inline(__always)
+    package func putIntoCache(_ object: UnsafeMutableRawPointer) -> Bool {
+        guard usesThreadRecord, !checked, let record = existingThreadRecord() else { return false }
+        let have = record.count
+        guard _fastPath(have < cacheCapacity) else { return false }
+        unsafe (record.slots + have).initialize(to: object)
+        record.setCount(have &+ 1)
+        if statisticsEnabled { record.bump(.puts, by: 1) }
+        return true
     }
 
     @usableFromInline @inline(never)
     func makeThreadRecord() -> MempoolRecord {
         MempoolRegistry.makeRecord(slot: slot, id: id, capacity: cacheCapacity)
+    }
+
+    /// ``get(into:count:)`` when this thread's cache can serve it alone:
+    /// `n` objects off the cache of an unchecked pool, as
+    /// ``cachedGet(into:count:)`` takes them. false, nothing taken, when it
+    /// takes more than that; then ``get(into:count:)`` does it all.
+    @inlinable @inline(__always)
+    package func getFromCache(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        guard usesThreadRecord, !checked, let record = existingThreadRecord() else { return false }
+        let have = record.count
+        guard _fastPath(UInt(bitPattern: n) <= UInt(bitPattern: have)) else { return false }
+        unsafe MempoolObjects.copy(objects, from: record.slots + (have &- n), count: n)
+        record.setCount(have &- n)
+        if statisticsEnabled { record.bump(.gets, by: n) }
+        return true
+    }
+
+    /// ``put(from:count:)`` when this thread's cache can take the `n`
+    /// objects alone (an unchecked pool, room in the cache), as
+    /// ``cachedPut(_:count:)`` puts them back. false, nothing put back,
+    /// when it takes more than that; then ``put(from:count:)`` does it all.
+    @inlinable @inline(__always)
+    package func putIntoCache(from objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        guard usesThreadRecord, !checked, let record = existingThreadRecord() else { return false }
+        let have = record.count
+        guard _fastPath(UInt(bitPattern: n) <= UInt(bitPattern: cacheCapacity &- have)) else { return false }
+        unsafe MempoolObjects.copy(record.slots + have, from: objects, count: n)
+        record.setCount(have &+ n)
+        if statisticsEnabled { record.bump(.puts, by: n) }
+        return true
     }
 
     @inlinable @inline(__always)

@@ -130,6 +130,17 @@ void ha_mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n);
  * Exact while no get or put is in flight; 0 for NULL. */
 unsigned ha_mempool_available(const ha_mempool *pool);
 
+/* With GCC on x86-64, the four get and put entry points are called through
+ * the GOT directly rather than through the PLT: one jump fewer on every
+ * call (what -fno-plt does for all calls). Clang users get the same with
+ * -fno-plt. Declarations only; the functions are the ones above. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((noplt)) void *ha_mempool_get(ha_mempool *pool);
+__attribute__((noplt)) int ha_mempool_get_bulk(ha_mempool *pool, void **objects, unsigned n);
+__attribute__((noplt)) void ha_mempool_put(ha_mempool *pool, void *object);
+__attribute__((noplt)) void ha_mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n);
+#endif
+
 /* ---- the DMA heap ------------------------------------------------------- */
 
 /* Creates the process's DMA heap now, with HA_HEAP_* flags (the first
