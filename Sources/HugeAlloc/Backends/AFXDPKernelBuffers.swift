@@ -28,6 +28,8 @@ struct AFXDPKernelBuffers: ~Copyable {
     let lengths: UnsafeMutablePointer<UInt32>
     /// The buffers of one batch on their way back to the pool.
     let buffers: UnsafeMutablePointer<PacketBuffer>
+    /// Pool objects of one batch on their way to the fill ring.
+    let objects: UnsafeMutablePointer<UnsafeMutableRawPointer>
 
     private static let stateWords = 2
 
@@ -39,6 +41,7 @@ struct AFXDPKernelBuffers: ~Copyable {
         unsafe addresses = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.batchLimit)
         unsafe lengths = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.batchLimit)
         unsafe buffers = UnsafeMutablePointer<PacketBuffer>.allocate(capacity: Self.batchLimit)
+        unsafe objects = UnsafeMutablePointer<UnsafeMutableRawPointer>.allocate(capacity: Self.batchLimit)
     }
 
     deinit {
@@ -46,6 +49,7 @@ struct AFXDPKernelBuffers: ~Copyable {
         unsafe addresses.deallocate()
         unsafe lengths.deallocate()
         unsafe buffers.deallocate()
+        unsafe objects.deallocate()
     }
 
     /// Marks `chunk` (0..<chunkCount, not checked) as the kernel's. False,
