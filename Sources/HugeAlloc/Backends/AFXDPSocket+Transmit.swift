@@ -131,14 +131,39 @@ extension AFXDPSocket {
     /// off the completion ring; returns how many. No allocation.
     @discardableResult
     public func freeCompleted(maximum: Int = 256) -> Int {
-        let batch = unsafe UnsafeMutableBufferPointer(start: kernel.buffers, count: AFXDPKernelBuffers.batchLimit)
+        let batch = unsafe kernel.buffers
+        let pool = self.pool, me = pool.identity, shift = UInt64(chunkShift)
         var done = 0
         while done < maximum {
-            let n = min(maximum - done, batch.count)
-            let got = unsafe takeCompleted(into: UnsafeMutableBufferPointer(rebasing: batch[..<n]))
-            unsafe pool.free(kernel.buffers, count: got)
-            done += got
-            if got < n { break }
+            let n = min(maximum - done, AFXDPKernelBuffers.batchLimit)
+            var first: UInt32 = 0
+            let got = unsafe ha_xsk_peek(completionRing, UInt32(truncatingIfNeeded: n), &first)
+            let ring = unsafe completionRing.pointee
+            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+            // One pass: ownership bit, buffer, and whether all can go back
+            // in one bulk put (one segment, one owner, this pool's), as
+            // `PacketPool.free` decides.
+            var back = 0
+            var irregular: UInt64 = 0
+            for i in 0..<got {
+                let chunk = Int(truncatingIfNeeded: unsafe descs[Int((first &+ i) & mask)] &>> shift)
+                guard kernel.giveBack(chunk) else { continue }
+                let b = buffer(ofChunk: chunk)
+                irregular |= pool.irregularity(b, pool: me)
+                unsafe batch[back] = b
+                back &+= 1
+            }
+            unsafe ha_xsk_release(completionRing, got)
+            kernel.transmitsInFlight -= Int(got)
+            if irregular == 0 {
+                _ = unsafe batch.withMemoryRebound(to: UnsafeMutableRawPointer.self, capacity: back) { raw in
+                    unsafe pool.mempool.put(from: raw, count: back)
+                }
+            } else {
+                unsafe pool.free(batch, count: back)
+            }
+            done += back
+            if Int(got) < n { break }
         }
         return done
     }
