@@ -151,12 +151,6 @@ static inline uint32_t ha_xsk_reserve(const struct ha_xsk_ring *ring, uint32_t n
 static inline void ha_xsk_submit(struct ha_xsk_ring *ring, uint32_t n) {
     __atomic_store_n(ring->producer, *ring->producer + n, __ATOMIC_RELEASE);
 }
-/* Starts loading the cache line at `p` for writing (no fault, whatever `p`
- * is): issued for a whole batch of buffers before they are touched, so
- * their cache misses overlap instead of coming one after another. */
-static inline void ha_prefetch_for_write(const void *p) {
-    __builtin_prefetch(p, 1, 3);
-}
 /* bind(2) to an interface queue with `struct sockaddr_xdp`. Returns 0 or -1 with errno set. */
 int ha_xsk_bind(int fd, uint32_t ifindex, uint32_t queue_id, uint16_t flags);
 

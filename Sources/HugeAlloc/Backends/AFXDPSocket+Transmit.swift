@@ -143,12 +143,6 @@ extension AFXDPSocket {
             // One pass: ownership bit, buffer, and whether all can go back
             // in one bulk put (one segment, one owner, this pool's), as
             // `PacketPool.free` decides.
-            // Start loading every buffer's metadata line first (see `receive`).
-            let chunkMask = ~UInt64(layout.chunkSize &- 1)
-            for i in 0..<got {
-                let address = unsafe descs[Int((first &+ i) & mask)] & chunkMask
-                unsafe ha_prefetch_for_write(UnsafeRawPointer(bitPattern: layout.base &+ UInt(address)))
-            }
             var back = 0
             var irregular: UInt64 = 0
             for i in 0..<got {

@@ -298,13 +298,6 @@ public struct AFXDPSocket: ~Copyable {
         let inChunkMask = UInt64(layout.chunkSize &- 1), shift = UInt64(chunkShift)
         var first: UInt32 = 0
         let got = unsafe ha_xsk_peek(receiveRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first)
-        // The buffers' metadata lines are cold (the kernel never writes
-        // them and the fill ring held them a while): start all their loads
-        // first, so the misses overlap rather than stall one store each.
-        for i in 0..<got {
-            let address = unsafe (descs + Int((first &+ i) & mask) &<< 4).load(as: UInt64.self)
-            unsafe ha_prefetch_for_write(UnsafeRawPointer(bitPattern: layout.base &+ UInt(address & ~inChunkMask)))
-        }
         var done = 0
         for i in 0..<got {
             // struct xdp_desc: u64 addr, u32 len, u32 options.
