@@ -9,8 +9,8 @@ import Glibc
 /// thread sends frames from an AF_XDP socket on one end and receives them
 /// with a second AF_XDP socket on the other. Per round: free the completed
 /// TX buffers to their pool, allocate a batch, set each one's length,
-/// transmit (kicks included), receive a batch, free it and fill the same
-/// number of freshly allocated buffers. The same loop against libxdp is
+/// transmit (kicks included), receive a batch, free it and put the same
+/// number of free buffers from the pool on the fill ring. The same loop against libxdp is
 /// tools/afxdp-bench/afxdp_bench.c; tools/compare-afxdp runs both.
 /// Prints `tx_persec=N` (frames completed per second) and `rx_persec=N`
 /// (frames received per second) last, after the same per CPU second
@@ -162,7 +162,8 @@ enum AFXDPLoop {
         return sent
     }
 
-    /// Receives up to a table of frames, frees them and fills as many new buffers.
+    /// Receives up to a table of frames, frees them and puts as many free
+    /// buffers from the pool on the fill ring (`fill(count:)`).
     @inline(never)
     static func receiveRound(
         _ receiver: borrowing AFXDPSocket, _ pool: PacketPool, _ table: UnsafeMutableBufferPointer<PacketBuffer>
@@ -170,10 +171,7 @@ enum AFXDPLoop {
         let n = unsafe receiver.receive(into: table)
         guard n > 0 else { return 0 }
         unsafe pool.free(UnsafeBufferPointer(rebasing: table[..<n]))
-        if unsafe pool.allocate(into: table.baseAddress!, count: n) {
-            let filled = try unsafe receiver.fill(UnsafeBufferPointer(rebasing: table[..<n]))
-            if filled < n { unsafe pool.free(UnsafeBufferPointer(rebasing: table[filled..<n])) }
-        }
+        receiver.fill(count: n)
         return n
     }
 }

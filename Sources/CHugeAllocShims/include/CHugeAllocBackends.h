@@ -126,6 +126,31 @@ int ha_xsk_ring_needs_wakeup(const struct ha_xsk_ring *ring);
 int ha_xsk_kick_transmit(int fd);
 /* Entries a producer has published and the consumer not yet taken. */
 uint32_t ha_xsk_ring_pending(const struct ha_xsk_ring *ring);
+/* Zero-copy batch access, inline so a caller's loop reads and writes the
+ * ring slots itself (no copy through scratch arrays): the consumer peeks at
+ * up to `n` entries from slot index *start (mask with ring->mask), reads
+ * them, then releases them; the producer reserves room for up to `n` from
+ * *start, writes them, then submits as many as it wrote (at most the
+ * reserved number). The index the other side moves is read with acquire
+ * order, the own index published with release order, as in the calls above. */
+static inline uint32_t ha_xsk_peek(const struct ha_xsk_ring *ring, uint32_t n, uint32_t *start) {
+    uint32_t cons = *ring->consumer;
+    uint32_t ready = __atomic_load_n(ring->producer, __ATOMIC_ACQUIRE) - cons;
+    *start = cons;
+    return n < ready ? n : ready;
+}
+static inline void ha_xsk_release(struct ha_xsk_ring *ring, uint32_t n) {
+    __atomic_store_n(ring->consumer, *ring->consumer + n, __ATOMIC_RELEASE);
+}
+static inline uint32_t ha_xsk_reserve(const struct ha_xsk_ring *ring, uint32_t n, uint32_t *start) {
+    uint32_t prod = *ring->producer;
+    uint32_t room = ring->size - (prod - __atomic_load_n(ring->consumer, __ATOMIC_ACQUIRE));
+    *start = prod;
+    return n < room ? n : room;
+}
+static inline void ha_xsk_submit(struct ha_xsk_ring *ring, uint32_t n) {
+    __atomic_store_n(ring->producer, *ring->producer + n, __ATOMIC_RELEASE);
+}
 /* bind(2) to an interface queue with `struct sockaddr_xdp`. Returns 0 or -1 with errno set. */
 int ha_xsk_bind(int fd, uint32_t ifindex, uint32_t queue_id, uint16_t flags);
 

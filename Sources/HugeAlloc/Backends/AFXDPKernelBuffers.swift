@@ -7,8 +7,8 @@
 /// set bits are exactly the buffers to give back to the pool.
 ///
 /// Also the socket's small mutable state (frames transmitted and not yet
-/// completed, how kicks are decided) and the scratch arrays a batch's ring
-/// entries pass through (``batchLimit`` addresses and lengths, allocated
+/// completed, how kicks are decided) and the scratch arrays a batch passes
+/// through (``batchLimit`` addresses, buffers and pool objects, allocated
 /// once), so the socket's methods need not be `mutating` and its hot paths
 /// allocate nothing. All pointer arithmetic of the ownership record is here.
 /// Noncopyable: the storage is freed once, in `deinit`.
@@ -24,10 +24,10 @@ struct AFXDPKernelBuffers: ~Copyable {
     static let batchLimit = 256
     /// UMEM addresses of one batch of ring entries.
     let addresses: UnsafeMutablePointer<UInt64>
-    /// Frame lengths of one batch of RX or TX descriptors.
-    let lengths: UnsafeMutablePointer<UInt32>
     /// The buffers of one batch on their way back to the pool.
     let buffers: UnsafeMutablePointer<PacketBuffer>
+    /// Pool objects of one batch on their way to the fill ring.
+    let objects: UnsafeMutablePointer<UnsafeMutableRawPointer>
 
     private static let stateWords = 2
 
@@ -37,15 +37,15 @@ struct AFXDPKernelBuffers: ~Copyable {
         unsafe words = UnsafeMutablePointer<UInt64>.allocate(capacity: bitWords + Self.stateWords)
         unsafe words.initialize(repeating: 0, count: bitWords + Self.stateWords)
         unsafe addresses = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.batchLimit)
-        unsafe lengths = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.batchLimit)
         unsafe buffers = UnsafeMutablePointer<PacketBuffer>.allocate(capacity: Self.batchLimit)
+        unsafe objects = UnsafeMutablePointer<UnsafeMutableRawPointer>.allocate(capacity: Self.batchLimit)
     }
 
     deinit {
         unsafe words.deallocate()
         unsafe addresses.deallocate()
-        unsafe lengths.deallocate()
         unsafe buffers.deallocate()
+        unsafe objects.deallocate()
     }
 
     /// Marks `chunk` (0..<chunkCount, not checked) as the kernel's. False,

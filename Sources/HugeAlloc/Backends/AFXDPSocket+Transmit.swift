@@ -25,26 +25,24 @@ extension AFXDPSocket {
     @discardableResult
     public func transmit(_ buffers: UnsafeBufferPointer<PacketBuffer>, kick: Bool = true) throws(AFXDPError) -> Int {
         guard unsafe transmitRing.pointee.size != 0 else { throw .noTransmitRing }
-        let addresses = unsafe kernel.addresses, lengths = unsafe kernel.lengths
+        var first: UInt32 = 0
+        let room = Int(unsafe ha_xsk_reserve(transmitRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first))
+        let ring = unsafe transmitRing.pointee
+        let descs = unsafe ring.descs!, mask = ring.mask
         var done = 0
-        while done < buffers.count {
-            let n = min(buffers.count - done, Int(unsafe ha_xsk_ring_room(transmitRing)), AFXDPKernelBuffers.batchLimit)
-            guard n > 0 else { break }
-            var taken = 0
-            while taken < n {
-                let descriptor: (UInt64, UInt32)
-                do throws(AFXDPError) { descriptor = try transmitDescriptor(unsafe buffers[done + taken]) } catch {
-                    if done + taken == 0 { throw error }
-                    break
-                }
-                unsafe addresses[taken] = descriptor.0
-                unsafe lengths[taken] = descriptor.1
-                taken += 1
+        while done < room {
+            let descriptor: (UInt64, UInt32)
+            do throws(AFXDPError) { descriptor = try transmitDescriptor(unsafe buffers[done]) } catch {
+                if done == 0 { throw error }
+                break
             }
-            _ = unsafe ha_xsk_transmit(transmitRing, addresses, lengths, UInt32(taken))
-            done += taken
-            if taken < n { break }
+            // struct xdp_desc: u64 addr, u32 len, u32 options (0), written in place.
+            let d = unsafe descs + Int((first &+ UInt32(truncatingIfNeeded: done)) & mask) &<< 4
+            unsafe d.storeBytes(of: descriptor.0, as: UInt64.self)
+            unsafe d.storeBytes(of: UInt64(descriptor.1), toByteOffset: 8, as: UInt64.self)
+            done &+= 1
         }
+        unsafe ha_xsk_submit(transmitRing, UInt32(truncatingIfNeeded: done))
         kernel.transmitsInFlight += done
         if kick && done > 0 { try kickTransmitIfNeeded() }
         return done
@@ -103,20 +101,20 @@ extension AFXDPSocket {
     /// No allocation.
     public func takeCompleted(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
         guard let out = buffers.baseAddress else { return 0 }
-        let addresses = unsafe kernel.addresses
+        var first: UInt32 = 0
+        let got = unsafe ha_xsk_peek(completionRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first)
+        let ring = unsafe completionRing.pointee
+        let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+        let shift = UInt64(chunkShift)
         var done = 0
-        while done < buffers.count {
-            let n = min(buffers.count - done, AFXDPKernelBuffers.batchLimit)
-            let got = Int(unsafe ha_xsk_complete(completionRing, addresses, UInt32(n)))
-            for i in 0..<got {
-                let chunk = Int(truncatingIfNeeded: unsafe addresses[i] &>> UInt64(chunkShift))
-                guard kernel.giveBack(chunk) else { continue }
-                unsafe out[done] = buffer(ofChunk: chunk)
-                done += 1
-            }
-            kernel.transmitsInFlight -= got
-            if got < n { break }
+        for i in 0..<got {
+            let chunk = Int(truncatingIfNeeded: unsafe descs[Int((first &+ i) & mask)] &>> shift)
+            guard kernel.giveBack(chunk) else { continue }
+            unsafe out[done] = buffer(ofChunk: chunk)
+            done &+= 1
         }
+        unsafe ha_xsk_release(completionRing, got)
+        kernel.transmitsInFlight -= Int(got)
         return done
     }
 
@@ -133,14 +131,39 @@ extension AFXDPSocket {
     /// off the completion ring; returns how many. No allocation.
     @discardableResult
     public func freeCompleted(maximum: Int = 256) -> Int {
-        let batch = unsafe UnsafeMutableBufferPointer(start: kernel.buffers, count: AFXDPKernelBuffers.batchLimit)
+        let batch = unsafe kernel.buffers
+        let pool = self.pool, me = pool.identity, shift = UInt64(chunkShift)
         var done = 0
         while done < maximum {
-            let n = min(maximum - done, batch.count)
-            let got = unsafe takeCompleted(into: UnsafeMutableBufferPointer(rebasing: batch[..<n]))
-            unsafe pool.free(kernel.buffers, count: got)
-            done += got
-            if got < n { break }
+            let n = min(maximum - done, AFXDPKernelBuffers.batchLimit)
+            var first: UInt32 = 0
+            let got = unsafe ha_xsk_peek(completionRing, UInt32(truncatingIfNeeded: n), &first)
+            let ring = unsafe completionRing.pointee
+            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+            // One pass: ownership bit, buffer, and whether all can go back
+            // in one bulk put (one segment, one owner, this pool's), as
+            // `PacketPool.free` decides.
+            var back = 0
+            var irregular: UInt64 = 0
+            for i in 0..<got {
+                let chunk = Int(truncatingIfNeeded: unsafe descs[Int((first &+ i) & mask)] &>> shift)
+                guard kernel.giveBack(chunk) else { continue }
+                let b = buffer(ofChunk: chunk)
+                irregular |= pool.irregularity(b, pool: me)
+                unsafe batch[back] = b
+                back &+= 1
+            }
+            unsafe ha_xsk_release(completionRing, got)
+            kernel.transmitsInFlight -= Int(got)
+            if irregular == 0 {
+                _ = unsafe batch.withMemoryRebound(to: UnsafeMutableRawPointer.self, capacity: back) { raw in
+                    unsafe pool.mempool.put(from: raw, count: back)
+                }
+            } else {
+                unsafe pool.free(batch, count: back)
+            }
+            done += back
+            if Int(got) < n { break }
         }
         return done
     }

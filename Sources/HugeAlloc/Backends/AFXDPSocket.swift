@@ -194,6 +194,52 @@ public struct AFXDPSocket: ~Copyable {
         return done
     }
 
+    /// Takes up to `count` free buffers straight from the socket's pool and
+    /// puts them on the fill ring: `fill(pool.allocate(count:))` without the
+    /// array, and without resetting the buffers' metadata, which
+    /// ``receive(into:)`` writes when the kernel hands a buffer back (a free
+    /// buffer has no next segment, one owner and its own memory already).
+    /// Returns how many went onto the ring: fewer than `count` when the ring
+    /// has less room or the pool fewer free buffers. The buffers are the
+    /// kernel's until ``receive(into:)`` gives them back, and go back to the
+    /// pool when the socket is destroyed. No allocation.
+    @discardableResult
+    public func fill(count: Int) -> Int {
+        let objects = unsafe kernel.objects
+        let base = layout.base, shift = UInt(chunkShift), mempool = pool.mempool
+        var done = 0
+        while done < count {
+            var first: UInt32 = 0
+            let room = Int(unsafe ha_xsk_reserve(fillRing, UInt32(AFXDPKernelBuffers.batchLimit), &first))
+            let n = min(count - done, room)
+            guard n > 0 else { break }
+            var got = n
+            if unsafe !mempool.get(into: objects, count: n) {
+                // Fewer than n free: as many as there are.
+                got = 0
+                while got < n, let object = unsafe mempool.get() {
+                    unsafe objects[got] = object
+                    got += 1
+                }
+            }
+            let ring = unsafe fillRing.pointee
+            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+            var taken: UInt32 = 0
+            for i in 0..<got {
+                let chunk = Int(bitPattern: (UInt(bitPattern: unsafe objects[i]) &- base) &>> shift)
+                // Set already: the caller freed a buffer the kernel holds; it
+                // stays the kernel's (and goes back to the pool at close).
+                guard kernel.take(chunk) else { continue }
+                unsafe descs[Int((first &+ taken) & mask)] = UInt64(chunk &<< chunkShift)
+                taken &+= 1
+            }
+            unsafe ha_xsk_submit(fillRing, taken)
+            done += Int(taken)
+            if got < n { break }
+        }
+        return done
+    }
+
     /// Hands buffers to the kernel; returns how many it took (see
     /// ``fill(_:)-(UnsafeBufferPointer<PacketBuffer>)``).
     @discardableResult
@@ -243,31 +289,33 @@ public struct AFXDPSocket: ~Copyable {
 
     /// Takes up to `buffers.count` received frames off the RX ring into
     /// `buffers`, each buffer's data offset and length set to where the
-    /// kernel wrote the frame; returns how many. No allocation.
+    /// kernel wrote the frame; returns how many. No allocation: the
+    /// descriptors are read in place on the ring.
     public func receive(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
         guard unsafe receiveRing.pointee.size != 0, let out = buffers.baseAddress else { return 0 }
-        let addresses = unsafe kernel.addresses, lengths = unsafe kernel.lengths
-        let inChunkMask = UInt64(layout.chunkSize &- 1)
+        let ring = unsafe receiveRing.pointee
+        let descs = unsafe ring.descs!, mask = ring.mask
+        let inChunkMask = UInt64(layout.chunkSize &- 1), shift = UInt64(chunkShift)
+        var first: UInt32 = 0
+        let got = unsafe ha_xsk_peek(receiveRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first)
         var done = 0
-        while done < buffers.count {
-            let n = min(buffers.count - done, AFXDPKernelBuffers.batchLimit)
-            let got = Int(unsafe ha_xsk_receive(receiveRing, addresses, lengths, UInt32(n)))
-            for i in 0..<got {
-                let address = unsafe addresses[i]
-                let chunk = Int(truncatingIfNeeded: address &>> UInt64(chunkShift))
-                // Only what the fill ring gave: anything else is not ours to hand out.
-                guard kernel.giveBack(chunk) else { continue }
-                let b = buffer(ofChunk: chunk)
-                let length = unsafe lengths[i]
-                let dataOffset = (address & inChunkMask) &- UInt64(PacketBuffer.metadataSize)
-                // Data offset, data length, one segment, no flags: one store.
-                b.store(dataOffset | UInt64(length & 0xFFFF) &<< 16 | 1 &<< 32, PacketBuffer.Field.dataOffset)
-                b.store(length, PacketBuffer.Field.packetLength)
-                unsafe out[done] = b
-                done += 1
-            }
-            if got < n { break }
+        for i in 0..<got {
+            // struct xdp_desc: u64 addr, u32 len, u32 options.
+            let d = unsafe descs + Int((first &+ i) & mask) &<< 4
+            let address = unsafe d.load(as: UInt64.self)
+            let length = unsafe d.load(fromByteOffset: 8, as: UInt32.self)
+            let chunk = Int(truncatingIfNeeded: address &>> shift)
+            // Only what the fill ring gave: anything else is not ours to hand out.
+            guard kernel.giveBack(chunk) else { continue }
+            let b = buffer(ofChunk: chunk)
+            let dataOffset = (address & inChunkMask) &- UInt64(PacketBuffer.metadataSize)
+            // Data offset, data length, one segment, no flags: one store.
+            b.store(dataOffset | UInt64(length & 0xFFFF) &<< 16 | 1 &<< 32, PacketBuffer.Field.dataOffset)
+            b.store(length, PacketBuffer.Field.packetLength)
+            unsafe out[done] = b
+            done &+= 1
         }
+        unsafe ha_xsk_release(receiveRing, got)
         return done
     }
 

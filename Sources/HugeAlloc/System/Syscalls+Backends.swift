@@ -100,13 +100,16 @@ extension Sys {
     /// `EBUSY`, `ENOBUFS`, `ENETDOWN`), as libxdp's users treat them.
     /// The corresponding C call is `sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0)`.
     static func xdpKickTransmit(_ fd: FileDescriptor) throws(SystemCallError) -> Bool {
-        do {
-            _ = try retryingInterrupts("sendto", detail: "AF_XDP TX kick, fd \(fd.rawValue)") { ha_xsk_kick_transmit(fd.rawValue) }
-            return true
-        } catch {
-            switch error.errno {
+        // Busy is the common answer in copy mode (EAGAIN once a kick used
+        // its budget of 32 frames): decided on the errno before any error
+        // value (and its strings) is made, so a busy kick costs no allocation.
+        while true {
+            if ha_xsk_kick_transmit(fd.rawValue) == 0 { return true }
+            let code = Sys.lastErrno
+            switch code {
+            case .interrupted: continue
             case .resourceTemporarilyUnavailable, .resourceBusy, .noBufferSpace, .networkDown: return false
-            default: throw error
+            default: throw SystemCallError(call: "sendto", errno: code, detail: "AF_XDP TX kick, fd \(fd.rawValue)")
             }
         }
     }

@@ -132,6 +132,58 @@ func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
         }
     }
 
+    @Test(.enabled(if: gate, "needs root, free 2 MiB hugepages, AF_XDP and iproute2"))
+    func AF_XDPFillFromThePoolReceivesIntoBuffersWhoseMetadataWasStale() throws {
+        try expectNoLeak {
+            try withVethPair { here, there in
+                let pool = try PacketPool(configuration: .afXDP(count: 256, chunkSize: 2048))
+                // Leave stale metadata in every free buffer: data moved and lengthened.
+                let all = try #require(pool.allocate(count: pool.count))
+                for b in all { _ = b.append(700); _ = b.trimFront(50) }
+                pool.free(all)
+
+                let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 128, completionRingEntries: 128)
+                #expect(socket.fill(count: 1000) == 128, "no more than the ring has room for")
+                #expect(socket.fill(count: 1) == 0, "the ring is full")
+                #expect(socket.kernelOwnedCount == 128 && pool.availableCount == pool.count - 128)
+                try socket.bind(interfaceIndex: here, receiveRingEntries: 128, transmitRingEntries: 0, flags: .copy)
+                let redirect = try XDPRedirect(interfaceIndex: here)
+                try redirect.redirect(queue: 0, to: socket)
+
+                let frames = (0..<12).map { i in experimentalFrame(payload: 46 + i * 97, seed: 300 + i) }
+                for frame in frames {
+                    #expect(try Sys.packetSend(interfaceIndex: there, frame: frame) == frame.count)
+                }
+                var received: [PacketBuffer] = []
+                var arrived: [[UInt8]] = []
+                let deadline = Date().addingTimeInterval(2)
+                while arrived.count < frames.count && Date() < deadline {
+                    for b in socket.receive() {
+                        received.append(b)
+                        if isExperimentalFrame(b.contents) { arrived.append(b.contents) }
+                    }
+                    usleep(1000)
+                }
+                #expect(arrived == frames, "data offset and length come from the RX descriptor, not the stale metadata")
+                for b in received {
+                    #expect(pool.owns(b) && b.segmentCount == 1 && b.packetLength == b.length)
+                }
+                // The pool is 128 short: fill(count:) takes what it has.
+                let kept = try #require(pool.allocate(count: pool.availableCount - 5))
+                let refilled = socket.fill(count: received.count)
+                #expect(refilled == min(5, received.count))
+                #expect(socket.kernelOwnedCount == 128 - received.count + refilled)
+
+                _ = consume redirect
+                _ = consume socket
+                #expect(pool.availableCount == pool.count - received.count - kept.count)
+                pool.free(received)
+                pool.free(kept)
+                #expect(pool.availableCount == pool.count)
+            }
+        }
+    }
+
     @Test(.enabled(if: canMakePools && canOpenAFXDP, "needs root, free 2 MiB hugepages and AF_XDP sockets"))
     func AF_XDPRefusesBuffersItCannotSendOrAlreadyHolds() throws {
         let pool = try PacketPool(configuration: .afXDP(count: 256, chunkSize: 2048))
