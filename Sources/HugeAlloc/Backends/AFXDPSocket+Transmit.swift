@@ -28,7 +28,7 @@ extension AFXDPSocket {
         var first: UInt32 = 0
         let room = Int(unsafe ha_xsk_reserve(transmitRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first))
         let ring = unsafe transmitRing.pointee
-        let descs = unsafe ring.descs!, mask = ring.mask
+        let descs = unsafe ring.descs!, mask = unsafe ring.mask
         var done = 0
         while done < room {
             let descriptor: (UInt64, UInt32)
@@ -104,7 +104,7 @@ extension AFXDPSocket {
         var first: UInt32 = 0
         let got = unsafe ha_xsk_peek(completionRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first)
         let ring = unsafe completionRing.pointee
-        let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+        let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = unsafe ring.mask
         let shift = UInt64(chunkShift)
         var done = 0
         for i in 0..<got {
@@ -139,7 +139,7 @@ extension AFXDPSocket {
             var first: UInt32 = 0
             let got = unsafe ha_xsk_peek(completionRing, UInt32(truncatingIfNeeded: n), &first)
             let ring = unsafe completionRing.pointee
-            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = unsafe ring.mask
             // One pass: ownership bit, buffer, and whether all can go back
             // in one bulk put (one segment, one owner, this pool's), as
             // `PacketPool.free` decides.

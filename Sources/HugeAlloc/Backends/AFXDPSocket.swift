@@ -223,7 +223,7 @@ public struct AFXDPSocket: ~Copyable {
                 }
             }
             let ring = unsafe fillRing.pointee
-            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = ring.mask
+            let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = unsafe ring.mask
             var taken: UInt32 = 0
             for i in 0..<got {
                 let chunk = Int(bitPattern: (UInt(bitPattern: unsafe objects[i]) &- base) &>> shift)
@@ -294,7 +294,7 @@ public struct AFXDPSocket: ~Copyable {
     public func receive(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
         guard unsafe receiveRing.pointee.size != 0, let out = buffers.baseAddress else { return 0 }
         let ring = unsafe receiveRing.pointee
-        let descs = unsafe ring.descs!, mask = ring.mask
+        let descs = unsafe ring.descs!, mask = unsafe ring.mask
         let inChunkMask = UInt64(layout.chunkSize &- 1), shift = UInt64(chunkShift)
         var first: UInt32 = 0
         let got = unsafe ha_xsk_peek(receiveRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first)
