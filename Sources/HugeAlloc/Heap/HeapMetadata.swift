@@ -210,45 +210,37 @@ struct HeapPageMeta {
 
     // MARK: free-granule bitmap (1 = free)
 
-    /// Whether granules `first..<first + count` are all free.
-    func isFree(_ first: Int, _ count: Int) -> Bool {
+    /// Calls `body` with each bitmap word index and the mask of granules
+    /// `first..<first + count` in it, in order, until `body` returns false.
+    @inline(__always)
+    private func forEachWord(_ first: Int, _ count: Int, _ body: (Int, UInt64) -> Bool) {
         var g = first
         let end = first + count
         while g < end {
             let word = g >> 6, bit = g & 63
             let n = min(64 - bit, end - g)
             let mask: UInt64 = n == 64 ? ~0 : ((1 << UInt64(n)) - 1) << UInt64(bit)
-            if unsafe bitmap[word] & mask != mask { return false }
+            guard body(word, mask) else { return }
             g += n
         }
-        return true
     }
 
     /// The first used granule in `first..<first + count`, nil if none.
     func firstUsed(_ first: Int, _ count: Int) -> Int? {
-        var g = first
-        let end = first + count
-        while g < end {
-            let word = g >> 6, bit = g & 63
-            let n = min(64 - bit, end - g)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << UInt64(n)) - 1) << UInt64(bit)
+        var found: Int? = nil
+        forEachWord(first, count) { word, mask in
             let used = ~(unsafe bitmap[word]) & mask
-            if used != 0 { return (word << 6) + used.trailingZeroBitCount }
-            g += n
+            if used != 0 { found = (word << 6) + used.trailingZeroBitCount }
+            return used == 0
         }
-        return nil
+        return found
     }
 
     /// Marks granules used (`free == false`) or free.
     func mark(_ first: Int, _ count: Int, free: Bool) {
-        var g = first
-        let end = first + count
-        while g < end {
-            let word = g >> 6, bit = g & 63
-            let n = min(64 - bit, end - g)
-            let mask: UInt64 = n == 64 ? ~0 : ((1 << UInt64(n)) - 1) << UInt64(bit)
+        forEachWord(first, count) { word, mask in
             if free { unsafe bitmap[word] |= mask } else { unsafe bitmap[word] &= ~mask }
-            g += n
+            return true
         }
         unsafe header.pointee.freeGranules += free ? count : -count
     }
