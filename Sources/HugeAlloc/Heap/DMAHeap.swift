@@ -294,14 +294,12 @@ public final class DMAHeap: Sendable {
     /// The NUMA policy pages of `node` are mapped with.
     func placementPolicy(node: Int) -> NUMAPolicy { .bind(node) }
 
-    /// Puts `PROT_NONE` reservation back over a range (`MAP_FIXED` when
-    /// `replacing`, else `MAP_FIXED_NOREPLACE` over a hole). False when the
-    /// range could not be claimed.
-    func reserve(address: UInt, length: Int, replacing: Bool) -> Bool {
-        var flags: Sys.MapFlags = [.private, .anonymous, .noReserve]
-        flags.insert(replacing ? .fixed : .fixedNoReplace)
+    /// Puts the `PROT_NONE` reservation back over a range of the heap's
+    /// own (`mmap(2)` with `MAP_FIXED`, which replaces a page atomically and
+    /// returns it to the kernel). False when the kernel refused.
+    func reserve(address: UInt, length: Int) -> Bool {
         do {
-            let got = try unsafe Sys.mmap(length: length, protection: .none, flags: flags,
+            let got = try unsafe Sys.mmap(length: length, protection: .none, flags: [.private, .anonymous, .noReserve, .fixed],
                                           at: UnsafeMutableRawPointer(bitPattern: address))
             return UInt(bitPattern: got) == address
         } catch { return false }
@@ -704,7 +702,6 @@ public final class DMAHeap: Sendable {
         unsafe span.pointee.classIndex = -1
         unsafe span.pointee.granules = UInt16(granules)
         unsafe span.pointee.node = UInt8(n)
-        unsafe span.pointee.requested = bytes
         if checked { unsafe HeapChecks.attach(to: span, objects: 1) }
         unsafe span.pointee.kind = .direct
         nodes[n].state.withLock { s in s.directBytes += granules << HeapSizeClasses.granuleShift }

@@ -112,11 +112,9 @@ struct HeapSpan: ~Copyable {
     var previous: UInt = 0
     /// Checked mode: one word per object (`HeapChecks`).
     var checks: UInt = 0
-    /// Direct allocations: the size asked for.
-    var requested: Int = 0
     /// To 128 bytes: the fields the hot paths touch fill the first cache
     /// line, and no header straddles two lines.
-    private var padding: (UInt, UInt, UInt, UInt) = (0, 0, 0, 0)
+    private var padding: (UInt, UInt, UInt, UInt, UInt) = (0, 0, 0, 0, 0)
 
     init() {}
 }

@@ -60,7 +60,7 @@ final class HeapNode: Sendable {
         /// Mapped pages with every granule free.
         var emptyPages = 0
         var peakMappedPages = 0
-        /// Page slots lost to another mapping while re-reserving (never used again).
+        /// Page slots whose reservation the kernel refused to put back (never used again).
         var lost: Set<Int> = []
         /// Spans of exited threads that still hold objects, per class.
         var abandoned: [[UInt]]
@@ -312,14 +312,14 @@ extension HeapNode.State {
         let physical = mapping.physicalAddress(ofPage: 0)
         let parts = unsafe mapping.relinquish()
         guard let physical else {
-            _ = heap.reserve(address: address, length: HeapSizeClasses.pageBytes, replacing: true)
+            _ = heap.reserve(address: address, length: HeapSizeClasses.pageBytes)
             if unsafe parts.fd >= 0 { unsafe Sys.close(.init(rawValue: parts.fd)) }
             throw .noPhysicalAddresses
         }
         let region = MemoryRegion(address: address, length: HeapSizeClasses.pageBytes, pageSize: .huge2M,
                                   pieces: [.init(offset: 0, length: HeapSizeClasses.pageBytes, physicalAddress: physical)])
         do { try heap.events.add(region) } catch {
-            _ = heap.reserve(address: address, length: HeapSizeClasses.pageBytes, replacing: true)
+            _ = heap.reserve(address: address, length: HeapSizeClasses.pageBytes)
             if unsafe parts.fd >= 0 { unsafe Sys.close(.init(rawValue: parts.fd)) }
             throw .eventRefused(error)
         }
@@ -346,7 +346,7 @@ extension HeapNode.State {
         heap.releaseChecks(meta)
         let fd = unsafe meta.header.pointee.fd
         meta.deinitialize()
-        if !heap.reserve(address: address, length: HeapSizeClasses.pageBytes, replacing: true) { lost.insert(page) }
+        if !heap.reserve(address: address, length: HeapSizeClasses.pageBytes) { lost.insert(page) }
         if fd >= 0 { Sys.close(.init(rawValue: fd)) }
     }
 }

@@ -43,8 +43,6 @@ struct HeapSizeClasses: Sendable {
 
     var count: Int { sizes.count }
 
-    static let shared = HeapSizeClasses()
-
     init() {
         var sizes: [Int] = []
         for size in stride(from: 64, through: 512, by: 64) { sizes.append(size) }

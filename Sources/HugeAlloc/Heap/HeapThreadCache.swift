@@ -17,12 +17,6 @@ struct HeapThreadCache {
         var homeNode: Int
         /// Bytes of the free one-object spans in this thread's stashes.
         var stashedBytes = 0
-        let allocations = Atomic<Int>(0)
-        let frees = Atomic<Int>(0)
-        /// Usable bytes allocated and freed by this thread.
-        let allocatedBytes = Atomic<Int>(0)
-        let freedBytes = Atomic<Int>(0)
-        let peakLiveBytes = Atomic<Int>(0)
 
         init(heapID: UInt64, homeNode: Int) {
             self.heapID = heapID

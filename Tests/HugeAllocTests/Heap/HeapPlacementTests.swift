@@ -54,7 +54,7 @@ import Testing
           arguments: [UInt64(0x5EED_0001), 0x5EED_0002])
     func randomAllocationsAreContiguousAlignedAndInsideTheirBoundary(seed fixedSeed: UInt64) throws {
         let seed = ProcessInfo.processInfo.environment["HEAP_TEST_SEED"].flatMap { UInt64($0) } ?? fixedSeed
-        var random = SeededGenerator(seed: seed)
+        var random = TestRNG(seed: seed)
         try expectNoLeak {
             let heap = try DMAHeap()
             let nodes = heap.statistics.nodes.map(\.node)

@@ -61,19 +61,6 @@ func allBytes(_ pointer: UnsafeRawPointer, _ count: Int, are value: UInt8) -> Bo
     return memcmp(pointer, pointer + 1, count - 1) == 0
 }
 
-/// SplitMix64: a small seeded generator, so a failing random case can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// A size log-uniform in `1...maximum`.
 func logUniformSize(upTo maximum: Int, using generator: inout some RandomNumberGenerator) -> Int {
     let x = Double.random(in: 0...log(Double(maximum)), using: &generator)

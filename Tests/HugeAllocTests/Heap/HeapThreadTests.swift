@@ -122,7 +122,7 @@ import Testing
             let overwritten = Atomic<Int>(0)
             let failures = Mutex<[DMAHeapError]>([])
             runOnThreads(4) { thread in
-                var random = SeededGenerator(seed: 0xF00D + UInt64(thread))
+                var random = TestRNG(seed: 0xF00D + UInt64(thread))
                 for step in 0..<2500 {
                     if Int.random(in: 0..<2, using: &random) == 0 {
                         // Two threads take a large block at about the same time (each is a contiguous search).
