@@ -72,7 +72,7 @@ extension DMAHeap {
         let address = UInt(bitPattern: pointer)
         let offset = address &- space.base
         guard offset < space.bytes else {
-            guard let block = largeBlock(containing: address) else {
+            guard let block = largeBlock(containing: address)?.block else {
                 if freedLargeBlocks.withLock({ $0.contains(address) }) { throw .doubleFree(address: address) }
                 throw .foreignPointer(address: address)
             }

@@ -158,12 +158,12 @@ extension DMAHeap {
         if block.fd >= 0 { Sys.close(.init(rawValue: block.fd)) }
     }
 
-    /// The large block holding `address`, if any.
-    func largeBlock(containing address: UInt) -> HeapLargeBlock? {
+    /// The large block holding `address` and its node, if any.
+    func largeBlock(containing address: UInt) -> (node: HeapNode, block: HeapLargeBlock)? {
         for node in nodes {
             if let block = node.state.withLock({ s in
                 s.large.values.first { address >= $0.address && address < $0.address + UInt($0.length) }
-            }) { return block }
+            }) { return (node, block) }
         }
         return nil
     }

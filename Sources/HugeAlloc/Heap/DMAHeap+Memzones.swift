@@ -76,9 +76,6 @@ extension DMAHeap {
     func nodeOf(_ address: UInt) -> Int? {
         let offset = address &- space.base
         if offset < space.bytes { return nodes[Int(offset >> UInt(HeapSizeClasses.pageShift)) / space.pagesPerNode].node }
-        for node in nodes where node.state.withLock({ s in s.large.values.contains { address >= $0.address && address < $0.address + UInt($0.length) } }) {
-            return node.node
-        }
-        return nil
+        return largeBlock(containing: address)?.node.node
     }
 }

@@ -100,6 +100,8 @@ public final class DMAHeap: Sendable {
     let largeMap: HeapLargeMap
     /// Free one-object spans per node and class.
     let central: HeapCentralLists
+    /// Where a thread cache's counters start (computed once, not per call).
+    let countersOffset: Int
 
     /// Creates a heap serving every NUMA node the process may use. Maps
     /// nothing yet: the first allocation on a node maps its first page.
@@ -152,6 +154,7 @@ public final class DMAHeap: Sendable {
         self.metaBytes = metaBytes
         self.largeMap = HeapLargeMap()
         self.central = HeapCentralLists(lists: nodeIDs.count * HeapClassTable.shared.count)
+        self.countersOffset = HeapThreadCache.countersOffset(nodes: nodeIDs.count, classes: HeapClassTable.shared.count)
         unsafe HeapRegistry.publish(slot: ticket.slot, id: ticket.id, heap: Unmanaged.passUnretained(self))
     }
 
@@ -258,7 +261,8 @@ public final class DMAHeap: Sendable {
         let a = UInt(bitPattern: pointer)
         let offset = a &- space.base
         guard offset < space.bytes else {
-            return nodes.lazy.compactMap { node in node.state.withLock { $0.large[a]?.length } }.first ?? 0
+            guard let block = largeBlock(containing: a)?.block, block.address == a else { return 0 }
+            return block.length
         }
         let meta = space.meta(Int(offset >> UInt(HeapSizeClasses.pageShift)))
         guard unsafe meta.header.pointee.mapped else { return 0 }
@@ -344,12 +348,12 @@ public final class DMAHeap: Sendable {
 
     @inline(__always)
     func countAllocation(_ cache: HeapThreadCache, class c: Int) {
-        unsafe HeapThreadCache.bump(cache.counters(nodes: nodes.count, classes: classes.count) + c, by: 1)
+        unsafe HeapThreadCache.bump(cache.counters(at: countersOffset) + c, by: 1)
     }
 
     @inline(__always)
     func countFree(_ cache: HeapThreadCache, class c: Int) {
-        unsafe HeapThreadCache.bump(cache.counters(nodes: nodes.count, classes: classes.count) + (classes.count &+ c), by: 1)
+        unsafe HeapThreadCache.bump(cache.counters(at: countersOffset) + (classes.count &+ c), by: 1)
     }
 
     /// Frees an object of a span of this heap (any kind).
@@ -451,15 +455,15 @@ public final class DMAHeap: Sendable {
             guard boundary >= size else { throw .boundarySmallerThanSize(size: size, boundary: boundary) }
         }
         guard alignment <= options.maximumBytes else { throw .sizeTooLarge(requested: alignment, maximum: options.maximumBytes) }
-        let nodeOrder: [Int]
+        // The node asked for; or the home node first, then the others in order.
+        let first: Int, tries: Int
         if let node {
             guard node >= 0, node < nodeIndexOfID.count, nodeIndexOfID[node] >= 0 else {
                 throw .unknownNode(UnknownNode(node: node, available: nodes.map(\.node)))
             }
-            nodeOrder = [nodeIndexOfID[node]]
+            (first, tries) = (nodeIndexOfID[node], 1)
         } else {
-            let home = unsafe threadCache().header.pointee.homeNode
-            nodeOrder = [home] + nodes.indices.filter { $0 != home }
+            (first, tries) = (unsafe threadCache().header.pointee.homeNode, nodes.count)
         }
         let full = checked ? size + HeapChecks.guardBytes : size
         var align = max(alignment, 64)
@@ -467,7 +471,8 @@ public final class DMAHeap: Sendable {
             align = max(align, 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount))
         }
         var lastError: DMAHeapError? = nil
-        for n in nodeOrder {
+        for k in 0..<tries {
+            let n = k == 0 ? first : (k <= first ? k - 1 : k)
             do {
                 let pointer = try unsafe allocate(bytes: full, alignment: align, boundary: boundary, nodeIndex: n)
                 if checked { unsafe HeapChecks.recordAllocation(pointer, size: size, heap: self) }

@@ -113,7 +113,7 @@ extension DMAHeap {
 
     /// One cache's per-class counters.
     func counters(of cache: HeapThreadCache) -> DMAHeapStatistics.Counters {
-        let base = unsafe cache.counters(nodes: nodes.count, classes: classes.count)
+        let base = unsafe cache.counters(at: countersOffset)
         var result = DMAHeapStatistics.Counters()
         result.allocations = (0..<classes.count).map { unsafe base[$0].load(ordering: .relaxed) }
         result.frees = (0..<classes.count).map { unsafe base[classes.count + $0].load(ordering: .relaxed) }

@@ -49,22 +49,25 @@ struct HeapThreadCache {
 
     var bits: UInt { UInt(bitPattern: unsafe raw) }
 
+    /// Where the counters start: after the header and every node's and class's entry.
+    static func countersOffset(nodes: Int, classes: Int) -> Int {
+        headerBytes + nodes * classes * MemoryLayout<ClassCache>.stride
+    }
+
     static func allocate(heapID: UInt64, homeNode: Int, nodes: Int, classes: Int) -> HeapThreadCache {
-        let bytes = headerBytes + nodes * classes * MemoryLayout<ClassCache>.stride
-            + 2 * classes * MemoryLayout<Atomic<Int>>.stride
+        let bytes = countersOffset(nodes: nodes, classes: classes) + 2 * classes * MemoryLayout<Atomic<Int>>.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         let cache = unsafe HeapThreadCache(raw)
         unsafe cache.header.initialize(to: Header(heapID: heapID, homeNode: homeNode))
         for i in 0..<(nodes * classes) { unsafe cache.entry(i).initialize(to: ClassCache()) }
-        let counters = unsafe (raw + headerBytes + nodes * classes * MemoryLayout<ClassCache>.stride)
-            .assumingMemoryBound(to: Atomic<Int>.self)
+        let counters = unsafe cache.counters(at: countersOffset(nodes: nodes, classes: classes))
         for i in 0..<(2 * classes) { unsafe (counters + i).initialize(to: Atomic<Int>(0)) }
         return cache
     }
 
     func deallocate(nodes: Int, classes: Int) {
         unsafe header.deinitialize(count: 1)
-        unsafe counters(nodes: nodes, classes: classes).deinitialize(count: 2 * classes)
+        unsafe counters(at: Self.countersOffset(nodes: nodes, classes: classes)).deinitialize(count: 2 * classes)
         unsafe raw.deallocate()
     }
 
@@ -77,9 +80,10 @@ struct HeapThreadCache {
         unsafe (raw + Self.headerBytes).assumingMemoryBound(to: ClassCache.self) + index
     }
 
-    func counters(nodes: Int, classes: Int) -> UnsafeMutablePointer<Atomic<Int>> {
-        unsafe (raw + Self.headerBytes + nodes * classes * MemoryLayout<ClassCache>.stride)
-            .assumingMemoryBound(to: Atomic<Int>.self)
+    /// Per class, allocations then frees, at ``countersOffset(nodes:classes:)``.
+    @inline(__always)
+    func counters(at offset: Int) -> UnsafeMutablePointer<Atomic<Int>> {
+        unsafe (raw + offset).assumingMemoryBound(to: Atomic<Int>.self)
     }
 
     /// Adds to a counter the owning thread alone writes.
