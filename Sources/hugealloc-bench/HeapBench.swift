@@ -146,8 +146,8 @@ enum HeapWorkload {
             return state &* 0x2545_F491_4F6C_DD1D
         }
         var liveBytes = 0
-        for i in 0..<live {
-            let size = unsafe table[Int(next() & 4095)]
+        /// Allocates `size` bytes into slot `i`, writing their first and last byte.
+        @inline(__always) func place(_ size: Int, at i: Int) {
             let p = allocateOrExit(heap, size)
             unsafe p.storeBytes(of: 1, as: UInt8.self)
             unsafe p.storeBytes(of: 1, toByteOffset: size - 1, as: UInt8.self)
@@ -155,6 +155,7 @@ enum HeapWorkload {
             unsafe held[i] = size
             liveBytes += size
         }
+        for i in 0..<live { place(unsafe table[Int(next() & 4095)], at: i) }
         shared.publish(liveBytes, thread: thread)
         var pairs = 0
         let start = Bench.now()
@@ -166,12 +167,7 @@ enum HeapWorkload {
                 let size = unsafe table[Int(r & 4095)]
                 unsafe heap.free(pointers[victim])
                 liveBytes -= unsafe held[victim]
-                let p = allocateOrExit(heap, size)
-                unsafe p.storeBytes(of: 1, as: UInt8.self)
-                unsafe p.storeBytes(of: 1, toByteOffset: size - 1, as: UInt8.self)
-                unsafe pointers[victim] = p
-                unsafe held[victim] = size
-                liveBytes += size
+                place(size, at: victim)
             }
             pairs += 1024
             shared.publish(liveBytes, thread: thread)
