@@ -146,3 +146,21 @@ func allocateOrRecord(_ heap: DMAHeap, _ size: Int) -> UnsafeMutableRawPointer? 
         return nil
     }
 }
+
+extension DMAHeap {
+    /// The length of the large block holding `pointer`, as its memory event
+    /// told: 4 MiB of 2 MiB pages for a 3 MiB request, or a whole 1 GiB page
+    /// when the bounded search found no run and the machine had one free.
+    /// Records an issue when the block is neither.
+    func largeBlockLength(holding pointer: UnsafeMutableRawPointer, runBytes: Int) -> Int {
+        let address = UInt(bitPattern: pointer)
+        guard let region = events.regions.first(where: { $0.address <= address && address < $0.address + UInt($0.length) })
+        else {
+            Issue.record("no memory event covers the large block at \(pointer)")
+            return 0
+        }
+        let expected = region.pageSize == .huge1G ? 1 << 30 : runBytes
+        #expect(region.length == expected, "large block of \(region.length) bytes on \(region.pageSize) pages")
+        return region.length
+    }
+}
