@@ -111,6 +111,8 @@ let package = Package(
             path: "Tests/HugeAllocTestSupport",
             resources: [.copy("Fixtures")]
         ),
+        // A process the multi-process tests spawn (publish, attach, follow commands).
+        .executableTarget(name: "hugealloc-share-worker", dependencies: ["HugeAlloc"], path: "Tests/ShareWorker"),
         .testTarget(
             name: "HugeAllocTests",
             dependencies: [

@@ -170,4 +170,5 @@ int ha_at_thread_exit(void (*fn)(void *), void *arg);
 #include "CHugeAllocBackends.h"
 #include "CHugeAllocFileSystem.h"
 #include "CHugeAllocDevices.h"
+#include "CHugeAllocSharing.h"
 #endif
