@@ -109,7 +109,7 @@ final class SharedObjectCore: @unchecked Sendable {
             throw .tooManyProcesses(name: name, maximum: SharedSegmentHeader.participantSlots)
         }
         try rendezvous.writeSegmentRecord(.init(kind: kind, address: address, length: length, creator: me), options: options)
-        let listener = try rendezvous.listen(pid: me, options: options)
+        let listener = try rendezvous.listen(pid: me, access: header.access)
         let wake: (read: FileDescriptor, write: FileDescriptor)
         do { wake = try Sys.wakePipe() } catch {
             Sys.close(listener)
@@ -189,7 +189,7 @@ final class SharedObjectCore: @unchecked Sendable {
         header.noteAttach()
         let listener: FileDescriptor
         do {
-            listener = try rendezvous.listen(pid: me, options: options)
+            listener = try rendezvous.listen(pid: me, access: header.access)
         } catch {
             header.releaseSlot(slot)
             throw error

@@ -116,7 +116,8 @@ struct SharedRendezvous: Sendable {
     }
 
     func writeSegmentRecord(_ record: SegmentRecord, options: SharingOptions) throws(SharingError) {
-        do { try Sys.writeFileAtomically(segmentPath, record.text, mode: options.socketMode & 0o644) } catch { throw .systemCall(error) }
+        let mode: UInt32 = options.directoryMode == 0o700 ? 0o600 : 0o644
+        do { try Sys.writeFileAtomically(segmentPath, record.text, mode: mode) } catch { throw .systemCall(error) }
     }
 
     /// Whether the process `pid`'s socket accepts a connection.
@@ -144,15 +145,16 @@ struct SharedRendezvous: Sendable {
     // MARK: listening
 
     /// Listens at this process's socket.
-    func listen(pid: Int32, options: SharingOptions) throws(SharingError) -> FileDescriptor {
+    func listen(pid: Int32, access: (users: Set<UInt32>, group: UInt32?)) throws(SharingError) -> FileDescriptor {
+        let mode: UInt32 = !access.users.isEmpty ? 0o666 : (access.group == nil ? 0o600 : 0o660)
         let path = socketPath(pid)
         try? Sys.unlink(path)
         do throws(SystemCallError) {
             let fd = try Sys.seqpacketSocket()
             do throws(SystemCallError) {
                 try Sys.listen(fd, at: path)
-                try Sys.changeMode(path, mode: options.socketMode)
-                if let group = options.allowedGroup { try Sys.changeOwner(path, uid: nil, gid: group) }
+                try Sys.changeMode(path, mode: mode)
+                if let group = access.group { try Sys.changeOwner(path, uid: nil, gid: group) }
             } catch {
                 Sys.close(fd)
                 throw error

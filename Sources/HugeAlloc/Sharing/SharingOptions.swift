@@ -66,21 +66,12 @@ public struct SharingOptions: Sendable, Equatable {
         return 0x2000_0000_0000
     }
 
-    /// Whether a peer's credentials let it attach: root, the publisher's
-    /// user, an allowed user, or a member (primary group) of the allowed group.
-    func admits(_ peer: Sys.PeerCredentials, owner: UInt32) -> Bool {
-        peer.uid == 0 || peer.uid == owner || allowedUsers.contains(peer.uid) || (allowedGroup.map { $0 == peer.gid } ?? false)
-    }
-
-    /// The rendezvous directory's mode: only the owner, unless others are let in.
+    /// The rendezvous directory's mode: only the owner, unless others are
+    /// let in; then they may add their own sockets (to hand the object on)
+    /// but not remove anyone else's (the sticky bit, as on /tmp).
     var directoryMode: UInt32 {
-        if !allowedUsers.isEmpty { return 0o755 }
-        return allowedGroup == nil ? 0o700 : 0o750
+        if !allowedUsers.isEmpty { return 0o1777 }
+        return allowedGroup == nil ? 0o700 : 0o1770
     }
 
-    /// The sockets' mode.
-    var socketMode: UInt32 {
-        if !allowedUsers.isEmpty { return 0o666 }
-        return allowedGroup == nil ? 0o600 : 0o660
-    }
 }
