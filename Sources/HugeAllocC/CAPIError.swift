@@ -37,7 +37,8 @@ enum CAPIError {
         switch error {
         case .zeroCount, .countTooLarge, .zeroObjectSize, .alignmentNotPowerOfTwo, .alignmentLargerThanPage,
              .cacheSizeOutOfRange, .objectLargerThanPage, .countDoesNotFit, .invalidMemory, .bulkCountOutOfRange,
-             .checksDisabled:
+             .checksDisabled, .invalidSharedControl, .sharedControlNotInitialized, .sharedControlMismatch,
+             .sharedPoolNeedsSharedThreading, .threadRecordsOutOfRange:
             code = invalidArgument
         case .notEnoughHugepages, .memoryUnavailable:
             code = noMemory

@@ -1,6 +1,10 @@
 import CHugeAllocShims
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Per-thread caches.
 ///
 /// Each thread owns a table (in thread-local slot 0 of `CHugeAllocShims`)
@@ -37,9 +41,17 @@ enum MempoolRegistry {
     struct Entry {
         var id: UInt64
         var backend: Backend
+        /// A shared pool's: records live in its control memory and are
+        /// released, never freed; the two lists below stay empty.
+        var shared = false
         var records: [MempoolRecord] = []
         var retired = MempoolStatistics()
     }
+
+    /// Set in the id of every shared pool instance, so a thread table
+    /// tells a shared record (never freed, its memory perhaps unmapped by
+    /// now) from a private one without reading it.
+    static let sharedIDBit: UInt64 = 1 << 63
 
     struct State: @unchecked Sendable {
         var entries = [Entry?](repeating: nil, count: maximumPools)
@@ -49,12 +61,12 @@ enum MempoolRegistry {
 
     static let state = Mutex(State())
 
-    static func reserveSlot() throws(MempoolError) -> (slot: Int, id: UInt64) {
+    static func reserveSlot(shared: Bool = false) throws(MempoolError) -> (slot: Int, id: UInt64) {
         let ticket: (Int, UInt64)? = state.withLock { s in
             guard let slot = s.reserved.firstIndex(of: false) else { return nil }
             s.reserved[slot] = true
             defer { s.nextID += 1 }
-            return (slot, s.nextID)
+            return (slot, s.nextID | (shared ? sharedIDBit : 0))
         }
         guard let ticket else { throw .tooManyPools(maximum: maximumPools) }
         return ticket
@@ -64,25 +76,43 @@ enum MempoolRegistry {
         state.withLock { $0.entries[slot] = entry }
     }
 
-    static func retire(slot: Int, id: UInt64) {
+    static func retire(slot: Int, id: UInt64, shared region: MempoolSharedControl.Region?) {
         state.withLock { s in
+            if let region, let entry = s.entries[slot], entry.id == id {
+                // Every record of this process's threads for this instance.
+                let pid = getpid()
+                for i in 0..<region.layout.threadRecords {
+                    let record = region.record(i)
+                    if record.ownerPID == pid && record.poolID == id { drain(record, into: &s.entries[slot]!, unlist: true) }
+                }
+            }
             if s.entries[slot]?.id == id { s.entries[slot] = nil }
             s.reserved[slot] = false
         }
         // This thread's record for the pool goes now; other threads free
         // theirs when they exit or when a new pool takes the slot.
         guard let table = ThreadTable.current else { return }
-        if let record = table.record(slot: slot), record.poolID == id {
-            record.deallocate()
+        if table.id(slot: slot) == UInt(truncatingIfNeeded: id) {
+            if region == nil { table.record(slot: slot)?.deallocate() }
             table.clear(slot: slot)
         }
+    }
+
+    /// Claims a record in a shared pool's control memory for this thread;
+    /// nil when every record is taken (the thread then works uncached).
+    static func claimSharedRecord(slot: Int, id: UInt64, region: MempoolSharedControl.Region) -> MempoolRecord? {
+        let table = ThreadTable.currentOrNew()
+        table.discard(slot: slot)
+        guard let record = region.claimRecord(pid: getpid(), poolID: id) else { return nil }
+        table.set(slot: slot, record: record, id: id)
+        return record
     }
 
     /// Registers a new record for a pool in this thread's table.
     static func makeRecord(slot: Int, id: UInt64, capacity: Int) -> MempoolRecord {
         let table = ThreadTable.currentOrNew()
         // A record left by a destroyed pool that had the same slot.
-        table.record(slot: slot)?.deallocate()
+        table.discard(slot: slot)
         let record = MempoolRecord.allocate(poolID: id, capacity: capacity)
         state.withLock { s in
             if s.entries[slot]?.id == id { s.entries[slot]!.records.append(record) }
@@ -103,8 +133,12 @@ enum MempoolRegistry {
             record.setCount(0)
         }
         if unlist {
-            entry.records.removeAll { $0.bits == record.bits }
-            entry.retired += record.statistics
+            if entry.shared {
+                record.release()
+            } else {
+                entry.records.removeAll { $0.bits == record.bits }
+                entry.retired += record.statistics
+            }
         }
     }
 
@@ -112,11 +146,13 @@ enum MempoolRegistry {
     static func threadExited(table: ThreadTable) {
         for slot in 0..<maximumPools {
             guard let record = table.record(slot: slot) else { continue }
-            let id = record.poolID
+            let id = UInt64(table.id(slot: slot))
             state.withLock { s in
                 if s.entries[slot]?.id == id { drain(record, into: &s.entries[slot]!, unlist: true) }
             }
-            record.deallocate()
+            // A shared record was released by the drain, or by its pool's
+            // instance when it was destroyed.
+            if id & sharedIDBit == 0 { record.deallocate() }
         }
         ha_tls_store(threadSlot, 0)
         unsafe table.entries.deallocate()
@@ -181,6 +217,18 @@ enum MempoolRegistry {
             unsafe entries[2 * slot] = 0
             unsafe entries[2 * slot + 1] = 0
         }
+
+        /// The pool id the entry of `slot` holds (0 for none).
+        func id(slot: Int) -> UInt {
+            unsafe entries[2 * slot + 1]
+        }
+
+        /// Empties the entry of `slot`, freeing a private record left there
+        /// (a shared one is in control memory: released already, not freed).
+        func discard(slot: Int) {
+            if UInt64(id(slot: slot)) & MempoolRegistry.sharedIDBit == 0 { record(slot: slot)?.deallocate() }
+            clear(slot: slot)
+        }
     }
 }
 
@@ -189,7 +237,7 @@ extension Mempool {
     /// table entry's record pointer and pool id (side by side, loaded in
     /// parallel) and an id compare on the fast path.
     @inlinable @inline(__always)
-    func threadRecord() -> MempoolRecord {
+    func threadRecord() -> MempoolRecord? {
         if let record = existingThreadRecord() { return record }
         return makeThreadRecord()
     }
@@ -233,9 +281,27 @@ extension Mempool {
         return true
     }
 
+    /// A new record for this thread; nil only for a shared pool whose
+    /// records are all taken.
     @usableFromInline @inline(never)
-    func makeThreadRecord() -> MempoolRecord {
-        MempoolRegistry.makeRecord(slot: slot, id: id, capacity: cacheCapacity)
+    func makeThreadRecord() -> MempoolRecord? {
+        if let region = sharedControl { return MempoolRegistry.claimSharedRecord(slot: slot, id: id, region: region) }
+        return MempoolRegistry.makeRecord(slot: slot, id: id, capacity: cacheCapacity)
+    }
+
+    /// ``get(into:count:)`` for a thread without a record (a shared pool's
+    /// records all taken): straight from the backend.
+    @usableFromInline @inline(never)
+    func uncachedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        unsafe backendDequeue(objects, count: n)
+    }
+
+    /// ``put(from:count:)`` for a thread without a record: straight to the backend.
+    @usableFromInline @inline(never)
+    func uncachedPut(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if unsafe backendEnqueue(objects, count: n) { return true }
+        if UInt(bitPattern: n) > UInt(bitPattern: objectCount) { return false }
+        backendOverflow(n)
     }
 
     /// ``get(into:count:)`` when this thread's cache can serve it alone:
@@ -270,7 +336,7 @@ extension Mempool {
 
     @inlinable @inline(__always)
     func cachedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        let record = threadRecord()
+        guard let record = threadRecord() else { return unsafe uncachedGet(into: objects, count: n) }
         let have = record.count
         // Unsigned: a negative n takes the slow path, which refuses it.
         if _slowPath(UInt(bitPattern: n) > UInt(bitPattern: have)) {
@@ -322,7 +388,7 @@ extension Mempool {
 
     @inlinable @inline(__always)
     func cachedPut(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        let record = threadRecord()
+        guard let record = threadRecord() else { return unsafe uncachedPut(objects, count: n) }
         let have = record.count
         // Unsigned: a negative n takes the slow path, which refuses it.
         if _slowPath(UInt(bitPattern: n) > UInt(bitPattern: cacheCapacity &- have)) {
@@ -355,13 +421,17 @@ extension Mempool {
     }
 
     /// Puts every object in the calling thread's cache back into the shared
-    /// backend (threads do this automatically when they exit).
+    /// backend (threads do this automatically when they exit). In a pool
+    /// with shared control memory the thread's record is released as well.
     public func flushThreadCache() {
         guard usesThreadRecord, let table = MempoolRegistry.ThreadTable.current,
               let record = table.record(slot: slot, id: id) else { return }
         let slot = self.slot
+        let shared = sharedControl != nil
         MempoolRegistry.state.withLock { s in
-            if s.entries[slot] != nil { MempoolRegistry.drain(record, into: &s.entries[slot]!, unlist: false) }
+            // A shared pool's record is released too, for other threads and processes.
+            if s.entries[slot] != nil { MempoolRegistry.drain(record, into: &s.entries[slot]!, unlist: shared) }
         }
+        if shared { table.clear(slot: slot) }
     }
 }

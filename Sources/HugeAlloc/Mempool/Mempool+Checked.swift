@@ -1,5 +1,9 @@
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Checked mode: the index of every pointer put back is computed (O(1) from
 /// the per-page layout table), its guard cookie compared, and its state byte
 /// flipped from "handed out" to "in the pool" with a compare-exchange, so a
@@ -58,11 +62,12 @@ extension Mempool {
 
     @usableFromInline @inline(never)
     func markHandedOut(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) {
+        let pid: Int32 = objectStates.isShared ? getpid() : 1
         for i in 0..<n {
             guard let index = unsafe try? objectIndex(of: objects[i]) else {
                 fatalError("mempool: the shared backend handed out \(UInt(bitPattern: unsafe objects[i])), which is not an object (memory corruption)")
             }
-            objectStates.markHandedOut(index)
+            objectStates.markHandedOut(index, by: pid)
         }
     }
 
@@ -85,9 +90,11 @@ extension Mempool {
             }
             indices.append(index)
         }
+        // Who held each object, to undo a partial put: a shared pool's pids.
+        let holders = objectStates.isShared ? indices.map { objectStates.owner($0) } : []
         for (i, index) in indices.enumerated() {
             if !objectStates.markReturned(index) {
-                for earlier in indices[..<i] { objectStates.markHandedOut(earlier) }
+                for (k, earlier) in indices[..<i].enumerated() { objectStates.markHandedOut(earlier, by: holders.isEmpty ? 1 : holders[k]) }
                 throw .doubleFree(address: UInt(bitPattern: unsafe objects[i]), objectIndex: index)
             }
         }
@@ -117,42 +124,95 @@ extension Mempool {
     }
 }
 
-/// Checked mode's state byte per object — 1 while handed out, 0 while in
-/// the pool — as an owner that frees its storage once, in `deinit`.
+/// Checked mode's state per object, as an owner that frees its storage
+/// once, in `deinit`. A private pool keeps a byte per object, 1 while
+/// handed out, 0 while in the pool. A shared pool keeps, in its control
+/// memory (which the caller owns), a 32-bit word per object: the pid of the
+/// process holding it, 0 while in the pool. State and owner are one word, so
+/// a put and a reclaim of a dead owner's objects race on one
+/// compare-exchange: one of them returns the object, never both, and a
+/// reclaim never takes an object that was put back and handed out again
+/// meanwhile.
 @safe
 struct MempoolObjectStates: ~Copyable {
-    private let states: UnsafeMutablePointer<Atomic<UInt8>>
+    private let bytes: UnsafeMutablePointer<Atomic<UInt8>>?
+    private let words: UnsafeMutablePointer<Atomic<Int32>>?
     private let count: Int
 
     /// `count` objects, all in the pool (0: no checked mode, nothing kept).
     init(count: Int) {
         self.count = count
-        unsafe states = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: max(1, count))
-        for i in 0..<max(1, count) { unsafe (states + i).initialize(to: Atomic(0)) }
+        let bytes = UnsafeMutablePointer<Atomic<UInt8>>.allocate(capacity: max(1, count))
+        for i in 0..<max(1, count) { unsafe (bytes + i).initialize(to: Atomic(0)) }
+        unsafe self.bytes = bytes
+        unsafe words = nil
+    }
+
+    /// `count` owner words in a shared pool's control memory (zero-filled
+    /// by its creator: every object in the pool).
+    init(sharedWords words: UnsafeMutablePointer<Atomic<Int32>>, count: Int) {
+        unsafe self.words = words
+        unsafe bytes = nil
+        self.count = count
     }
 
     deinit {
-        unsafe states.deinitialize(count: max(1, count))
-        unsafe states.deallocate()
+        if let bytes = unsafe bytes {
+            unsafe bytes.deinitialize(count: max(1, count))
+            unsafe bytes.deallocate()
+        }
     }
+
+    /// Whether the states live in a shared pool's control memory.
+    var isShared: Bool { unsafe words != nil }
 
     /// Whether object `index` is handed out.
     func isHandedOut(_ index: Int) -> Bool {
-        precondition(index >= 0 && index < count, "object index out of range")
-        return unsafe states[index].load(ordering: .relaxed) == 1
+        owner(index) != 0
     }
 
-    /// Marks object `index` handed out.
-    func markHandedOut(_ index: Int) {
+    /// Who holds object `index`: 0 while it is in the pool; while handed
+    /// out, the holder's pid in a shared pool, 1 in a private one.
+    func owner(_ index: Int) -> Int32 {
         precondition(index >= 0 && index < count, "object index out of range")
-        unsafe states[index].store(1, ordering: .relaxed)
+        if let words = unsafe words { return unsafe words[index].load(ordering: .acquiring) }
+        return Int32(unsafe bytes.unsafelyUnwrapped[index].load(ordering: .relaxed))
+    }
+
+    /// Marks object `index` handed out, to process `owner` in a shared pool
+    /// (a private pool stores 1 whatever `owner` says).
+    func markHandedOut(_ index: Int, by owner: Int32) {
+        precondition(index >= 0 && index < count, "object index out of range")
+        if let words = unsafe words {
+            unsafe words[index].store(owner, ordering: .releasing)
+        } else {
+            unsafe bytes.unsafelyUnwrapped[index].store(1, ordering: .relaxed)
+        }
     }
 
     /// Marks object `index` back in the pool; false when it already was
     /// (a double free), with nothing changed.
     func markReturned(_ index: Int) -> Bool {
         precondition(index >= 0 && index < count, "object index out of range")
-        return unsafe states[index].compareExchange(
-            expected: 1, desired: 0, successOrdering: .relaxed, failureOrdering: .relaxed).exchanged
+        guard let words = unsafe words else {
+            return unsafe bytes.unsafelyUnwrapped[index].compareExchange(
+                expected: 1, desired: 0, successOrdering: .relaxed, failureOrdering: .relaxed).exchanged
+        }
+        var holder = unsafe words[index].load(ordering: .relaxed)
+        while holder != 0 {
+            let (done, seen) = unsafe words[index].compareExchange(
+                expected: holder, desired: 0, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            if done { return true }
+            holder = seen
+        }
+        return false
+    }
+
+    /// Shared pools: marks object `index` back in the pool if process `pid`
+    /// holds it; false, nothing changed, otherwise.
+    func reclaim(_ index: Int, from pid: Int32) -> Bool {
+        guard let words = unsafe words, pid != 0 else { return false }
+        return unsafe words[index].compareExchange(
+            expected: pid, desired: 0, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged
     }
 }

@@ -36,8 +36,10 @@ public struct MempoolStatistics: Equatable, Sendable, CustomStringConvertible {
 
 extension Mempool {
     /// Objects free right now: in the shared backend plus in every thread's
-    /// cache. Exact whenever no get or put is in flight.
+    /// cache (of every process, for a pool in shared control memory). Exact
+    /// whenever no get or put is in flight.
     public var availableCount: Int {
+        if let region = sharedControl { return backendCount() + region.cachedCount }
         let slot = self.slot
         let id = self.id
         let cached = MempoolRegistry.state.withLock { s -> Int in
@@ -55,9 +57,11 @@ extension Mempool {
     /// Objects in the shared backend only, not counting per-thread caches.
     public var backendAvailableCount: Int { backendCount() }
 
-    /// Operation counts summed over every thread that used the pool; all zero
-    /// unless the pool was created with `statistics: true`.
+    /// Operation counts summed over every thread that used the pool (of
+    /// every process, for a pool in shared control memory); all zero unless
+    /// the pool was created with `statistics: true`.
     public var statistics: MempoolStatistics {
+        if let region = sharedControl { return region.statistics }
         let slot = self.slot
         let id = self.id
         return MempoolRegistry.state.withLock { s -> MempoolStatistics in

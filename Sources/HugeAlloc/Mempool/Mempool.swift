@@ -165,6 +165,9 @@ public final class Mempool: @unchecked Sendable {
     let physicalTranslation: PhysicalTranslation?
     /// Checked mode: which objects are handed out.
     let objectStates: MempoolObjectStates
+    /// A shared pool's control memory (see `MempoolSharedControl`); nil for
+    /// a private pool.
+    let sharedControl: MempoolSharedControl.Region?
 
     let layout: MempoolLayout
     let configuration: MempoolConfiguration
@@ -239,6 +242,18 @@ public final class Mempool: @unchecked Sendable {
         memory: MempoolMemory, configuration: MempoolConfiguration,
         releaseMemory: (@Sendable () -> Void)? = nil
     ) throws(MempoolError) {
+        try Self.validate(memory)
+        // Checked before the translation is built, so a bad configuration
+        // costs no page lookups.
+        _ = try MempoolLayout.element(for: configuration, pageSize: memory.pageSize.bytes, contiguousBytes: memory.length)
+        try unsafe self.init(
+            base: memory.base, length: memory.length, pageSize: memory.pageSize, translation: Self.translation(of: memory),
+            configuration: configuration, releaseMemory: releaseMemory, owning: nil)
+    }
+
+    /// Throws unless `memory` starts at a page boundary and is a positive
+    /// whole number of pages within the address space.
+    static func validate(_ memory: MempoolMemory) throws(MempoolError) {
         let pageSize = memory.pageSize.bytes
         let address = UInt(bitPattern: unsafe memory.base)
         guard memory.length > 0, memory.length <= MempoolLayout.maximumLength, memory.length % pageSize == 0,
@@ -246,9 +261,11 @@ public final class Mempool: @unchecked Sendable {
         else {
             throw .invalidMemory(address: address, length: memory.length, pageSize: pageSize)
         }
-        // Checked before the translation is built, so a bad configuration
-        // costs no page lookups.
-        _ = try MempoolLayout.element(for: configuration, pageSize: pageSize, contiguousBytes: memory.length)
+    }
+
+    /// Every page's physical address from `memory`, nil when none is known.
+    static func translation(of memory: MempoolMemory) -> PhysicalTranslation? {
+        let pageSize = memory.pageSize.bytes
         let pages = memory.length / pageSize
         var physical = [UInt64](repeating: 0, count: pages)
         var known = false
@@ -258,27 +275,36 @@ public final class Mempool: @unchecked Sendable {
                 known = true
             }
         }
-        let translation = known ? PhysicalTranslation(pagePhysical: physical, pageSize: memory.pageSize) : nil
-        try unsafe self.init(
-            base: memory.base, length: memory.length, pageSize: memory.pageSize, translation: translation,
-            configuration: configuration, releaseMemory: releaseMemory, owning: nil)
+        return known ? PhysicalTranslation(pagePhysical: physical, pageSize: memory.pageSize) : nil
     }
 
+    /// `shared`: the control memory's view, the pool created in it
+    /// (`creating`) or opened; nil for a private pool, whose control state
+    /// is allocated here.
     init(
         base: UnsafeMutableRawPointer, length: Int, pageSize: PageSize, translation: PhysicalTranslation?,
         configuration: MempoolConfiguration, releaseMemory: (@Sendable () -> Void)?,
-        owning mapping: consuming MemoryMapping?
+        owning mapping: consuming MemoryMapping?,
+        shared region: MempoolSharedControl.Region? = nil, creating: Bool = true
     ) throws(MempoolError) {
         let c = configuration
         let pageBytes = pageSize.bytes
         let table = translation?.pagePhysical ?? []
-        let layout = try MempoolLayout.plan(
-            configuration: c, length: length, pageSize: pageBytes,
-            contiguous: { p in
-                // Unknown addresses (0) are never contiguous.
-                p + 1 < table.count && table[p] != 0 && table[p + 1] == table[p] &+ UInt64(pageBytes)
-            })
-        let ticket = try MempoolRegistry.reserveSlot()
+        let layout: MempoolLayout
+        if let region {
+            // The creator's contiguity, so every instance places objects alike.
+            layout = try MempoolLayout.plan(
+                configuration: c, length: length, pageSize: pageBytes, contiguous: { region.followsPhysically($0) })
+            if !creating { try region.verify(layout) }
+        } else {
+            layout = try MempoolLayout.plan(
+                configuration: c, length: length, pageSize: pageBytes,
+                contiguous: { p in
+                    // Unknown addresses (0) are never contiguous.
+                    p + 1 < table.count && table[p] != 0 && table[p + 1] == table[p] &+ UInt64(pageBytes)
+                })
+        }
+        let ticket = try MempoolRegistry.reserveSlot(shared: region != nil)
 
         self.layout = layout
         self.configuration = c
@@ -286,6 +312,7 @@ public final class Mempool: @unchecked Sendable {
         self.mapping = mapping
         self.translation = translation
         self.physicalTranslation = translation
+        sharedControl = region
         id = ticket.id
         slot = ticket.slot
         objectCount = c.count
@@ -296,36 +323,51 @@ public final class Mempool: @unchecked Sendable {
         usesThreadRecord = cacheCapacity > 0 || statisticsEnabled
         backendIsRing = c.backend == .ring && !singleThread
         checked = c.checked
-        ring = MempoolRing(capacity: backendIsRing ? c.count : 0)
-        stack = MempoolStack(capacity: backendIsRing ? 0 : c.count)
+        if let region {
+            ring = backendIsRing
+                ? MempoolRing(placed: unsafe .placed(at: region.backendStorage, capacity: c.count, initializing: creating))
+                : MempoolRing(capacity: 0)
+            stack = backendIsRing
+                ? MempoolStack(capacity: 0)
+                : MempoolStack(placed: unsafe .placed(at: region.backendStorage, capacity: c.count, initializing: creating))
+            objectStates = c.checked
+                ? unsafe MempoolObjectStates(sharedWords: region.stateWords, count: c.count) : MempoolObjectStates(count: 0)
+        } else {
+            ring = MempoolRing(capacity: backendIsRing ? c.count : 0)
+            stack = MempoolStack(capacity: backendIsRing ? 0 : c.count)
+            objectStates = MempoolObjectStates(count: c.checked ? c.count : 0)
+        }
         ringHandle = ring.handle
         stackHandle = stack.handle
         unsafe self.base = base
         self.length = length
         pageShift = pageBytes.trailingZeroBitCount
-        objectStates = MempoolObjectStates(count: c.checked ? c.count : 0)
 
-        // Fill the backend with every object, lowest address first out.
-        var all = unsafe [UnsafeMutableRawPointer]()
-        unsafe all.reserveCapacity(c.count)
-        unsafe forEachObjectAddress { unsafe all.append($0) }
-        if let cookie = layout.cookieOffset {
-            for i in 0..<c.count { unsafe (all[i] + cookie).storeBytes(of: Self.guardCookie, as: UInt64.self) }
+        if creating {
+            // Fill the backend with every object, lowest address first out.
+            var all = unsafe [UnsafeMutableRawPointer]()
+            unsafe all.reserveCapacity(c.count)
+            unsafe forEachObjectAddress { unsafe all.append($0) }
+            if let cookie = layout.cookieOffset {
+                for i in 0..<c.count { unsafe (all[i] + cookie).storeBytes(of: Self.guardCookie, as: UInt64.self) }
+            }
+            if !backendIsRing { unsafe all.reverse() }
+            unsafe all.withUnsafeBufferPointer { buffer in
+                _ = unsafe backendEnqueue(buffer.baseAddress!, count: buffer.count)
+            }
+            if backendIsRing { ringHandle._checkInvariants() }
+            region?.publish(layout)
         }
-        if !backendIsRing { unsafe all.reverse() }
-        unsafe all.withUnsafeBufferPointer { buffer in
-            _ = unsafe backendEnqueue(buffer.baseAddress!, count: buffer.count)
-        }
-        if backendIsRing { ringHandle._checkInvariants() }
         let backend: MempoolRegistry.Backend = backendIsRing
             ? .ring(ringHandle) : .stack(stackHandle, locked: !singleThread)
-        MempoolRegistry.publish(slot: slot, entry: .init(id: id, backend: backend))
+        MempoolRegistry.publish(slot: slot, entry: .init(id: id, backend: backend, shared: region != nil))
     }
 
     deinit {
         // First, so no thread's exit puts objects into the backend any more;
-        // the ring and stack free their storage after this body.
-        MempoolRegistry.retire(slot: slot, id: id)
+        // the ring and stack free their storage after this body. A shared
+        // pool's records of this process's threads go back to the backend.
+        MempoolRegistry.retire(slot: slot, id: id, shared: sharedControl)
         releaseMemory?()
     }
 

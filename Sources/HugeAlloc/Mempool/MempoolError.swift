@@ -42,6 +42,19 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
     case guardCookieOverwritten(address: UInt, objectIndex: Int, objectSize: Int, found: UInt64)
     /// A checked operation on a pool created without checks.
     case checksDisabled
+    /// A shared pool's control memory does not start at a 4096-byte
+    /// boundary or is shorter than the `needed` bytes.
+    case invalidSharedControl(address: UInt, length: Int, needed: Int)
+    /// No shared pool was created in this control memory (no header, or
+    /// one of another layout version).
+    case sharedControlNotInitialized(address: UInt)
+    /// A shared pool was opened with a configuration or memory that differs
+    /// from its creator's: `field` was `created` there, `requested` here.
+    case sharedControlMismatch(field: String, created: Int, requested: Int)
+    /// A shared pool was asked for with `threading: .singleThread`.
+    case sharedPoolNeedsSharedThreading
+    /// A thread-record count that is negative or above `maximum`.
+    case threadRecordsOutOfRange(requested: Int, maximum: Int)
 
     public var description: String {
         func hex(_ v: UInt) -> String { "0x" + String(v, radix: 16) }
@@ -90,6 +103,19 @@ public enum MempoolError: Error, Equatable, Sendable, CustomStringConvertible {
                 + String(found, radix: 16) + "; the object was overrun by the code that held it"
         case .checksDisabled:
             return "this mempool was created without checks: create it with `checked: true` to use the checked API"
+        case .invalidSharedControl(let a, let length, let needed):
+            return "control memory of \(length) bytes at \(hex(a)) cannot hold this shared mempool's state: give \(needed) bytes "
+                + "(MempoolSharedControl.bytesNeeded) starting at a 4096-byte boundary"
+        case .sharedControlNotInitialized(let a):
+            return "no shared mempool was created in the control memory at \(hex(a)) (or one of another version): "
+                + "create it first (creating: true) in one process, then open it in the others"
+        case .sharedControlMismatch(let field, let created, let requested):
+            return "the shared mempool was created with \(field) = \(created) but opened with \(field) = \(requested): "
+                + "open it with its creator's configuration and memory"
+        case .sharedPoolNeedsSharedThreading:
+            return "a mempool shared between processes needs threading: .shared (a single-thread pool has no locks)"
+        case .threadRecordsOutOfRange(let n, let max):
+            return "\(n) thread records for a shared mempool is out of range: use 0 (no caches) up to \(max)"
         }
     }
 }

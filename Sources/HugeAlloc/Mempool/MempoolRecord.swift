@@ -7,7 +7,10 @@ import Synchronization
 /// A record is a handle: the only code that computes addresses inside a
 /// record. The record is owned by its thread's table (see
 /// `MempoolRegistry`), which frees it when the thread exits, when the pool
-/// is destroyed by this thread, or when a new pool takes the slot.
+/// is destroyed by this thread, or when a new pool takes the slot. A shared
+/// pool's records live in its control memory instead (see
+/// `MempoolSharedControl`): a thread claims one and releases it, nothing
+/// is allocated or freed.
 ///
 /// The owning thread reads and writes its record with relaxed loads and
 /// stores (plain moves on x86-64); other threads only read counts and
@@ -18,8 +21,9 @@ struct MempoolRecord {
     @usableFromInline
     struct Header: ~Copyable {
         /// The pool the record belongs to: a stale record (its pool
-        /// destroyed, the slot reused) never matches.
-        @usableFromInline let poolID: UInt64
+        /// destroyed, the slot reused) never matches. A shared pool's record
+        /// is claimed by one pool instance after another, each writing its id.
+        @usableFromInline let poolID: Atomic<UInt64>
         /// Cached objects; written only by the owning thread.
         @usableFromInline let count = Atomic<Int>(0)
         @usableFromInline let gets = Atomic<Int>(0)
@@ -28,11 +32,15 @@ struct MempoolRecord {
         @usableFromInline let refills = Atomic<Int>(0)
         @usableFromInline let flushes = Atomic<Int>(0)
         /// Slots after the header.
-        @usableFromInline let capacity: Int
+        @usableFromInline let capacity: Int32
+        /// In a shared pool's control memory: the process whose thread holds
+        /// the record (0 when free, -1 while a dead owner's record is
+        /// reclaimed). Always 0 in a private pool's record.
+        @usableFromInline let ownerPID = Atomic<Int32>(0)
 
         init(poolID: UInt64, capacity: Int) {
-            self.poolID = poolID
-            self.capacity = capacity
+            self.poolID = Atomic(poolID)
+            self.capacity = Int32(capacity)
         }
     }
 
@@ -67,7 +75,7 @@ struct MempoolRecord {
     /// The record's address, as a thread table holds it.
     var bits: UInt { UInt(bitPattern: unsafe header) }
 
-    var poolID: UInt64 { unsafe header.pointee.poolID }
+    var poolID: UInt64 { unsafe header.pointee.poolID.load(ordering: .relaxed) }
 
     /// Objects in the cache.
     @inlinable var count: Int {
@@ -116,7 +124,7 @@ struct MempoolRecord {
     @inlinable @inline(__always)
     func _checkInvariants(_ count: Int) {
         #if HUGEALLOC_CHECKS
-        let capacity = unsafe header.pointee.capacity
+        let capacity = Int(unsafe header.pointee.capacity)
         precondition(count >= 0 && count <= capacity, "mempool cache: count \(count) outside 0...\(capacity)")
         #endif
     }

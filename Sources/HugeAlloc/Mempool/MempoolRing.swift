@@ -25,15 +25,26 @@ import Glibc
 @safe
 struct MempoolRing: ~Copyable, @unchecked Sendable {
     @usableFromInline let handle: _UnsafeHandle
+    /// False for a ring placed in a shared pool's control memory, which the
+    /// caller owns.
+    let ownsStorage: Bool
 
     /// Allocates a ring for at least `capacity` objects (at most
     /// ``Mempool/maximumCount``).
     init(capacity: Int) {
         handle = _UnsafeHandle.allocate(capacity: capacity)
+        ownsStorage = true
+    }
+
+    /// A ring in storage someone else owns (a shared pool's control memory):
+    /// nothing is freed when it goes.
+    init(placed handle: _UnsafeHandle) {
+        self.handle = handle
+        ownsStorage = false
     }
 
     deinit {
-        handle.deallocate()
+        if ownsStorage { handle.deallocate() }
     }
 
     /// Objects in the ring now (exact when no operation is in flight).
@@ -83,12 +94,41 @@ extension MempoolRing {
 
         static func allocate(capacity: Int) -> _UnsafeHandle {
             precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "ring capacity \(capacity) out of range")
-            var size = 1
-            while size <= capacity { size <<= 1 }
+            let size = slotCount(capacity: capacity)
             let header = unsafe MempoolStorage.allocate(Header(), slots: size, alignment: 128)
             let handle = unsafe _UnsafeHandle(header: header, mask: UInt32(size - 1), capacity: UInt32(capacity))
             handle._checkInvariants()
             return handle
+        }
+
+        /// The slots a ring of `capacity` objects has: the power of two above it.
+        static func slotCount(capacity: Int) -> Int {
+            var size = 1
+            while size <= capacity { size <<= 1 }
+            return size
+        }
+
+        /// Bytes of storage (header and slots) a ring of `capacity` objects takes.
+        static func storageBytes(capacity: Int) -> Int {
+            unsafe MemoryLayout<Header>.stride + slotCount(capacity: capacity) * MemoryLayout<UnsafeMutableRawPointer>.stride
+        }
+
+        /// A ring of `capacity` objects in `storageBytes(capacity:)` bytes at
+        /// `storage` (128-byte aligned, not owned): an empty ring written
+        /// there when `initializing`, else the one another pool instance
+        /// wrote (in the same or another process).
+        static func placed(at storage: UnsafeMutableRawPointer, capacity: Int, initializing: Bool) -> _UnsafeHandle {
+            precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "ring capacity \(capacity) out of range")
+            let size = slotCount(capacity: capacity)
+            let header: UnsafeMutablePointer<Header>
+            if initializing {
+                unsafe header = storage.bindMemory(to: Header.self, capacity: 1)
+                unsafe header.initialize(to: Header())
+            } else {
+                unsafe header = storage.assumingMemoryBound(to: Header.self)
+            }
+            unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: size)
+            return unsafe _UnsafeHandle(header: header, mask: UInt32(size - 1), capacity: UInt32(capacity))
         }
 
         @usableFromInline

@@ -17,14 +17,25 @@ import Synchronization
 @safe
 struct MempoolStack: ~Copyable, @unchecked Sendable {
     @usableFromInline let handle: _UnsafeHandle
+    /// False for a stack placed in a shared pool's control memory, which the
+    /// caller owns.
+    let ownsStorage: Bool
 
     /// Allocates a stack for `capacity` objects (at most ``Mempool/maximumCount``).
     init(capacity: Int) {
         handle = _UnsafeHandle.allocate(capacity: capacity)
+        ownsStorage = true
+    }
+
+    /// A stack in storage someone else owns (a shared pool's control memory):
+    /// nothing is freed when it goes.
+    init(placed handle: _UnsafeHandle) {
+        self.handle = handle
+        ownsStorage = false
     }
 
     deinit {
-        handle.deallocate()
+        if ownsStorage { handle.deallocate() }
     }
 
     /// Objects on the stack now.
@@ -73,6 +84,28 @@ extension MempoolStack {
         static func allocate(capacity: Int) -> _UnsafeHandle {
             precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "stack capacity \(capacity) out of range")
             let header = unsafe MempoolStorage.allocate(Header(), slots: capacity, alignment: 128)
+            return unsafe _UnsafeHandle(header: header, capacity: capacity)
+        }
+
+        /// Bytes of storage (header and slots) a stack of `capacity` objects takes.
+        static func storageBytes(capacity: Int) -> Int {
+            unsafe MemoryLayout<Header>.stride + max(1, capacity) * MemoryLayout<UnsafeMutableRawPointer>.stride
+        }
+
+        /// A stack of `capacity` objects in `storageBytes(capacity:)` bytes
+        /// at `storage` (128-byte aligned, not owned): an empty stack written
+        /// there when `initializing`, else the one another pool instance
+        /// wrote (in the same or another process).
+        static func placed(at storage: UnsafeMutableRawPointer, capacity: Int, initializing: Bool) -> _UnsafeHandle {
+            precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "stack capacity \(capacity) out of range")
+            let header: UnsafeMutablePointer<Header>
+            if initializing {
+                unsafe header = storage.bindMemory(to: Header.self, capacity: 1)
+                unsafe header.initialize(to: Header())
+            } else {
+                unsafe header = storage.assumingMemoryBound(to: Header.self)
+            }
+            unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: max(1, capacity))
             return unsafe _UnsafeHandle(header: header, capacity: capacity)
         }
 
