@@ -3,7 +3,7 @@
 // one line on standard output. Tests spawn several and kill some.
 import Foundation
 import HugeAlloc
-
+import Synchronization
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 func answer(_ line: String) { FileHandle.standardOutput.write((line + "\n").data(using: .utf8)!) }
@@ -30,13 +30,29 @@ if let text = ProcessInfo.processInfo.environment["SHARE_OCCUPY"], let address =
     if p == MAP_FAILED { fail(POSIXError(.init(rawValue: errno)!)) }
 }
 
+func integer(_ word: String) -> Int { Int(word)! }
+func pointer(_ word: String) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: UInt(word)!)! }
+
 var mapping: SharedMapping?
+var shared: SharedMempool?
+var packets: SharedPacketPool?
+var ring: SharedRing?
 do {
     switch mode {
     case "publish-mapping":
-        mapping = try SharedMapping.publish(name: name, length: Int(arguments[2])!, options: options)
+        mapping = try SharedMapping.publish(name: name, length: integer(arguments[2]), options: options)
     case "attach-mapping":
         mapping = try SharedMapping.attach(name: name, options: options)
+    case "publish-pool":  // publish-pool NAME COUNT SIZE CACHE CHECKED
+        shared = try SharedMempool.publish(
+            name: name, configuration: MempoolConfiguration(count: integer(arguments[2]), objectSize: integer(arguments[3]),
+                                                            cacheSize: integer(arguments[4]), checked: arguments[5] == "1"),
+            options: options)
+    case "attach-pool":
+        shared = try SharedMempool.attach(name: name, options: options)
+    case "attach-packets":  // attach-packets NAME RING
+        packets = try SharedPacketPool.attach(name: name, options: options)
+        if arguments.count > 2 { ring = try SharedRing.attach(name: arguments[2], options: options) }
     default:
         answer("error unknown mode \(mode)")
         exit(2)
@@ -44,29 +60,127 @@ do {
 } catch { fail(error) }
 
 if let m = mapping { answer("ready \(UInt(bitPattern: m.base)) \(m.length)") }
+if let s = shared { answer("ready \(UInt(bitPattern: s.pool.base)) \(s.pool.count)") }
+if let p = packets { answer("ready \(UInt(bitPattern: p.pool.mempool.base)) \(p.pool.mempool.count)") }
+
+/// Objects this process holds, and the churn thread's switch.
+let held = Mutex<[UnsafeMutableRawPointer]>([])
+let churning = Atomic<Bool>(false)
+let churnDone = DispatchSemaphore(value: 0)
+
+/// Gets and puts in random bulks, holding a random number of objects at any
+/// moment, until told to stop (or killed).
+func churn(_ pool: Mempool) {
+    var rng = SystemRandomNumberGenerator()
+    var mine: [UnsafeMutableRawPointer] = []
+    var scratch = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: 64)
+    while churning.load(ordering: .relaxed) {
+        let n = Int.random(in: 1...32, using: &rng)
+        if Bool.random(using: &rng) || mine.isEmpty {
+            if scratch.withUnsafeMutableBufferPointer({ pool.get(into: $0.baseAddress!, count: n) }) {
+                for i in 0..<n { scratch[i].storeBytes(of: UInt64(getpid()), as: UInt64.self) }
+                mine.append(contentsOf: scratch[0..<n])
+            }
+        } else {
+            let k = min(n, mine.count)
+            let batch = Array(mine.suffix(k))
+            mine.removeLast(k)
+            _ = batch.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: k) }
+        }
+    }
+    held.withLock { $0.append(contentsOf: mine) }
+    churnDone.signal()
+}
 
 while let line = readLine() {
     let words = line.split(separator: " ").map(String.init)
     guard let command = words.first else { continue }
+    let pool = shared?.pool ?? packets?.pool.mempool
     switch command {
-    case "write":  // write OFFSET VALUE (a 64-bit word)
-        guard let m = mapping else { break }
-        m.base.storeBytes(of: UInt64(words[2])!, toByteOffset: Int(words[1])!, as: UInt64.self)
+    case "write":  // write OFFSET VALUE: a 64-bit word at an offset of the mapping, or at an address
+        if let m = mapping {
+            m.base.storeBytes(of: UInt64(words[2])!, toByteOffset: integer(words[1]), as: UInt64.self)
+        } else {
+            pointer(words[1]).storeBytes(of: UInt64(words[2])!, as: UInt64.self)
+        }
         answer("ok")
     case "read":
-        guard let m = mapping else { break }
-        answer("value \(m.base.load(fromByteOffset: Int(words[1])!, as: UInt64.self))")
+        if let m = mapping {
+            answer("value \(m.base.load(fromByteOffset: integer(words[1]), as: UInt64.self))")
+        } else {
+            answer("value \(pointer(words[1]).load(as: UInt64.self))")
+        }
     case "physical":  // physical OFFSET: the physical address this process reads for the byte
         guard let m = mapping else { break }
-        answer("physical \(m.physicalAddress(of: m.base + Int(words[1])!)?.rawValue ?? 0)")
+        answer("physical \(m.physicalAddress(of: m.base + integer(words[1]))?.rawValue ?? 0)")
     case "participants":
-        answer("participants \((mapping?.participants ?? []).map { "\($0.pid):\($0.isAlive)" }.joined(separator: ","))")
+        let list = mapping?.participants ?? shared?.participants ?? packets?.participants ?? []
+        answer("participants \(list.map { "\($0.pid):\($0.isAlive)" }.joined(separator: ","))")
+    case "get":  // get N: takes N objects and prints their addresses
+        guard let pool else { break }
+        var objects = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: integer(words[1]))
+        if objects.withUnsafeMutableBufferPointer({ pool.get(into: $0.baseAddress!, count: $0.count) }) {
+            held.withLock { $0.append(contentsOf: objects) }
+            answer("objects \(objects.map { "\(UInt(bitPattern: $0))" }.joined(separator: " "))")
+        } else {
+            answer("empty")
+        }
+    case "put":  // put ADDRESS…: puts objects back, checked when the pool checks
+        guard let pool else { break }
+        let objects = words.dropFirst().map(pointer)
+        do {
+            if pool.isChecked {
+                try objects.withUnsafeBufferPointer { try pool.putChecked(from: $0.baseAddress!, count: $0.count) }
+            } else {
+                _ = objects.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: $0.count) }
+            }
+            held.withLock { h in h.removeAll { objects.contains($0) } }
+            answer("ok")
+        } catch { answer("error \(error)") }
+    case "putheld":
+        guard let pool else { break }
+        let objects = held.withLock { h in defer { h.removeAll() }; return h }
+        _ = objects.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: $0.count) }
+        answer("ok \(objects.count)")
+    case "available":
+        answer("available \(pool?.availableCount ?? -1)")
+    case "flush":
+        pool?.flushThreadCache()
+        answer("ok")
+    case "churn":
+        guard let pool else { break }
+        churning.store(true, ordering: .relaxed)
+        Thread.detachNewThread { churn(pool) }
+        answer("churning")
+    case "stop":
+        churning.store(false, ordering: .relaxed)
+        churnDone.wait()
+        answer("stopped \(held.withLock { $0.count })")
+    case "chain":  // chain N: builds a packet chain of N segments and prints its head
+        guard let p = packets?.pool, let head = p.allocateChain(segments: integer(words[1]), payloadPerSegment: 100) else {
+            answer("empty"); break
+        }
+        answer("chain \(UInt(bitPattern: head.metadata))")
+    case "free-chain":  // free-chain HEAD: frees a chain another process built
+        guard let p = packets?.pool else { break }
+        p.freeChain(PacketBuffer(metadata: pointer(words[1])))
+        answer("ok")
+    case "receive":  // receive N: dequeues N buffers from the ring, checks their frames, frees them
+        guard let p = packets?.pool, let r = ring else { break }
+        var objects = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: integer(words[1]))
+        let ok = objects.withUnsafeMutableBufferPointer { r.dequeue(into: $0.baseAddress!, count: $0.count) }
+        guard ok else { answer("empty"); break }
+        let tags = objects.map { PacketBuffer(metadata: $0).data.load(as: UInt64.self) }
+        for o in objects { p.free(PacketBuffer(metadata: o)) }
+        answer("frames \(tags.map(String.init).joined(separator: " "))")
     case "exit":
         mapping = nil
+        shared = nil
+        packets = nil
+        ring = nil
         answer("bye")
         exit(0)
     default:
         answer("error unknown command \(command)")
     }
 }
-mapping = nil

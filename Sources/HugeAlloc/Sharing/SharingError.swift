@@ -23,6 +23,8 @@ public enum SharingError: Error, Sendable, Equatable, CustomStringConvertible {
     case incompatible(name: String, reason: String)
     /// Every participant slot of the object is taken.
     case tooManyProcesses(name: String, maximum: Int)
+    /// What was asked for cannot be shared between processes.
+    case notShareable(reason: String)
     /// The memory could not be made (hugepages, memlock, placement).
     case mapping(MappingError)
     /// The pool could not be made or opened.
@@ -57,6 +59,8 @@ public enum SharingError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\"\(name)\" was published by an incompatible HugeAlloc: \(reason); use the same HugeAlloc version in every process"
         case let .tooManyProcesses(name, maximum):
             return "\"\(name)\" already has \(maximum) attached processes, the most it tracks; detach one first"
+        case .notShareable(let reason):
+            return "cannot share this: \(reason)"
         case .mapping(let error): return "\(error)"
         case .mempool(let error): return "\(error)"
         case .packetPool(let error): return "\(error)"
