@@ -59,7 +59,8 @@ public struct PacketBuffer: Hashable, @unchecked Sendable {
         @inlinable static var index: Int { 44 }
         /// UInt64: free for the application (port, flow hash, timestamp...).
         @inlinable static var userData: Int { 48 }
-        /// UInt64: the owning ``PacketPool`` (unretained), fixed at creation.
+        /// UInt64: the owning pool's identity, its mempool's base address
+        /// (the same in every process sharing the pool), fixed at creation.
         @inlinable static var pool: Int { 56 }
     }
 

@@ -136,7 +136,7 @@ extension PacketPool {
                 unsafe mempool.put(from: raw, count: n)
             }
         } else {
-            for i in 0..<n { unsafe PacketPool.freePacket(buffers[i]) }
+            for i in 0..<n { unsafe PacketPool.freePacket(buffers[i], near: self) }
         }
     }
 
@@ -158,7 +158,7 @@ extension PacketPool {
         if irregularity(buffer, pool: identity) == 0 {
             unsafe mempool.put(buffer.metadata)
         } else {
-            PacketPool.freePacket(buffer)
+            PacketPool.freePacket(buffer, near: self)
         }
     }
 
@@ -180,7 +180,7 @@ extension PacketPool {
             segment = s.next
             segments += 1
         }
-        PacketPool.freePacket(buffer)
+        PacketPool.freePacket(buffer, near: self)
     }
 
     /// Throws unless `s` (a segment in this pool's memory) is a handed-out buffer.
@@ -200,49 +200,51 @@ extension PacketPool {
 
     // MARK: freeing (general path)
 
-    /// The pool a buffer belongs to, from its metadata.
-    @usableFromInline
-    static func home(of b: PacketBuffer) -> PacketPool {
-        let bits = UInt(b.load(PacketBuffer.Field.pool, as: UInt64.self))
-        return unsafe Unmanaged<PacketPool>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue()
+    /// The pool a buffer belongs to, from its metadata: `hint` when the
+    /// buffer is its (no lookup), else this process's pool of that identity.
+    static func home(of b: PacketBuffer, near hint: PacketPool) -> PacketPool {
+        let identity = b.load(PacketBuffer.Field.pool, as: UInt64.self)
+        if identity == hint.identity { return hint }
+        return PacketPoolRegistry.pool(identity: identity)
     }
 
     /// Frees a packet segment by segment: each segment's reference count is
     /// dropped, and a segment whose count reaches zero is detached from the
     /// buffer it shares (if a clone) and put back into its own pool.
+    /// `hint` is the pool the caller freed through, most segments' home.
     @usableFromInline @inline(never)
-    static func freePacket(_ head: PacketBuffer) {
+    static func freePacket(_ head: PacketBuffer, near hint: PacketPool) {
         var segment: PacketBuffer? = head
         while let s = segment {
             segment = s.next
-            if releaseSegment(s) { unsafe home(of: s).mempool.put(s.metadata) }
+            if releaseSegment(s, near: hint) { unsafe home(of: s, near: hint).mempool.put(s.metadata) }
         }
     }
 
     /// Drops one owner of `s`; true when it was the last, with `s` restored
     /// to the free state (count 1, no next segment, its own memory).
-    static func releaseSegment(_ s: PacketBuffer) -> Bool {
+    static func releaseSegment(_ s: PacketBuffer, near hint: PacketPool) -> Bool {
         let counter = unsafe s.referenceCounter
         if unsafe counter.pointee.load(ordering: .acquiring) != 1 {
             let left = unsafe counter.pointee.subtract(1, ordering: .acquiringAndReleasing).newValue
             if left != 0 { return false }
             unsafe counter.pointee.store(1, ordering: .relaxed)
         }
-        if s.isIndirect { detach(s) }
+        if s.isIndirect { detach(s, near: hint) }
         s.store(UInt64(0), PacketBuffer.Field.next)
         return true
     }
 
     /// Points an indirect buffer back at its own memory and drops its
     /// reference on the buffer it shared, freeing that one if it was the last.
-    static func detach(_ s: PacketBuffer) {
+    static func detach(_ s: PacketBuffer, near hint: PacketPool) {
         let direct = s.directBuffer
-        let pool = home(of: s)
+        let pool = home(of: s, near: hint)
         let start = unsafe s.metadata + PacketBuffer.metadataSize
         s.store(UInt64(UInt(bitPattern: start)), PacketBuffer.Field.bufferAddress)
         s.store(unsafe pool.mempool.physicalAddress(of: start)?.rawValue ?? 0, PacketBuffer.Field.bufferPhysical)
         s.store(UInt32(pool.headroom + pool.dataRoom), PacketBuffer.Field.bufferLength)
         s.store(UInt16(0), PacketBuffer.Field.flags)
-        if releaseSegment(direct) { unsafe home(of: direct).mempool.put(direct.metadata) }
+        if releaseSegment(direct, near: hint) { unsafe home(of: direct, near: hint).mempool.put(direct.metadata) }
     }
 }

@@ -71,6 +71,10 @@ public final class PacketPool: @unchecked Sendable {
     /// The metadata word a fresh buffer gets at offset 24: data offset =
     /// headroom, length 0, one segment, no flags.
     @usableFromInline let resetWord: UInt64
+    /// What every buffer's metadata names as its pool: the mempool's base
+    /// address, the same in every process that maps a shared pool (at the
+    /// same address) and different for every pool of one process.
+    @usableFromInline let identity: UInt64
     /// Functions run when the pool is destroyed (memory-event hooks).
     let releaseHooks = Mutex<[@Sendable () -> Void]>([])
 
@@ -98,7 +102,19 @@ public final class PacketPool: @unchecked Sendable {
     /// Makes packet buffers of an existing mempool's objects, which must be
     /// at least 64 + `headroom` + `dataRoom` bytes, all in the pool (none
     /// handed out), and are not used through the mempool directly afterwards.
-    public init(mempool: Mempool, headroom: Int = 128, dataRoom: Int = 2048) throws(PacketPoolError) {
+    public convenience init(mempool: Mempool, headroom: Int = 128, dataRoom: Int = 2048) throws(PacketPoolError) {
+        try self.init(mempool: mempool, headroom: headroom, dataRoom: dataRoom, writingMetadata: true)
+    }
+
+    /// Packet buffers of a shared mempool another ``PacketPool`` (possibly
+    /// in another process, over the same memory at the same address) made
+    /// already: the buffers' metadata is used as that pool wrote it,
+    /// nothing is rewritten. `headroom` and `dataRoom` must be the creator's.
+    package convenience init(attaching mempool: Mempool, headroom: Int = 128, dataRoom: Int = 2048) throws(PacketPoolError) {
+        try self.init(mempool: mempool, headroom: headroom, dataRoom: dataRoom, writingMetadata: false)
+    }
+
+    init(mempool: Mempool, headroom: Int, dataRoom: Int, writingMetadata: Bool) throws(PacketPoolError) {
         try Self.validate(PacketPoolConfiguration(count: mempool.count, headroom: headroom, dataRoom: dataRoom))
         let needed = PacketBuffer.metadataSize + headroom + dataRoom
         guard mempool.objectSize >= needed else { throw .objectTooSmall(objectSize: mempool.objectSize, needed: needed) }
@@ -106,15 +122,13 @@ public final class PacketPool: @unchecked Sendable {
         self.headroom = headroom
         self.dataRoom = dataRoom
         resetWord = UInt64(headroom) | (1 << 32)
-        initializeMetadata()
-    }
-
-    /// This pool's address, as stored in every buffer's metadata.
-    @inlinable var identity: UInt64 {
-        UInt64(UInt(bitPattern: unsafe Unmanaged.passUnretained(self).toOpaque()))
+        identity = UInt64(UInt(bitPattern: unsafe mempool.base))
+        if writingMetadata { initializeMetadata() }
+        PacketPoolRegistry.register(self)
     }
 
     deinit {
+        PacketPoolRegistry.unregister(self)
         for hook in releaseHooks.withLock({ $0 }) { hook() }
     }
 
@@ -124,5 +138,37 @@ public final class PacketPool: @unchecked Sendable {
             throw .bufferTooLarge(bytes: c.headroom + c.dataRoom, maximum: Int(UInt16.max))
         }
         guard c.count <= Int(UInt32.max) else { throw .tooManyBuffers(requested: c.count, maximum: Int(UInt32.max)) }
+    }
+}
+
+/// The packet pools of this process by identity (their mempool's base), for
+/// the general free path, which finds a segment's pool from its metadata.
+/// Two pools of one identity are two instances of one shared pool: either
+/// serves.
+@safe
+enum PacketPoolRegistry {
+    /// Per identity, the addresses of its live pools (unretained: a pool
+    /// leaves in its `deinit`).
+    static let pools = Mutex<[UInt64: [UInt]]>([:])
+
+    static func register(_ pool: PacketPool) {
+        let address = UInt(bitPattern: unsafe Unmanaged.passUnretained(pool).toOpaque())
+        pools.withLock { $0[pool.identity, default: []].append(address) }
+    }
+
+    static func unregister(_ pool: PacketPool) {
+        let address = UInt(bitPattern: unsafe Unmanaged.passUnretained(pool).toOpaque())
+        pools.withLock { pools in
+            pools[pool.identity]?.removeAll { $0 == address }
+            if pools[pool.identity]?.isEmpty == true { pools[pool.identity] = nil }
+        }
+    }
+
+    /// The live pool whose buffers name `identity`.
+    static func pool(identity: UInt64) -> PacketPool {
+        guard let address = pools.withLock({ $0[identity]?.last }), let raw = unsafe UnsafeRawPointer(bitPattern: address) else {
+            fatalError("packet buffer names pool 0x\(String(identity, radix: 16)), which no live PacketPool of this process has")
+        }
+        return unsafe Unmanaged<PacketPool>.fromOpaque(raw).takeUnretainedValue()
     }
 }

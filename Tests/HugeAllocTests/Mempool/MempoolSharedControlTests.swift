@@ -322,4 +322,43 @@ struct MempoolSharedControlTests {
         #expect(a.availableCount == 1000 && b.availableCount == 1000)
         #expect(a.processUsage().isEmpty, "every thread released its record")
     }
+
+    @Test func anAttachedPacketPoolSharesTheCreatorsBuffers() throws {
+        let c = MempoolConfiguration(count: 200, objectSize: PacketBuffer.metadataSize + 128 + 2048, cacheSize: 16)
+        let fixture = try SharedPoolFixture(configuration: c, threadRecords: 8)
+        let a = try fixture.create(c)
+        let b = try fixture.open(c)
+        let pa = try PacketPool(mempool: a)
+        let marked = try #require(pa.buffer(at: 5))
+        marked.userData = 0xABCD
+        let pb = try PacketPool(attaching: b)
+        #expect(try #require(pb.buffer(at: 5)).userData == 0xABCD, "attaching rewrote no metadata")
+        #expect(pa.identity == pb.identity && pa.identity == UInt64(UInt(bitPattern: fixture.mapping.base)))
+
+        // Allocated through one, freed through the other, in bulk and one by one.
+        let packets = try #require(pa.allocate(count: 50))
+        #expect(packets.allSatisfy { pb.owns($0) })
+        pb.free(Array(packets[..<40]))
+        for p in packets[40...] { pb.free(p) }
+        #expect(pa.availableCount == 200 && pb.availableCount == 200)
+
+        // The general path: a chain and a clone across the two instances.
+        let frame = try pa.allocateFrame(length: 5000)
+        #expect(frame.segmentCount == 3)
+        let copy = try #require(pb.clone(frame))
+        pb.free(frame)
+        pa.free(copy)
+        #expect(pa.availableCount == 200)
+
+        // A buffer of another pool in the chain goes home through the registry.
+        let other = try PacketPool(configuration: PacketPoolConfiguration(count: 8, cacheSize: 0))
+        let head = try #require(pa.allocate())
+        let tail = try #require(other.allocate())
+        #expect(pa.chain(head, tail))
+        pb.free(head)
+        #expect(other.availableCount == 8 && pa.availableCount == 200)
+        // Negative control: a non-attaching PacketPool over the same mempool rewrites the metadata.
+        _ = try PacketPool(mempool: b)
+        #expect(try #require(pa.buffer(at: 5)).userData == 0)
+    }
 }
