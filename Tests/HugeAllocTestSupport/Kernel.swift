@@ -114,6 +114,18 @@ public enum Kernel {
         guard word & (1 << 63) != 0, pfn != 0 else { return nil }
         return pfn * UInt64(getpagesize()) + UInt64(address % UInt(getpagesize()))
     }
+
+    /// How many page-table entries map the frame at `physical`
+    /// (`/proc/kpagecount`, root only); nil when unreadable.
+    public static func mapCount(physical: UInt64) -> Int? {
+        let fd = open("/proc/kpagecount", O_RDONLY)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var word: UInt64 = 0
+        let pfn = physical / UInt64(getpagesize())
+        guard pread(fd, &word, 8, off_t(pfn * 8)) == 8 else { return nil }
+        return Int(word)
+    }
 }
 
 /// Reads `kernel` before and after `ours` until the kernel's value held

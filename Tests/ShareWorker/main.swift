@@ -64,13 +64,13 @@ if let s = shared { answer("ready \(UInt(bitPattern: s.pool.base)) \(s.pool.coun
 if let p = packets { answer("ready \(UInt(bitPattern: p.pool.mempool.base)) \(p.pool.mempool.count)") }
 
 /// Objects this process holds, and the churn thread's switch.
-let held = Mutex<[UnsafeMutableRawPointer]>([])
+let held = Mutex<[UInt]>([])
 let churning = Atomic<Bool>(false)
 let churnDone = DispatchSemaphore(value: 0)
 
 /// Gets and puts in random bulks, holding a random number of objects at any
 /// moment, until told to stop (or killed).
-func churn(_ pool: Mempool) {
+@Sendable func churn(_ pool: Mempool) {
     var rng = SystemRandomNumberGenerator()
     var mine: [UnsafeMutableRawPointer] = []
     var scratch = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: 64)
@@ -88,7 +88,8 @@ func churn(_ pool: Mempool) {
             _ = batch.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: k) }
         }
     }
-    held.withLock { $0.append(contentsOf: mine) }
+    let addresses = mine.map { UInt(bitPattern: $0) }
+    held.withLock { $0.append(contentsOf: addresses) }
     churnDone.signal()
 }
 
@@ -120,7 +121,8 @@ while let line = readLine() {
         guard let pool else { break }
         var objects = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: integer(words[1]))
         if objects.withUnsafeMutableBufferPointer({ pool.get(into: $0.baseAddress!, count: $0.count) }) {
-            held.withLock { $0.append(contentsOf: objects) }
+            let addresses = objects.map { UInt(bitPattern: $0) }
+            held.withLock { $0.append(contentsOf: addresses) }
             answer("objects \(objects.map { "\(UInt(bitPattern: $0))" }.joined(separator: " "))")
         } else {
             answer("empty")
@@ -134,12 +136,13 @@ while let line = readLine() {
             } else {
                 _ = objects.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: $0.count) }
             }
-            held.withLock { h in h.removeAll { objects.contains($0) } }
+            let addresses = Set(objects.map { UInt(bitPattern: $0) })
+            held.withLock { h in h.removeAll { addresses.contains($0) } }
             answer("ok")
         } catch { answer("error \(error)") }
     case "putheld":
         guard let pool else { break }
-        let objects = held.withLock { h in defer { h.removeAll() }; return h }
+        let objects = held.withLock { h in defer { h.removeAll() }; return h }.map { UnsafeMutableRawPointer(bitPattern: $0)! }
         _ = objects.withUnsafeBufferPointer { pool.put(from: $0.baseAddress!, count: $0.count) }
         answer("ok \(objects.count)")
     case "available":
@@ -156,15 +159,22 @@ while let line = readLine() {
         churning.store(false, ordering: .relaxed)
         churnDone.wait()
         answer("stopped \(held.withLock { $0.count })")
-    case "chain":  // chain N: builds a packet chain of N segments and prints its head
-        guard let p = packets?.pool, let head = p.allocateChain(segments: integer(words[1]), payloadPerSegment: 100) else {
-            answer("empty"); break
-        }
-        answer("chain \(UInt(bitPattern: head.metadata))")
-    case "free-chain":  // free-chain HEAD: frees a chain another process built
+    case "chain":  // chain LENGTH SEED: a packet of LENGTH bytes (a chain of buffers) with a pattern
         guard let p = packets?.pool else { break }
-        p.freeChain(PacketBuffer(metadata: pointer(words[1])))
-        answer("ok")
+        do {
+            let head = try p.allocateFrame(length: integer(words[1]))
+            let seed = integer(words[2])
+            p.write((0..<integer(words[1])).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ seed) }, into: head)
+            answer("chain \(UInt(bitPattern: head.metadata)) \(head.segmentCount)")
+        } catch { answer("error \(error)") }
+    case "free-chain":  // free-chain HEAD LENGTH SEED: checks a chain another process built, frees it
+        guard let p = packets?.pool else { break }
+        let head = PacketBuffer(metadata: pointer(words[1]))
+        let expected = (0..<integer(words[2])).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ integer(words[3])) }
+        guard p.owns(head), head.contents == expected else { answer("error contents differ"); break }
+        let segments = head.segmentCount
+        p.free(head)
+        answer("freed \(segments)")
     case "receive":  // receive N: dequeues N buffers from the ring, checks their frames, frees them
         guard let p = packets?.pool, let r = ring else { break }
         var objects = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: integer(words[1]))

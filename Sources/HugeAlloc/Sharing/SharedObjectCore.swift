@@ -53,6 +53,35 @@ final class SharedObjectCore: @unchecked Sendable {
         self.pid = Sys.processID
         self.listener = listener
         self.wake = wake
+        Self.noteLive(self)
+    }
+
+    // MARK: process exit
+
+    /// The cores of this process, for the exit handler.
+    private static let live = Mutex<[ObjectIdentifier: Weak]>([:])
+    private static let exitHandlerInstalled = Atomic<Bool>(false)
+
+    private struct Weak: @unchecked Sendable { weak var core: SharedObjectCore? }
+
+    private static func noteLive(_ core: SharedObjectCore) {
+        live.withLock { $0[ObjectIdentifier(core)] = Weak(core: core) }
+        if !exitHandlerInstalled.exchange(true, ordering: .relaxed) {
+            Sys.onExit { SharedObjectCore.leaveAllAtExit() }
+        }
+    }
+
+    /// A process that exits with objects still shared (`exit(3)` without
+    /// releasing them) removes its socket, and the rendezvous when it is the
+    /// last; its slot stays for a survivor's watcher to reclaim what its
+    /// caches held, as for a process that died.
+    private static func leaveAllAtExit() {
+        let cores = live.withLock { $0.values.compactMap(\.core) }
+        for core in cores where !core.closed.exchange(true, ordering: .acquiringAndReleasing) {
+            Sys.wake(core.wake.write)
+            let others = core.header.participants.filter { $0.pid != core.pid && core.isAlive($0) }
+            core.rendezvous.leave(pid: core.pid, last: others.isEmpty)
+        }
     }
 
     deinit { close() }
@@ -221,6 +250,7 @@ final class SharedObjectCore: @unchecked Sendable {
     /// structures has flushed this process's caches before.
     func close() {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Self.live.withLock { $0[ObjectIdentifier(self)] = nil }
         Sys.wake(wake.write)
         if let handle = thread.withLock({ $0 }) { Sys.joinThread(handle) }
         Sys.close(listener)

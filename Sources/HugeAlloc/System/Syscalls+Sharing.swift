@@ -254,3 +254,11 @@ extension Sys {
         _ = unsafe Glibc.write(fd.rawValue, &byte, 1)
     }
 }
+
+extension Sys {
+    /// Runs `handler` when the process exits through `exit(3)`.
+    /// The corresponding C function is `atexit(3)`.
+    static func onExit(_ handler: @escaping @convention(c) () -> Void) {
+        _ = Glibc.atexit(handler)
+    }
+}

@@ -1,0 +1,170 @@
+import Foundation
+import HugeAlloc
+import HugeAllocTestSupport
+import Testing
+
+/// Pools shared between this test process and spawned worker processes:
+/// objects and packet chains cross in both directions, a shared ring hands
+/// buffers over, and processes killed at random under load lose nothing.
+@Suite(.usesHugepagePool, .serialized) struct SharedPoolTests {
+    func addresses(_ reply: String, prefix: String) -> [UnsafeMutableRawPointer] {
+        guard reply.hasPrefix(prefix + " ") else { return [] }
+        return reply.split(separator: " ").dropFirst().compactMap { UInt($0).flatMap { UnsafeMutableRawPointer(bitPattern: $0) } }
+    }
+
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func objectsCrossBothWaysAndADoubleFreeIsCaughtAcrossProcesses() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let shared = try SharedMempool.publish(
+                name: "pool-a", configuration: MempoolConfiguration(count: 1000, objectSize: 100, cacheSize: 32, checked: true),
+                options: sandbox.options)
+            let pool = shared.pool
+            let worker = try ShareWorker(["attach-pool", "pool-a"], sandbox: sandbox)
+            #expect(worker.isReady && worker.readyWords == ["\(UInt(bitPattern: pool.base))", "1000"], "\(worker.greeting)")
+
+            // This process's objects, written here, read and put back there.
+            var mine = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: 5)
+            #expect(mine.withUnsafeMutableBufferPointer { pool.get(into: $0.baseAddress!, count: 5) })
+            for (i, object) in mine.enumerated() { object.storeBytes(of: UInt64(1000 + i), as: UInt64.self) }
+            #expect(worker.send("read \(UInt(bitPattern: mine[3]))") == "value 1003", "a pointer from here is valid there")
+            #expect(worker.send("put \(mine.map { "\(UInt(bitPattern: $0))" }.joined(separator: " "))") == "ok")
+            // Putting one of them again, here, is a double free: the state is shared.
+            #expect(throws: MempoolError.self) { try pool.putChecked(mine[0]) }
+
+            // The worker's objects, written there, read and put back here.
+            let theirs = addresses(worker.send("get 4"), prefix: "objects")
+            #expect(theirs.count == 4 && theirs.allSatisfy { pool.contains($0) })
+            #expect(worker.send("write \(UInt(bitPattern: theirs[0])) 4242") == "ok")
+            #expect(theirs[0].load(as: UInt64.self) == 4242)
+            let usage = Dictionary(uniqueKeysWithValues: shared.processUsage().map { ($0.pid, $0) })
+            #expect(usage[worker.pid]?.heldObjects == 4, "the worker holds 4 (owner tags): \(usage)")
+            for object in theirs { try pool.putChecked(object) }
+            #expect(worker.send("put \(UInt(bitPattern: theirs[1]))").hasPrefix("error"), "and there, a double free")
+            #expect(worker.send("available") == "available 1000")
+            #expect(pool.availableCount == 1000)
+            worker.exit()
+            #expect(pool.availableCount == 1000)
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func aPacketChainBuiltInOneProcessIsFreedInAnother() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let shared = try SharedPacketPool.publish(
+                name: "packets-a", configuration: PacketPoolConfiguration(count: 512, dataRoom: 1024, cacheSize: 16),
+                options: sandbox.options)
+            let pool = shared.pool
+            let worker = try ShareWorker(["attach-packets", "packets-a"], sandbox: sandbox)
+            #expect(worker.isReady, "\(worker.greeting)")
+
+            // Built there, read and freed here.
+            let reply = worker.send("chain 5000 9").split(separator: " ")
+            let head = PacketBuffer(metadata: try #require(UInt(reply.count == 3 ? String(reply[1]) : "").flatMap { UnsafeMutableRawPointer(bitPattern: $0) }))
+            #expect(reply.last == "5", "5000 bytes over 1024-byte buffers: five segments")
+            #expect(pool.owns(head) && head.segmentCount == 5 && head.packetLength == 5000)
+            #expect(head.contents == (0..<5000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 9) }, "every byte as the worker wrote it")
+            pool.free(head)
+            // Built here, read and freed there.
+            let mine = try pool.allocateFrame(length: 3000)
+            pool.write((0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 4) }, into: mine)
+            #expect(worker.send("free-chain \(UInt(bitPattern: mine.metadata)) 3000 4") == "freed 3")
+            // Negative control: a wrong pattern is noticed there.
+            let other = try pool.allocateFrame(length: 100)
+            pool.write([UInt8](repeating: 1, count: 100), into: other)
+            #expect(worker.send("free-chain \(UInt(bitPattern: other.metadata)) 100 4") == "error contents differ")
+            pool.free(other)
+            #expect(worker.send("available") == "available 512")
+            worker.exit()
+            #expect(pool.availableCount == 512)
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func aSharedRingHandsBuffersToAnotherProcess() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let shared = try SharedPacketPool.publish(
+                name: "packets-b", configuration: PacketPoolConfiguration(count: 1024, cacheSize: 32), options: sandbox.options)
+            let ring = try SharedRing.publish(name: "ring-b", capacity: 256, options: sandbox.options)
+            let pool = shared.pool
+            let worker = try ShareWorker(["attach-packets", "packets-b", "ring-b"], sandbox: sandbox)
+            #expect(worker.isReady, "\(worker.greeting)")
+            for round in 0..<4 {
+                guard let buffers = pool.allocate(count: 64) else { Issue.record("pool empty"); return }
+                for (i, b) in buffers.enumerated() { b.data.storeBytes(of: UInt64(round * 1000 + i), as: UInt64.self) }
+                let objects = buffers.map(\.metadata)
+                #expect(objects.withUnsafeBufferPointer { ring.enqueue($0.baseAddress!, count: 64) })
+                #expect(ring.count == 64)
+                #expect(worker.send("receive 64") == "frames \((0..<64).map { "\(round * 1000 + $0)" }.joined(separator: " "))")
+                #expect(ring.count == 0)
+            }
+            #expect(worker.send("receive 1") == "empty", "negative control: an empty ring gives nothing")
+            #expect(pool.availableCount == 1024, "every buffer freed in the other process is back")
+            worker.exit()
+            withExtendedLifetime(ring) {}
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// Workers attach, get and put at random under load and are killed with
+    /// SIGKILL after a random time, holding objects and cached objects,
+    /// while another process keeps churning; after every kill the survivors
+    /// reclaim what the dead one held, so that available + held by live
+    /// processes is always the total, and nothing is mapped once every
+    /// process is gone. A victim is stopped between pool calls before it is
+    /// killed: a process killed inside a ring operation stalls the ring
+    /// (docs/multi-process.md, "Crashes"), which this test must not hang on.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func processesKilledUnderLoadLoseNothing() throws {
+        let sandbox = try SharingSandbox()
+        var frames: [UInt64] = []
+        try expectNoLeak {
+            let shared = try SharedMempool.publish(
+                name: "pool-kill", configuration: MempoolConfiguration(count: 4096, objectSize: 64, cacheSize: 64, checked: true),
+                options: sandbox.options)
+            let pool = shared.pool
+            frames = stride(from: 0, to: pool.length, by: 2 << 20).compactMap { pool.physicalAddress(of: pool.base + $0)?.rawValue }
+            let steady = try ShareWorker(["attach-pool", "pool-kill"], sandbox: sandbox)
+            #expect(steady.send("churn") == "churning")
+            var reclaimed: [SharedReclaim] = []
+            var kills = 0
+            for _ in 0..<24 {
+                let victim = try ShareWorker(["attach-pool", "pool-kill"], sandbox: sandbox)
+                guard victim.isReady else { Issue.record("attach failed: \(victim.greeting)"); continue }
+                #expect(victim.send("churn") == "churning")
+                usleep(UInt32.random(in: 5_000...120_000))
+                #expect(victim.send("stop").hasPrefix("stopped"))
+                victim.kill()
+                kills += 1
+                // The watcher (a pidfd per participant) or reclaim() puts it back.
+                let deadline = Date().addingTimeInterval(10)
+                while Date() < deadline, !reclaimed.contains(where: { $0.pid == victim.pid }) {
+                    reclaimed += shared.reclaim()
+                    if !reclaimed.contains(where: { $0.pid == victim.pid }) { usleep(10_000) }
+                }
+                #expect(reclaimed.contains { $0.pid == victim.pid } || shared.reclaimedTotals.processes >= kills,
+                        "process \(victim.pid) was reclaimed")
+                #expect(!shared.participants.contains { $0.pid == victim.pid }, "and left the table")
+            }
+            #expect(kills >= 20)
+            #expect(reclaimed.reduce(0) { $0 + $1.heldObjects + $1.cachedObjects } > 0, "the killed processes held objects: \(reclaimed)")
+
+            // Quiet the survivor, then count: available + held by live processes == total.
+            #expect(steady.send("stop").hasPrefix("stopped"))
+            let held = shared.processUsage().reduce(0) { $0 + ($1.heldObjects ?? 0) }
+            #expect(pool.availableCount + held == pool.count, "available \(pool.availableCount) + held \(held) == \(pool.count)")
+            #expect(steady.send("putheld").hasPrefix("ok"))
+            steady.exit()
+            #expect(pool.availableCount == pool.count)
+            #expect(shared.participants.map(\.pid) == [getpid()])
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+        // Every process is gone: no page table maps the pool's frames.
+        #expect(!frames.isEmpty)
+        for frame in frames { #expect(Kernel.mapCount(physical: frame) == 0, "frame \(String(frame, radix: 16)) still mapped") }
+    }
+}
