@@ -44,8 +44,8 @@ public struct MempoolProcessUsage: Sendable, Equatable {
 ///
 /// - a header of 64-bit words: a magic value (written last by the creator,
 ///   so an opener never sees half a pool), the layout version, the
-///   configuration, the memory's length and page size, the number of thread
-///   records and the layout facts an opener checks;
+///   configuration, the memory's address, length and page size, the number
+///   of thread records and the layout facts an opener checks;
 /// - one bit per page: whether the next page follows it physically, as the
 ///   creator saw it (an opener may not be able to read physical addresses,
 ///   and must place objects exactly as the creator did);
@@ -70,7 +70,7 @@ package enum MempoolSharedControl {
     /// The header's words after the magic, each an `Int` stored as 64 bits.
     enum Field: Int, CaseIterable {
         case version = 1, count, objectSize, alignment, cacheSize, backend, checked, statistics, memoryChannels
-        case memoryLength, pageSize, threadRecords, elementStride, usedLength
+        case memoryLength, pageSize, threadRecords, elementStride, usedLength, memoryBase
 
         var name: String {
             switch self {
@@ -88,6 +88,7 @@ package enum MempoolSharedControl {
             case .threadRecords: "threadRecords"
             case .elementStride: "elementStride"
             case .usedLength: "usedLength"
+            case .memoryBase: "memoryBase"
             }
         }
     }
@@ -169,13 +170,16 @@ package enum MempoolSharedControl {
 
         /// The header's words a configuration and memory give.
         static func fields(
-            _ c: MempoolConfiguration, memoryLength: Int, pageSize: PageSize
+            _ c: MempoolConfiguration, memory: MempoolMemory
         ) -> [(Field, Int)] {
-            [
+            return [
                 (.version, MempoolSharedControl.version), (.count, c.count), (.objectSize, c.objectSize),
                 (.alignment, c.alignment), (.cacheSize, c.cacheSize), (.backend, c.backend == .ring ? 0 : 1),
                 (.checked, c.checked ? 1 : 0), (.statistics, c.statistics ? 1 : 0),
-                (.memoryChannels, c.memoryChannels ?? 0), (.memoryLength, memoryLength), (.pageSize, pageSize.bytes),
+                (.memoryChannels, c.memoryChannels ?? 0), (.memoryLength, memory.length), (.pageSize, memory.pageSize.bytes),
+                // Object pointers in the ring and the caches are addresses:
+                // every process maps the objects at the creator's.
+                (.memoryBase, Int(bitPattern: UInt(bitPattern: unsafe memory.base))),
             ]
         }
 
@@ -185,8 +189,9 @@ package enum MempoolSharedControl {
         /// `contiguous(p)`, and free thread records, as many as fit.
         static func create(
             at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
-            memoryLength: Int, pageSize: PageSize, contiguous: (Int) -> Bool
+            memory: MempoolMemory, contiguous: (Int) -> Bool
         ) throws(MempoolError) -> Region {
+            let memoryLength = memory.length, pageSize = memory.pageSize
             let fixed = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: 0)
             let address = UInt(bitPattern: control)
             guard address % UInt(MempoolSharedControl.alignment) == 0, length >= fixed.totalBytes else {
@@ -196,7 +201,7 @@ package enum MempoolSharedControl {
             let layout = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: records)
             let region = unsafe Region(base: control, layout: layout, cacheSize: c.cacheSize)
             unsafe control.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
-            for (field, value) in fields(c, memoryLength: memoryLength, pageSize: pageSize) { region.store(value, field) }
+            for (field, value) in fields(c, memory: memory) { region.store(value, field) }
             region.store(records, .threadRecords)
             let bits = unsafe (control + layout.contiguityOffset).assumingMemoryBound(to: UInt8.self)
             for p in 0..<max(0, layout.pages - 1) where contiguous(p) {
@@ -220,8 +225,9 @@ package enum MempoolSharedControl {
         /// checking that it was made for `c` over the same memory.
         static func open(
             at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
-            memoryLength: Int, pageSize: PageSize
+            memory: MempoolMemory
         ) throws(MempoolError) -> Region {
+            let memoryLength = memory.length, pageSize = memory.pageSize
             let fixed = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: 0)
             let address = UInt(bitPattern: control)
             guard address % UInt(MempoolSharedControl.alignment) == 0, length >= MempoolSharedControl.headerBytes else {
@@ -231,7 +237,7 @@ package enum MempoolSharedControl {
             guard unsafe probe.magicWord.pointee.load(ordering: .acquiring) == MempoolSharedControl.magic,
                   probe.load(.version) == MempoolSharedControl.version
             else { throw .sharedControlNotInitialized(address: address) }
-            for (field, value) in fields(c, memoryLength: memoryLength, pageSize: pageSize) where probe.load(field) != value {
+            for (field, value) in fields(c, memory: memory) where probe.load(field) != value {
                 throw .sharedControlMismatch(field: field.name, created: probe.load(field), requested: value)
             }
             let records = probe.load(.threadRecords)
@@ -356,13 +362,11 @@ extension Mempool {
             let table = translation?.pagePhysical ?? []
             let pageBytes = UInt64(memory.pageSize.bytes)
             region = try unsafe .create(
-                at: control, length: controlLength, configuration: configuration,
-                memoryLength: memory.length, pageSize: memory.pageSize,
+                at: control, length: controlLength, configuration: configuration, memory: memory,
                 contiguous: { p in p + 1 < table.count && table[p] != 0 && table[p + 1] == table[p] &+ pageBytes })
         } else {
             region = try unsafe .open(
-                at: control, length: controlLength, configuration: configuration,
-                memoryLength: memory.length, pageSize: memory.pageSize)
+                at: control, length: controlLength, configuration: configuration, memory: memory)
         }
         try unsafe self.init(
             base: memory.base, length: memory.length, pageSize: memory.pageSize, translation: translation,
