@@ -72,25 +72,8 @@ package enum MempoolSharedControl {
         case version = 1, count, objectSize, alignment, cacheSize, backend, checked, statistics, memoryChannels
         case memoryLength, pageSize, threadRecords, elementStride, usedLength, memoryBase
 
-        var name: String {
-            switch self {
-            case .version: "version"
-            case .count: "count"
-            case .objectSize: "objectSize"
-            case .alignment: "alignment"
-            case .cacheSize: "cacheSize"
-            case .backend: "backend"
-            case .checked: "checked"
-            case .statistics: "statistics"
-            case .memoryChannels: "memoryChannels"
-            case .memoryLength: "memoryLength"
-            case .pageSize: "pageSize"
-            case .threadRecords: "threadRecords"
-            case .elementStride: "elementStride"
-            case .usedLength: "usedLength"
-            case .memoryBase: "memoryBase"
-            }
-        }
+        /// The field's name, as an error names it: the case's.
+        var name: String { String(describing: self) }
     }
 
     /// Bytes of the header: room for 32 words.
@@ -191,14 +174,11 @@ package enum MempoolSharedControl {
             at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
             memory: MempoolMemory, contiguous: (Int) -> Bool
         ) throws(MempoolError) -> Region {
-            let memoryLength = memory.length, pageSize = memory.pageSize
-            let fixed = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: 0)
-            let address = UInt(bitPattern: control)
-            guard address % UInt(MempoolSharedControl.alignment) == 0, length >= fixed.totalBytes else {
-                throw .invalidSharedControl(address: address, length: length, needed: fixed.totalBytes)
-            }
+            let fixed = try unsafe layoutWithoutRecords(
+                at: control, length: length, configuration: c, memory: memory, minimumLength: { $0.totalBytes })
             let records = min((length - fixed.recordsOffset) / fixed.recordStride, MempoolSharedControl.maximumThreadRecords)
-            let layout = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: records)
+            let layout = try Layout(
+                configuration: c, memoryLength: memory.length, pageSize: memory.pageSize, threadRecords: records)
             let region = unsafe Region(base: control, layout: layout, cacheSize: c.cacheSize)
             unsafe control.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
             for (field, value) in fields(c, memory: memory) { region.store(value, field) }
@@ -212,13 +192,26 @@ package enum MempoolSharedControl {
                 for i in 0..<c.count { unsafe (words + i).initialize(to: Atomic(0)) }
             }
             for i in 0..<records {
-                let record = unsafe (control + layout.recordsOffset + i * layout.recordStride)
-                let header = unsafe record.bindMemory(to: MempoolRecord.Header.self, capacity: 1)
-                unsafe header.initialize(to: MempoolRecord.Header(poolID: 0, capacity: c.cacheSize))
-                unsafe (record + MemoryLayout<MempoolRecord.Header>.stride)
-                    .bindMemory(to: UnsafeMutableRawPointer.self, capacity: c.cacheSize)
+                _ = unsafe MempoolStorage.place(
+                    MempoolRecord.Header(poolID: 0, capacity: c.cacheSize),
+                    at: control + layout.recordsOffset + i * layout.recordStride, slots: c.cacheSize)
             }
             return region
+        }
+
+        /// The layout of `c` over `memory` with no thread records, after
+        /// checking that `control` is 4096-aligned and at least
+        /// `minimumLength(layout)` bytes long.
+        private static func layoutWithoutRecords(
+            at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
+            memory: MempoolMemory, minimumLength: (Layout) -> Int
+        ) throws(MempoolError) -> Layout {
+            let fixed = try Layout(configuration: c, memoryLength: memory.length, pageSize: memory.pageSize, threadRecords: 0)
+            let address = UInt(bitPattern: control)
+            guard address % UInt(MempoolSharedControl.alignment) == 0, length >= minimumLength(fixed) else {
+                throw .invalidSharedControl(address: address, length: length, needed: fixed.totalBytes)
+            }
+            return fixed
         }
 
         /// The control state another instance created at `control`, after
@@ -227,12 +220,10 @@ package enum MempoolSharedControl {
             at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
             memory: MempoolMemory
         ) throws(MempoolError) -> Region {
-            let memoryLength = memory.length, pageSize = memory.pageSize
-            let fixed = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: 0)
+            let fixed = try unsafe layoutWithoutRecords(
+                at: control, length: length, configuration: c, memory: memory,
+                minimumLength: { _ in MempoolSharedControl.headerBytes })
             let address = UInt(bitPattern: control)
-            guard address % UInt(MempoolSharedControl.alignment) == 0, length >= MempoolSharedControl.headerBytes else {
-                throw .invalidSharedControl(address: address, length: length, needed: fixed.totalBytes)
-            }
             let probe = unsafe Region(base: control, layout: fixed, cacheSize: c.cacheSize)
             guard unsafe probe.magicWord.pointee.load(ordering: .acquiring) == MempoolSharedControl.magic,
                   probe.load(.version) == MempoolSharedControl.version
@@ -241,7 +232,7 @@ package enum MempoolSharedControl {
                 throw .sharedControlMismatch(field: field.name, created: probe.load(field), requested: value)
             }
             let records = probe.load(.threadRecords)
-            let layout = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: records)
+            let layout = try Layout(configuration: c, memoryLength: memory.length, pageSize: memory.pageSize, threadRecords: records)
             guard length >= layout.totalBytes else {
                 throw .invalidSharedControl(address: address, length: length, needed: layout.totalBytes)
             }
