@@ -120,14 +120,7 @@ extension MempoolRing {
         static func placed(at storage: UnsafeMutableRawPointer, capacity: Int, initializing: Bool) -> _UnsafeHandle {
             precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "ring capacity \(capacity) out of range")
             let size = slotCount(capacity: capacity)
-            let header: UnsafeMutablePointer<Header>
-            if initializing {
-                unsafe header = storage.bindMemory(to: Header.self, capacity: 1)
-                unsafe header.initialize(to: Header())
-            } else {
-                unsafe header = storage.assumingMemoryBound(to: Header.self)
-            }
-            unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: size)
+            let header = unsafe MempoolStorage.place(initializing ? Header() : nil, at: storage, slots: size)
             return unsafe _UnsafeHandle(header: header, mask: UInt32(size - 1), capacity: UInt32(capacity))
         }
 

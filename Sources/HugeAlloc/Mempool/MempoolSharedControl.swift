@@ -44,8 +44,8 @@ public struct MempoolProcessUsage: Sendable, Equatable {
 ///
 /// - a header of 64-bit words: a magic value (written last by the creator,
 ///   so an opener never sees half a pool), the layout version, the
-///   configuration, the memory's length and page size, the number of thread
-///   records and the layout facts an opener checks;
+///   configuration, the memory's address, length and page size, the number
+///   of thread records and the layout facts an opener checks;
 /// - one bit per page: whether the next page follows it physically, as the
 ///   creator saw it (an opener may not be able to read physical addresses,
 ///   and must place objects exactly as the creator did);
@@ -70,26 +70,10 @@ package enum MempoolSharedControl {
     /// The header's words after the magic, each an `Int` stored as 64 bits.
     enum Field: Int, CaseIterable {
         case version = 1, count, objectSize, alignment, cacheSize, backend, checked, statistics, memoryChannels
-        case memoryLength, pageSize, threadRecords, elementStride, usedLength
+        case memoryLength, pageSize, threadRecords, elementStride, usedLength, memoryBase
 
-        var name: String {
-            switch self {
-            case .version: "version"
-            case .count: "count"
-            case .objectSize: "objectSize"
-            case .alignment: "alignment"
-            case .cacheSize: "cacheSize"
-            case .backend: "backend"
-            case .checked: "checked"
-            case .statistics: "statistics"
-            case .memoryChannels: "memoryChannels"
-            case .memoryLength: "memoryLength"
-            case .pageSize: "pageSize"
-            case .threadRecords: "threadRecords"
-            case .elementStride: "elementStride"
-            case .usedLength: "usedLength"
-            }
-        }
+        /// The field's name, as an error names it: the case's.
+        var name: String { String(describing: self) }
     }
 
     /// Bytes of the header: room for 32 words.
@@ -169,13 +153,16 @@ package enum MempoolSharedControl {
 
         /// The header's words a configuration and memory give.
         static func fields(
-            _ c: MempoolConfiguration, memoryLength: Int, pageSize: PageSize
+            _ c: MempoolConfiguration, memory: MempoolMemory
         ) -> [(Field, Int)] {
-            [
+            return [
                 (.version, MempoolSharedControl.version), (.count, c.count), (.objectSize, c.objectSize),
                 (.alignment, c.alignment), (.cacheSize, c.cacheSize), (.backend, c.backend == .ring ? 0 : 1),
                 (.checked, c.checked ? 1 : 0), (.statistics, c.statistics ? 1 : 0),
-                (.memoryChannels, c.memoryChannels ?? 0), (.memoryLength, memoryLength), (.pageSize, pageSize.bytes),
+                (.memoryChannels, c.memoryChannels ?? 0), (.memoryLength, memory.length), (.pageSize, memory.pageSize.bytes),
+                // Object pointers in the ring and the caches are addresses:
+                // every process maps the objects at the creator's.
+                (.memoryBase, Int(bitPattern: UInt(bitPattern: unsafe memory.base))),
             ]
         }
 
@@ -185,18 +172,16 @@ package enum MempoolSharedControl {
         /// `contiguous(p)`, and free thread records, as many as fit.
         static func create(
             at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
-            memoryLength: Int, pageSize: PageSize, contiguous: (Int) -> Bool
+            memory: MempoolMemory, contiguous: (Int) -> Bool
         ) throws(MempoolError) -> Region {
-            let fixed = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: 0)
-            let address = UInt(bitPattern: control)
-            guard address % UInt(MempoolSharedControl.alignment) == 0, length >= fixed.totalBytes else {
-                throw .invalidSharedControl(address: address, length: length, needed: fixed.totalBytes)
-            }
+            let fixed = try unsafe layoutWithoutRecords(
+                at: control, length: length, configuration: c, memory: memory, minimumLength: { $0.totalBytes })
             let records = min((length - fixed.recordsOffset) / fixed.recordStride, MempoolSharedControl.maximumThreadRecords)
-            let layout = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: records)
+            let layout = try Layout(
+                configuration: c, memoryLength: memory.length, pageSize: memory.pageSize, threadRecords: records)
             let region = unsafe Region(base: control, layout: layout, cacheSize: c.cacheSize)
             unsafe control.bindMemory(to: Atomic<UInt64>.self, capacity: 1).initialize(to: Atomic(0))
-            for (field, value) in fields(c, memoryLength: memoryLength, pageSize: pageSize) { region.store(value, field) }
+            for (field, value) in fields(c, memory: memory) { region.store(value, field) }
             region.store(records, .threadRecords)
             let bits = unsafe (control + layout.contiguityOffset).assumingMemoryBound(to: UInt8.self)
             for p in 0..<max(0, layout.pages - 1) where contiguous(p) {
@@ -207,35 +192,47 @@ package enum MempoolSharedControl {
                 for i in 0..<c.count { unsafe (words + i).initialize(to: Atomic(0)) }
             }
             for i in 0..<records {
-                let record = unsafe (control + layout.recordsOffset + i * layout.recordStride)
-                let header = unsafe record.bindMemory(to: MempoolRecord.Header.self, capacity: 1)
-                unsafe header.initialize(to: MempoolRecord.Header(poolID: 0, capacity: c.cacheSize))
-                unsafe (record + MemoryLayout<MempoolRecord.Header>.stride)
-                    .bindMemory(to: UnsafeMutableRawPointer.self, capacity: c.cacheSize)
+                _ = unsafe MempoolStorage.place(
+                    MempoolRecord.Header(poolID: 0, capacity: c.cacheSize),
+                    at: control + layout.recordsOffset + i * layout.recordStride, slots: c.cacheSize)
             }
             return region
+        }
+
+        /// The layout of `c` over `memory` with no thread records, after
+        /// checking that `control` is 4096-aligned and at least
+        /// `minimumLength(layout)` bytes long.
+        private static func layoutWithoutRecords(
+            at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
+            memory: MempoolMemory, minimumLength: (Layout) -> Int
+        ) throws(MempoolError) -> Layout {
+            let fixed = try Layout(configuration: c, memoryLength: memory.length, pageSize: memory.pageSize, threadRecords: 0)
+            let address = UInt(bitPattern: control)
+            guard address % UInt(MempoolSharedControl.alignment) == 0, length >= minimumLength(fixed) else {
+                throw .invalidSharedControl(address: address, length: length, needed: fixed.totalBytes)
+            }
+            return fixed
         }
 
         /// The control state another instance created at `control`, after
         /// checking that it was made for `c` over the same memory.
         static func open(
             at control: UnsafeMutableRawPointer, length: Int, configuration c: MempoolConfiguration,
-            memoryLength: Int, pageSize: PageSize
+            memory: MempoolMemory
         ) throws(MempoolError) -> Region {
-            let fixed = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: 0)
+            let fixed = try unsafe layoutWithoutRecords(
+                at: control, length: length, configuration: c, memory: memory,
+                minimumLength: { _ in MempoolSharedControl.headerBytes })
             let address = UInt(bitPattern: control)
-            guard address % UInt(MempoolSharedControl.alignment) == 0, length >= MempoolSharedControl.headerBytes else {
-                throw .invalidSharedControl(address: address, length: length, needed: fixed.totalBytes)
-            }
             let probe = unsafe Region(base: control, layout: fixed, cacheSize: c.cacheSize)
             guard unsafe probe.magicWord.pointee.load(ordering: .acquiring) == MempoolSharedControl.magic,
                   probe.load(.version) == MempoolSharedControl.version
             else { throw .sharedControlNotInitialized(address: address) }
-            for (field, value) in fields(c, memoryLength: memoryLength, pageSize: pageSize) where probe.load(field) != value {
+            for (field, value) in fields(c, memory: memory) where probe.load(field) != value {
                 throw .sharedControlMismatch(field: field.name, created: probe.load(field), requested: value)
             }
             let records = probe.load(.threadRecords)
-            let layout = try Layout(configuration: c, memoryLength: memoryLength, pageSize: pageSize, threadRecords: records)
+            let layout = try Layout(configuration: c, memoryLength: memory.length, pageSize: memory.pageSize, threadRecords: records)
             guard length >= layout.totalBytes else {
                 throw .invalidSharedControl(address: address, length: length, needed: layout.totalBytes)
             }
@@ -356,13 +353,11 @@ extension Mempool {
             let table = translation?.pagePhysical ?? []
             let pageBytes = UInt64(memory.pageSize.bytes)
             region = try unsafe .create(
-                at: control, length: controlLength, configuration: configuration,
-                memoryLength: memory.length, pageSize: memory.pageSize,
+                at: control, length: controlLength, configuration: configuration, memory: memory,
                 contiguous: { p in p + 1 < table.count && table[p] != 0 && table[p + 1] == table[p] &+ pageBytes })
         } else {
             region = try unsafe .open(
-                at: control, length: controlLength, configuration: configuration,
-                memoryLength: memory.length, pageSize: memory.pageSize)
+                at: control, length: controlLength, configuration: configuration, memory: memory)
         }
         try unsafe self.init(
             base: memory.base, length: memory.length, pageSize: memory.pageSize, translation: translation,

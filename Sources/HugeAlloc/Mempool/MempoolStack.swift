@@ -98,14 +98,7 @@ extension MempoolStack {
         /// wrote (in the same or another process).
         static func placed(at storage: UnsafeMutableRawPointer, capacity: Int, initializing: Bool) -> _UnsafeHandle {
             precondition(capacity >= 0 && capacity <= Mempool.maximumCount, "stack capacity \(capacity) out of range")
-            let header: UnsafeMutablePointer<Header>
-            if initializing {
-                unsafe header = storage.bindMemory(to: Header.self, capacity: 1)
-                unsafe header.initialize(to: Header())
-            } else {
-                unsafe header = storage.assumingMemoryBound(to: Header.self)
-            }
-            unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: max(1, capacity))
+            let header = unsafe MempoolStorage.place(initializing ? Header() : nil, at: storage, slots: capacity)
             return unsafe _UnsafeHandle(header: header, capacity: capacity)
         }
 

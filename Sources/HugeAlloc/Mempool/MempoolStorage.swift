@@ -19,6 +19,24 @@ enum MempoolStorage {
         return unsafe typed
     }
 
+    /// The same shape in storage someone else owns (a shared pool's control
+    /// memory): writes `header` there, or, when nil, takes the header
+    /// another pool instance wrote; binds the `slots` slots after it.
+    static func place<Header: ~Copyable>(
+        _ header: consuming Header?, at storage: UnsafeMutableRawPointer, slots: Int
+    ) -> UnsafeMutablePointer<Header> {
+        let typed: UnsafeMutablePointer<Header>
+        switch consume header {
+        case .some(let header):
+            unsafe typed = storage.bindMemory(to: Header.self, capacity: 1)
+            unsafe typed.initialize(to: header)
+        case .none:
+            unsafe typed = storage.assumingMemoryBound(to: Header.self)
+        }
+        unsafe (storage + MemoryLayout<Header>.stride).bindMemory(to: UnsafeMutableRawPointer.self, capacity: max(1, slots))
+        return unsafe typed
+    }
+
     /// Frees what ``allocate(_:slots:alignment:)`` made.
     static func deallocate<Header: ~Copyable>(_ header: UnsafeMutablePointer<Header>) {
         unsafe header.deinitialize(count: 1)

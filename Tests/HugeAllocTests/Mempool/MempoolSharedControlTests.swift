@@ -124,6 +124,15 @@ struct MempoolSharedControlTests {
                 sharedMemory: shorter, control: fixture.control, controlLength: fixture.controlLength,
                 configuration: cached, creating: false, releaseMemory: nil)
         }
+        // The same objects at another address: their pointers would mean nothing.
+        let elsewhere = try MemoryMapping(length: 2 * PageSize.huge2M.bytes, options: MappingOptions(pageSize: .huge2M))
+        #expect(throws: MempoolError.sharedControlMismatch(
+            field: "memoryBase", created: Int(bitPattern: UInt(bitPattern: fixture.mapping.base)),
+            requested: Int(bitPattern: UInt(bitPattern: elsewhere.base)))) {
+            try Mempool(
+                sharedMemory: MempoolMemory(mapping: elsewhere), control: fixture.control,
+                controlLength: fixture.controlLength, configuration: cached, creating: false, releaseMemory: nil)
+        }
         #expect(MempoolError.sharedControlMismatch(field: "count", created: 1, requested: 2).description.contains("count = 1"))
         // Negative control: the right configuration opens, and opening changed nothing.
         let b = try fixture.open(cached)
