@@ -65,6 +65,9 @@ if let p = packets { answer("ready \(UInt(bitPattern: p.pool.mempool.base)) \(p.
 
 /// Objects this process holds, and the churn thread's switch.
 let held = Mutex<[UInt]>([])
+/// The pool of the shared object, looked up per use so that nothing here
+/// keeps it alive past `exit`.
+var pool: Mempool? { shared?.pool ?? packets?.pool.mempool }
 let churning = Atomic<Bool>(false)
 let churnDone = DispatchSemaphore(value: 0)
 
@@ -96,7 +99,6 @@ let churnDone = DispatchSemaphore(value: 0)
 while let line = readLine() {
     let words = line.split(separator: " ").map(String.init)
     guard let command = words.first else { continue }
-    let pool = shared?.pool ?? packets?.pool.mempool
     switch command {
     case "write":  // write OFFSET VALUE: a 64-bit word at an offset of the mapping, or at an address
         if let m = mapping {
