@@ -14,7 +14,7 @@ public struct InspectMemory: ParsableCommand {
         subcommands: [
             SummaryCommand.self, HugepagesCommand.self, NumaCommand.self, ProcessCommand.self,
             TranslateCommand.self, ProbeCommand.self, DoctorCommand.self, SetupCommand.self,
-            MapCommand.self, MetricsCommand.self, WatchCommand.self,
+            MapCommand.self, MetricsCommand.self, WatchCommand.self, PoolsCommand.self,
         ],
         defaultSubcommand: SummaryCommand.self
     )

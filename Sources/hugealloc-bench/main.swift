@@ -8,7 +8,7 @@ struct HugeAllocBench: ParsableCommand {
         abstract: "Benchmarks for HugeAlloc (build with -c release).",
         subcommands: [
             MappingBench.self, TranslateBench.self, ContiguousBench.self, MempoolBench.self, PacketsBench.self,
-            CreateBench.self, HeapBench.self, AFXDPBench.self,
+            CreateBench.self, HeapBench.self, AFXDPBench.self, PipelineBench.self,
         ]
     )
 }

@@ -31,7 +31,8 @@ final class SharedObjectCore: @unchecked Sendable {
     let segment: SharedSegment
     let slot: Int
     let pid: Int32
-    private let listener: FileDescriptor
+    /// nil for an observer (``attach(kind:name:options:observer:)``).
+    private let listener: FileDescriptor?
     private let wake: (read: FileDescriptor, write: FileDescriptor)
     private let thread = Mutex<Sys.ThreadHandle?>(nil)
     /// Returns to the object what a dead process held.
@@ -43,7 +44,7 @@ final class SharedObjectCore: @unchecked Sendable {
     var name: String { rendezvous.name }
 
     private init(rendezvous: SharedRendezvous, options: SharingOptions, kind: SharedObjectKind,
-                 segment: consuming SharedSegment, slot: Int, listener: FileDescriptor,
+                 segment: consuming SharedSegment, slot: Int, listener: FileDescriptor?,
                  wake: (read: FileDescriptor, write: FileDescriptor)) {
         self.rendezvous = rendezvous
         self.options = options
@@ -53,7 +54,7 @@ final class SharedObjectCore: @unchecked Sendable {
         self.pid = Sys.processID
         self.listener = listener
         self.wake = wake
-        Self.noteLive(self)
+        if listener != nil { Self.noteLive(self) }
     }
 
     // MARK: process exit
@@ -152,7 +153,9 @@ final class SharedObjectCore: @unchecked Sendable {
     /// Attaches to the object published as `name`: asks any live
     /// participant for the memfd, maps it at the publisher's address
     /// (`MAP_FIXED_NOREPLACE`), checks the header, takes a slot and a socket.
-    static func attach(kind: SharedObjectKind, name: String, options: SharingOptions) throws(SharingError) -> SharedObjectCore {
+    /// An observer (`inspect-memory pools`) only maps and reads: no slot,
+    /// no socket, no thread, and nothing to reclaim when it goes.
+    static func attach(kind: SharedObjectKind, name: String, options: SharingOptions, observer: Bool = false) throws(SharingError) -> SharedObjectCore {
         let rendezvous = try SharedRendezvous(name: name, options: options)
         guard Sys.fileExists(atPath: rendezvous.directory) else {
             if Sys.fileExists(atPath: options.runtimeDirectory), (try? Sys.directoryEntries(atPath: options.runtimeDirectory)) == nil {
@@ -212,6 +215,12 @@ final class SharedObjectCore: @unchecked Sendable {
             throw .incompatible(name: name, reason: "segment header version \(header.version), kind \(header.kindValue)")
         }
         let me = Sys.processID
+        if observer {
+            let wake: (read: FileDescriptor, write: FileDescriptor)
+            do { wake = try Sys.wakePipe() } catch { throw .systemCall(error) }
+            return SharedObjectCore(rendezvous: rendezvous, options: options, kind: kind, segment: segment, slot: -1,
+                                    listener: nil, wake: wake)
+        }
         guard let slot = header.claimSlot(pid: me, startTime: processStartTime(me) ?? 0) else {
             throw .tooManyProcesses(name: name, maximum: SharedSegmentHeader.participantSlots)
         }
@@ -253,15 +262,17 @@ final class SharedObjectCore: @unchecked Sendable {
         Self.live.withLock { $0[ObjectIdentifier(self)] = nil }
         Sys.wake(wake.write)
         if let handle = thread.withLock({ $0 }) { Sys.joinThread(handle) }
-        Sys.close(listener)
         Sys.close(wake.read)
         Sys.close(wake.write)
+        guard let listener else { return }
+        Sys.close(listener)
         header.releaseSlot(slot)
         let others = header.participants.filter { $0.pid != pid && isAlive($0) }
         rendezvous.leave(pid: pid, last: others.isEmpty)
     }
 
     private func run() {
+        guard let listener else { return }
         var watched: [Int32: FileDescriptor] = [:]
         defer { for fd in watched.values { Sys.close(fd) } }
         while !closed.load(ordering: .acquiring) {
@@ -293,7 +304,7 @@ final class SharedObjectCore: @unchecked Sendable {
 
     /// Answers one connection: the memfd to an admitted peer, a refusal to anyone else.
     private func serveOne() {
-        guard let connection = try? Sys.accept(listener) else { return }
+        guard let listener, let connection = try? Sys.accept(listener) else { return }
         defer { Sys.close(connection) }
         _ = try? Sys.setTimeouts(connection, milliseconds: 1000)
         guard let request = try? Sys.receive(connection, capacity: 64) else { return }
