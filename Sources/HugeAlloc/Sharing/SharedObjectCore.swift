@@ -105,6 +105,9 @@ final class SharedObjectCore: @unchecked Sendable {
         controlLength: Int, dataLength: Int, facts: SharedSegmentFacts
     ) throws(SharingError) -> SharedObjectCore {
         let rendezvous = try SharedRendezvous(name: name, options: options)
+        guard options.allowedUsers.count <= SharedSegmentHeader.maximumAllowedUsers else {
+            throw .notShareable(reason: "\(options.allowedUsers.count) allowed users, at most \(SharedSegmentHeader.maximumAllowedUsers); let a group in with SharingOptions.allowedGroup instead")
+        }
         let pageBytes = mapping.pageSize.bytes
         let (controlOffset, dataOffset, length) = layout(controlLength: controlLength, dataLength: dataLength, pageBytes: pageBytes)
         try rendezvous.create(options: options)

@@ -46,6 +46,9 @@ final class ShareWorker {
     private(set) var greeting = ""
 
     init(_ arguments: [String], sandbox: SharingSandbox, environment extra: [String: String] = [:], asUser uid: UInt32? = nil) throws {
+        // A worker that already exited (refused, as some tests expect) must
+        // not take this process down with SIGPIPE when it is written to.
+        signal(SIGPIPE, SIG_IGN)
         var environment = ProcessInfo.processInfo.environment
         environment["HUGEALLOC_RUNTIME_DIR"] = sandbox.runtimeDirectory
         for (key, value) in extra { environment[key] = value }
@@ -72,13 +75,13 @@ final class ShareWorker {
     /// Sends a command and returns its one-line reply.
     @discardableResult
     func send(_ command: String, timeout: TimeInterval = 30) -> String {
-        input.fileHandleForWriting.write((command + "\n").data(using: .utf8)!)
+        try? input.fileHandleForWriting.write(contentsOf: (command + "\n").data(using: .utf8)!)
         return readLine(timeout: timeout) ?? "no answer to \(command)"
     }
 
     /// Sends a command without waiting for a reply.
     func post(_ command: String) {
-        input.fileHandleForWriting.write((command + "\n").data(using: .utf8)!)
+        try? input.fileHandleForWriting.write(contentsOf: (command + "\n").data(using: .utf8)!)
     }
 
     func readLine(timeout: TimeInterval) -> String? {
