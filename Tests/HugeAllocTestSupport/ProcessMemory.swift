@@ -121,3 +121,14 @@ public func withHugetlbfsMount<T>(pageSize: PageSize, options: String = "", _ bo
     }
     return try body(dir)
 }
+
+/// An executable product (`inspect-memory`, `hugealloc-share-worker`) built
+/// beside the running test bundle.
+public func builtProductPath(_ name: String) -> String {
+    let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [bundleDirectory, bundleDirectory.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent(name).path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return bundleDirectory.appendingPathComponent(name).path
+}

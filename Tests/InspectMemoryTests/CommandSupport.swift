@@ -1,14 +1,8 @@
 import Foundation
+import HugeAllocTestSupport
 
 /// The inspect-memory executable built beside this test bundle.
-let inspectMemoryPath: String = {
-    let bundleDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for candidate in [bundleDir, bundleDir.deletingLastPathComponent()] {
-        let path = candidate.appendingPathComponent("inspect-memory").path
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-    }
-    return bundleDir.appendingPathComponent("inspect-memory").path
-}()
+let inspectMemoryPath = builtProductPath("inspect-memory")
 
 /// A running `inspect-memory` with pipes on its standard streams.
 final class RunningCommand {

@@ -7,14 +7,7 @@ let canRunSharingTests = isRoot && freeHugepages(.huge2M) >= 32
 let sharingGateReason: Comment = "needs root (setpriv, pagemap) and 32 free 2 MiB hugepages: run tools/test as root"
 
 /// The hugealloc-share-worker executable built beside this test bundle.
-let shareWorkerPath: String = {
-    let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for candidate in [bundleDirectory, bundleDirectory.deletingLastPathComponent()] {
-        let path = candidate.appendingPathComponent("hugealloc-share-worker").path
-        if FileManager.default.isExecutableFile(atPath: path) { return path }
-    }
-    return bundleDirectory.appendingPathComponent("hugealloc-share-worker").path
-}()
+let shareWorkerPath = builtProductPath("hugealloc-share-worker")
 
 /// A runtime directory of one test's own, removed (it must be empty by
 /// then: the test checks) when the test ends.
