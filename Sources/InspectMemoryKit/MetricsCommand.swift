@@ -27,13 +27,15 @@ struct MetricsCommand: ParsableCommand {
         } catch {
             throw CommandFailure("metrics: \(error.description)")
         }
-        print(Self.exposition(snapshot), terminator: "")
+        // The published shared objects are this machine's only: not read for a fixture root.
+        let shared = root == "/" ? SharedRegistry.list() : []
+        print(Self.exposition(snapshot, shared: shared), terminator: "")
     }
 
     /// The snapshot as Prometheus text exposition format 0.0.4 (which
     /// OpenMetrics parsers accept too): every family with `# HELP` and
     /// `# TYPE gauge`, names prefixed `hugealloc_`, units in the names.
-    static func exposition(_ s: HugepageSnapshot) -> String {
+    static func exposition(_ s: HugepageSnapshot, shared: [SharedRegistry.Entry] = []) -> String {
         var out = MetricsText()
         out.family("hugealloc_hugepage_size_bytes", "Bytes in one hugepage of the size.",
                    s.pools.map { (["size": "\($0.pageSize)"], Double($0.pageSize.bytes)) })
@@ -76,6 +78,19 @@ struct MetricsCommand: ParsableCommand {
             out.family("hugealloc_largest_free_run_bytes", "The largest physically contiguous run of free hugepage frames, per size and NUMA node.",
                        contiguity.map { (["size": "\($0.pageSize)", "node": "\($0.node)"], Double($0.largestFreeRunBytes)) })
         }
+        // Objects shared between processes (docs/multi-process.md), under the default runtime directory.
+        let live = shared.filter { !$0.isStale }
+        func labels(_ e: SharedRegistry.Entry) -> [String: String] { ["name": e.name, "kind": PoolsCommand.kindName(e.kind) ?? "unknown"] }
+        out.family("hugealloc_shared_objects_bytes", "Bytes of each live object shared between processes (inspect-memory pools).",
+                   live.map { (labels($0), Double($0.bytes ?? 0)) })
+        out.family("hugealloc_shared_pool_objects", "Objects of a shared pool (slots of a shared ring) in all.",
+                   live.compactMap { e in e.objectsTotal.map { (labels(e), Double($0)) } })
+        out.family("hugealloc_shared_pool_available_objects", "Objects of a shared pool available, caches included (pointers queued in a shared ring).",
+                   live.compactMap { e in e.objectsAvailable.map { (labels(e), Double($0)) } })
+        out.family("hugealloc_shared_object_processes", "Live processes attached to a shared object.",
+                   live.map { (labels($0), Double($0.processes.count { $0.isAlive })) })
+        out.family("hugealloc_shared_stale_entries", "Rendezvous entries whose processes are all gone (inspect-memory pools --clean removes them).",
+                   [([:], Double(shared.count { $0.isStale }))])
         return out.text
     }
 }
