@@ -34,7 +34,9 @@ enum SharedAddressSpace {
         }
         var candidate = SharingOptions.defaultBaseAddress / granule * granule
         var lastError: SystemCallError? = nil
-        for _ in 0..<attempts {
+        // A sanitizer's runtime refuses (or dies on) fixed addresses outside
+        // the ranges it tracks: let the kernel choose instead.
+        for _ in 0..<(Sys.runsUnderThreadSanitizer ? 0 : attempts) {
             let end = candidate + span - 1
             if let clash = taken.first(where: { $0.overlaps(candidate...end) }) {
                 candidate = (clash.upperBound / granule + 1) * granule
@@ -45,8 +47,6 @@ enum SharedAddressSpace {
                 return candidate
             } catch {
                 lastError = error
-                // A sanitizer's runtime refuses fixed addresses outside the
-                // ranges it tracks (EINVAL): let the kernel choose instead.
                 if error.errno == .invalidArgument { break }
                 candidate += span
             }

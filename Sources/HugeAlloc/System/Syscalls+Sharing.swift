@@ -262,3 +262,11 @@ extension Sys {
         _ = Glibc.atexit(handler)
     }
 }
+
+extension Sys {
+    /// Whether ThreadSanitizer's runtime is in the process (`__tsan_init`
+    /// found by `dlsym(3)`): it stops the process when `mmap(2)` returns an
+    /// address outside the ranges it shadows, so fixed placements far from
+    /// them must not be tried.
+    static let runsUnderThreadSanitizer: Bool = unsafe dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
+}
