@@ -111,15 +111,11 @@ public final class SharedMempool: @unchecked Sendable {
             core.close()
             throw .mempool(error)
         }
-        do {
-            try core.start { [weak pool] pid in
-                guard let pool else { return (0, 0) }
-                let r = pool.reclaim(process: pid)
-                return (r.cachedObjects, r.heldObjects)
-            }
-        } catch {
-            // The pool's release closes the core.
-            throw error
+        // On failure the pool's release closes the core.
+        try core.start { [weak pool] pid in
+            guard let pool else { return (0, 0) }
+            let r = pool.reclaim(process: pid)
+            return (r.cachedObjects, r.heldObjects)
         }
         return pool
     }

@@ -80,8 +80,7 @@ final class SharedObjectCore: @unchecked Sendable {
         let cores = live.withLock { $0.values.compactMap(\.core) }
         for core in cores where !core.closed.exchange(true, ordering: .acquiringAndReleasing) {
             Sys.wake(core.wake.write)
-            let others = core.header.participants.filter { $0.pid != core.pid && core.isAlive($0) }
-            core.rendezvous.leave(pid: core.pid, last: others.isEmpty)
+            core.leaveRendezvous()
         }
     }
 
@@ -270,6 +269,12 @@ final class SharedObjectCore: @unchecked Sendable {
         guard let listener else { return }
         Sys.close(listener)
         header.releaseSlot(slot)
+        leaveRendezvous()
+    }
+
+    /// Removes this process's socket, and the rendezvous when no other
+    /// attached process is alive.
+    private func leaveRendezvous() {
         let others = header.participants.filter { $0.pid != pid && isAlive($0) }
         rendezvous.leave(pid: pid, last: others.isEmpty)
     }
