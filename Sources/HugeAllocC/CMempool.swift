@@ -1,26 +1,52 @@
 import HugeAlloc
+import CHugeAllocShims
 import Synchronization
 
-/// An `ha_mempool *`: the address of the `Mempool` instance itself (retained
-/// by `ha_mempool_create`, released by `ha_mempool_destroy`), with bit 0
-/// set for a checked pool. The hot paths reach the pool's fields with no
-/// load in between and tell checked pools apart with no load at all.
+/// An `ha_mempool *`: the address of the pool's head
+/// (`ha_capi_mempool_head`, which hugealloc.h reads as
+/// `struct ha__mempool_head` in its inline get and put), holding the facts
+/// those inline paths need and the `Mempool` itself, retained by
+/// `ha_mempool_create` and released by `ha_mempool_destroy`.
 @safe
 struct CMempoolHandle {
-    let bits: UInt
+    let head: UnsafeMutablePointer<ha_capi_mempool_head>
 
-    init(bits: UInt) { self.bits = bits }
-    init(_ pointer: OpaquePointer) { bits = UInt(bitPattern: unsafe UnsafeRawPointer(pointer)) }
-
-    /// Retains `pool` for the handle.
-    init(retaining pool: Mempool) {
-        bits = UInt(bitPattern: unsafe Unmanaged.passRetained(pool).toOpaque()) | (pool.isChecked ? 1 : 0)
+    init(_ pointer: OpaquePointer) {
+        unsafe head = UnsafeMutablePointer(pointer)
     }
 
-    var opaque: OpaquePointer { unsafe OpaquePointer(bitPattern: bits)! }
-    @inline(__always) var checked: Bool { bits & 1 != 0 }
+    init?(bits: UInt) {
+        guard let head = unsafe UnsafeMutablePointer<ha_capi_mempool_head>(bitPattern: bits) else { return nil }
+        unsafe self.head = head
+    }
+
+    /// A new head for `pool`, retaining it.
+    init(retaining pool: Mempool) {
+        var flags: UInt32 = pool.isChecked ? HA_CAPI_HEAD_CHECKED : 0
+        var facts = (poolID: UInt64(0), slot: UInt64(0), capacity: Int64(0))
+        if let cache = pool.inlineCache {
+            flags |= HA_CAPI_HEAD_CACHE | (cache.countsOperations ? HA_CAPI_HEAD_STATS : 0)
+            facts = (cache.poolID, UInt64(cache.slot), Int64(cache.capacity))
+        }
+        unsafe head = .allocate(capacity: 1)
+        unsafe head.initialize(to: ha_capi_mempool_head(
+            pool_id: facts.poolID, slot: facts.slot, cache_capacity: facts.capacity,
+            base: UInt(bitPattern: pool.base), length: UInt(pool.length),
+            flags: flags, abi: HA_CAPI_HEAD_ABI,
+            pool: Unmanaged.passRetained(pool).toOpaque()))
+    }
+
+    var bits: UInt { UInt(bitPattern: unsafe head) }
+    var opaque: OpaquePointer { unsafe OpaquePointer(head) }
+    @inline(__always) var checked: Bool { unsafe head.pointee.flags & HA_CAPI_HEAD_CHECKED != 0 }
     @inline(__always) var pool: Unmanaged<Mempool> {
-        unsafe Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits & ~1).unsafelyUnwrapped)
+        unsafe Unmanaged.fromOpaque(head.pointee.pool.unsafelyUnwrapped)
+    }
+
+    /// Releases the pool and frees the head: the handle is dangling after.
+    func destroy() {
+        unsafe pool.release()
+        unsafe head.deallocate()
     }
 }
 
@@ -41,7 +67,8 @@ enum CMempoolRegistry {
     static func iova(of address: UInt) -> UInt64? {
         entries.withLock { entries in
             for entry in entries where address >= entry.start && address < entry.end {
-                let pool = unsafe CMempoolHandle(bits: entry.handle).pool.takeUnretainedValue()
+                guard let handle = unsafe CMempoolHandle(bits: entry.handle) else { return nil }
+                let pool = unsafe handle.pool.takeUnretainedValue()
                 return unsafe pool.physicalAddress(of: UnsafeRawPointer(bitPattern: address)!)?.rawValue
             }
             return nil
@@ -138,7 +165,7 @@ public func ha_mempool_destroy(_ pool: OpaquePointer?) {
             "ha_mempool_destroy: 0x\(String(handle.bits, radix: 16)) is not a live pool of this API: destroy each pool once, with the pointer ha_mempool_create gave")
         return
     }
-    unsafe handle.pool.release()
+    unsafe handle.destroy()
 }
 
 @inline(never)

@@ -166,6 +166,70 @@ static void test_pool(const char *name, unsigned flags, size_t cache) {
     printf("pool %-14s flags 0x%x cache %zu: ok\n", name, flags, cache);
 }
 
+/* ---- threads sharing a cached pool ---------------------------------------- */
+
+enum { SHARED_COUNT = 8191, SHARED_SIZE = 64, SHARED_ROUNDS = 20000 };
+static ha_mempool *shared_pool;
+
+/* Takes and gives back objects in singles and bursts of varying size, so
+ * that its cache empties, refills, fills and flushes (the library's part)
+ * between inline gets and puts (the header's part); every object it holds
+ * carries its mark and its place in the burst, checked before it goes
+ * back: no object is held twice, by two threads or by one. */
+static void *pool_worker(void *arg) {
+    uintptr_t mark = (uintptr_t)arg;
+    void *held[300];
+    unsigned seed = (unsigned)mark * 2654435761u;
+    for (int round = 0; round < SHARED_ROUNDS; round++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned n = 1 + (seed >> 16) % 300;
+        int bulk = (seed >> 8) & 1;
+        unsigned got = 0;
+        if (bulk) {
+            if (ha_mempool_get_bulk(shared_pool, held, n) == 0) got = n;
+        } else {
+            while (got < n && (held[got] = ha_mempool_get(shared_pool)) != NULL) got++;
+        }
+        for (unsigned i = 0; i < got; i++) {
+            ((volatile uintptr_t *)held[i])[0] = mark;
+            ((volatile uintptr_t *)held[i])[1] = i;
+        }
+        for (unsigned i = 0; i < got; i++) {
+            CHECK(((volatile uintptr_t *)held[i])[0] == mark, "thread %lu: object %p taken by two threads", (unsigned long)mark, held[i]);
+            CHECK(((volatile uintptr_t *)held[i])[1] == i, "thread %lu: object %p handed out twice", (unsigned long)mark, held[i]);
+        }
+        if (bulk) ha_mempool_put_bulk(shared_pool, held, got);
+        else for (unsigned i = 0; i < got; i++) ha_mempool_put(shared_pool, held[i]);
+    }
+    return NULL;
+}
+
+static void test_pool_threads(void) {
+    CHECK(ha_mempool_create("threads", SHARED_COUNT, SHARED_SIZE, 256, HA_NODE_ANY, 0, &shared_pool) == 0,
+          "create threads: %s", ha_last_error());
+    pthread_t threads[4];
+    for (uintptr_t t = 0; t < 4; t++) pthread_create(&threads[t], NULL, pool_worker, (void *)(t + 1));
+    for (int t = 0; t < 4; t++) pthread_join(threads[t], NULL);
+    /* Each thread's cache went back to the pool when the thread exited. */
+    CHECK(ha_mempool_available(shared_pool) == SHARED_COUNT, "threads: %u available after the threads exited",
+          ha_mempool_available(shared_pool));
+#ifdef HA__HEAD_CACHE
+    /* The inline paths serve this pool (the library found its cache records
+     * laid out as the header reads them); a checked pool goes to the library. */
+    const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)shared_pool;
+    CHECK(head->flags & HA__HEAD_CACHE, "the inline get and put do not serve an unchecked cached pool (flags 0x%x)", head->flags);
+    ha_mempool *checked = NULL;
+    CHECK(ha_mempool_create("threads-checked", 16, 64, 8, HA_NODE_ANY, HA_MEMPOOL_CHECKED, &checked) == 0, "create checked");
+    if (checked) {
+        CHECK(!(((const struct ha__mempool_head *)(const void *)checked)->flags & HA__HEAD_CACHE),
+              "the inline paths would serve a checked pool");
+        ha_mempool_destroy(checked);
+    }
+#endif
+    ha_mempool_destroy(shared_pool);
+    printf("pool threads: ok\n");
+}
+
 static void *other_thread(void *arg) {
     (void)arg;
     CHECK(ha_last_error_code() == HA_OK, "a new thread starts with error %d", ha_last_error_code());
@@ -301,6 +365,7 @@ int main(int argc, char **argv) {
     test_pool("single-thread", HA_MEMPOOL_SINGLE_THREAD, 0);
     test_pool("checked", HA_MEMPOOL_CHECKED, 32);
     test_bad_pool_arguments();
+    test_pool_threads();
     test_heap();
     printf("%d checks, %d failures\n", checks, failures);
     printf("%s\n", failures ? "FAIL" : "PASS");

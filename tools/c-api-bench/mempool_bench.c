@@ -30,33 +30,35 @@ static double now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int rounds_single(void **table, unsigned count) {
+/* The pool and the counts are parameters, as in the Swift loop (a global
+ * would be reloaded after every store the compiler cannot tell apart). */
+static int rounds_single(ha_mempool *p, void **table, unsigned keep_, unsigned count) {
     for (unsigned r = 0; r < count; r++) {
-        for (unsigned i = 0; i < keep; i++)
-            if ((table[i] = ha_mempool_get(pool)) == NULL) return -1;
-        for (unsigned i = 0; i < keep; i++)
-            ha_mempool_put(pool, table[i]);
+        for (unsigned i = 0; i < keep_; i++)
+            if ((table[i] = ha_mempool_get(p)) == NULL) return -1;
+        for (unsigned i = 0; i < keep_; i++)
+            ha_mempool_put(p, table[i]);
     }
     return 0;
 }
 
 /* N is a compile-time constant where the call site passes one, as in the
  * Swift and DPDK loops. */
-static inline __attribute__((always_inline)) int rounds_bulk(void **table, unsigned n, unsigned count) {
+static inline __attribute__((always_inline)) int rounds_bulk(ha_mempool *p, void **table, unsigned keep_, unsigned n, unsigned count) {
     for (unsigned r = 0; r < count; r++) {
-        for (unsigned i = 0; i < keep; i += n)
-            if (ha_mempool_get_bulk(pool, &table[i], n) != 0) return -1;
-        for (unsigned i = 0; i < keep; i += n)
-            ha_mempool_put_bulk(pool, &table[i], n);
+        for (unsigned i = 0; i < keep_; i += n)
+            if (ha_mempool_get_bulk(p, &table[i], n) != 0) return -1;
+        for (unsigned i = 0; i < keep_; i += n)
+            ha_mempool_put_bulk(p, &table[i], n);
     }
     return 0;
 }
 
 static int run(unsigned bulk, void **table, unsigned count) {
     switch (bulk) {
-    case 1: return rounds_single(table, count);
-    case 32: return rounds_bulk(table, 32, count);
-    default: return rounds_bulk(table, bulk, count);
+    case 1: return rounds_single(pool, table, keep, count);
+    case 32: return rounds_bulk(pool, table, keep, 32, count);
+    default: return rounds_bulk(pool, table, keep, bulk, count);
     }
 }
 

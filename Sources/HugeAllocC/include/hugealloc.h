@@ -6,8 +6,15 @@
  *     cc app.c $(pkg-config --cflags --libs hugealloc)
  *
  * Every entry point calls the Swift library (libHugeAllocC.so); there is no
- * second implementation. docs/c-api.md has the ownership and threading
- * rules and a walkthrough that runs DPDK on this memory.
+ * second implementation. The one exception is the hot path of the four
+ * mempool get and put calls, which this header inlines, as DPDK's
+ * rte_mempool.h does: an object taken from or put into the calling
+ * thread's cache, when the cache can serve the call alone (a handful of
+ * loads and stores); everything else (refills, flushes, checked pools,
+ * errors) is a call into the library. Define HA_NO_INLINE before including
+ * this header to call the library every time. docs/c-api.md has the
+ * ownership and threading rules and a walkthrough that runs DPDK on this
+ * memory.
  *
  * Errors: a function that can fail returns 0 or a negative HA_ERR_* code
  * (pointer-returning functions return NULL), and ha_last_error() then
@@ -140,6 +147,135 @@ __attribute__((noplt)) int ha_mempool_get_bulk(ha_mempool *pool, void **objects,
 __attribute__((noplt)) void ha_mempool_put(ha_mempool *pool, void *object);
 __attribute__((noplt)) void ha_mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n);
 #endif
+
+/* ---- inline get and put ------------------------------------------------ */
+
+/* What follows is the layout the library shares with its callers for the
+ * inline paths: names starting with ha__ are not API and may change with
+ * HA__ABI. The library marks a pool HA__HEAD_CACHE only when its cache
+ * records are laid out as read here; any other pool, and any call the
+ * cache cannot serve alone, goes to the library functions above, which a
+ * macro reaches by their own names (`(ha_mempool_get)(pool)`), and which
+ * bindings for other languages call directly. The inline paths are for
+ * 64-bit GCC and Clang; define HA_NO_INLINE to turn them off. */
+#if !defined(HA_NO_INLINE) && defined(__GNUC__) && defined(__LP64__)
+
+#define HA__ABI 1
+#define HA__HEAD_CACHE (1u << 0)
+#define HA__HEAD_STATS (1u << 1)
+#define HA__RECORD_COUNT 1
+#define HA__RECORD_GETS  2
+#define HA__RECORD_PUTS  3
+#define HA__RECORD_SLOTS 8
+
+/* What an ha_mempool * points to, written once by ha_mempool_create(). */
+struct ha__mempool_head {
+    uint64_t pool_id;        /* as a thread's table entry holds it */
+    uint64_t slot;           /* the pool's entry in a thread's table */
+    int64_t cache_capacity;  /* objects a thread's cache holds at most */
+    uintptr_t base;          /* the pool's memory, for ha_mempool_put's check */
+    uintptr_t length;
+    uint32_t flags;          /* HA__HEAD_* */
+    uint32_t abi;            /* HA__ABI */
+    void *pool;              /* the library's own */
+};
+
+/* Per thread, word 0: the thread's table of cache records (pairs of words:
+ * the record's address, the pool's id), 0 before the thread's first get or
+ * put. */
+extern __thread uintptr_t ha_tls_slots[4] __attribute__((tls_model("initial-exec")));
+
+/* The calling thread's cache record for `pool`, or NULL (no record yet, or
+ * the pool is not served inline). */
+static inline uintptr_t *ha__mempool_record(const ha_mempool *pool) {
+    const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
+    if (__builtin_expect(head == NULL || !(head->flags & HA__HEAD_CACHE), 0)) return NULL;
+    const uintptr_t *table = (const uintptr_t *)ha_tls_slots[0];
+    if (__builtin_expect(table == NULL, 0)) return NULL;
+    const uintptr_t *entry = table + 2 * head->slot;
+    if (__builtin_expect(entry[1] != (uintptr_t)head->pool_id, 0)) return NULL;
+    return (uintptr_t *)entry[0];
+}
+
+/* Only the owning thread writes its record; others read the count with
+ * relaxed loads: relaxed atomics here too (plain moves). */
+static inline intptr_t ha__record_load(const uintptr_t *record, int word) {
+    return (intptr_t)__atomic_load_n(&record[word], __ATOMIC_RELAXED);
+}
+static inline void ha__record_store(uintptr_t *record, int word, intptr_t value) {
+    __atomic_store_n(&record[word], (uintptr_t)value, __ATOMIC_RELAXED);
+}
+static inline void ha__record_count_op(const ha_mempool *pool, uintptr_t *record, int word, unsigned n) {
+    if (((const struct ha__mempool_head *)(const void *)pool)->flags & HA__HEAD_STATS)
+        ha__record_store(record, word, ha__record_load(record, word) + (intptr_t)n);
+}
+
+static inline void *ha__mempool_get(ha_mempool *pool) {
+    uintptr_t *record = ha__mempool_record(pool);
+    if (__builtin_expect(record != NULL, 1)) {
+        intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
+        if (__builtin_expect(have > 0, 1)) {
+            void *object = (void *)record[HA__RECORD_SLOTS + have - 1];
+            ha__record_store(record, HA__RECORD_COUNT, have - 1);
+            ha__record_count_op(pool, record, HA__RECORD_GETS, 1);
+            return object;
+        }
+    }
+    return (ha_mempool_get)(pool);
+}
+
+static inline int ha__mempool_get_bulk(ha_mempool *pool, void **objects, unsigned n) {
+    uintptr_t *record = ha__mempool_record(pool);
+    if (__builtin_expect(record != NULL && objects != NULL, 1)) {
+        intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
+        if (__builtin_expect((intptr_t)n <= have, 1)) {
+            __builtin_memcpy(objects, &record[HA__RECORD_SLOTS + have - (intptr_t)n], (size_t)n * sizeof(void *));
+            ha__record_store(record, HA__RECORD_COUNT, have - (intptr_t)n);
+            ha__record_count_op(pool, record, HA__RECORD_GETS, n);
+            return 0;
+        }
+    }
+    return (ha_mempool_get_bulk)(pool, objects, n);
+}
+
+static inline void ha__mempool_put(ha_mempool *pool, void *object) {
+    uintptr_t *record = ha__mempool_record(pool);
+    const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
+    /* One compare refuses NULL and pointers outside the pool, as the
+     * library does (a NULL pool has no record and never reads head). */
+    if (__builtin_expect(record != NULL && (uintptr_t)object - head->base < head->length, 1)) {
+        intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
+        if (__builtin_expect(have < head->cache_capacity, 1)) {
+            record[HA__RECORD_SLOTS + have] = (uintptr_t)object;
+            ha__record_store(record, HA__RECORD_COUNT, have + 1);
+            ha__record_count_op(pool, record, HA__RECORD_PUTS, 1);
+            return;
+        }
+    }
+    (ha_mempool_put)(pool, object);
+}
+
+static inline void ha__mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n) {
+    uintptr_t *record = ha__mempool_record(pool);
+    const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
+    if (__builtin_expect(record != NULL && objects != NULL, 1)) {
+        intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
+        if (__builtin_expect((intptr_t)n <= head->cache_capacity - have, 1)) {
+            __builtin_memcpy(&record[HA__RECORD_SLOTS + have], objects, (size_t)n * sizeof(void *));
+            ha__record_store(record, HA__RECORD_COUNT, have + (intptr_t)n);
+            ha__record_count_op(pool, record, HA__RECORD_PUTS, n);
+            return;
+        }
+    }
+    (ha_mempool_put_bulk)(pool, objects, n);
+}
+
+#define ha_mempool_get(pool) ha__mempool_get(pool)
+#define ha_mempool_get_bulk(pool, objects, n) ha__mempool_get_bulk(pool, objects, n)
+#define ha_mempool_put(pool, object) ha__mempool_put(pool, object)
+#define ha_mempool_put_bulk(pool, objects, n) ha__mempool_put_bulk(pool, objects, n)
+
+#endif /* inline get and put */
 
 /* ---- the DMA heap ------------------------------------------------------- */
 
