@@ -30,6 +30,29 @@ if let text = ProcessInfo.processInfo.environment["SHARE_OCCUPY"], let address =
     if p == MAP_FAILED { fail(POSIXError(.init(rawValue: errno)!)) }
 }
 
+// SHARE_CLAIM (bytes): claim the shared-object range early, before the
+// rest. SHARE_OCCUPY_HINT (hexadecimal): then map 2 MiB with that address
+// as a hint only (no MAP_FIXED), as an allocator looking for room would:
+// it lands there unless the range is claimed.
+if let text = ProcessInfo.processInfo.environment["SHARE_CLAIM"], let bytes = Int(text) {
+    do { try SharedAddressReservation.claim(bytes: bytes) } catch { fail(error) }
+}
+if let text = ProcessInfo.processInfo.environment["SHARE_OCCUPY_HINT"], let address = UInt(text.replacingOccurrences(of: "0x", with: ""), radix: 16) {
+    let p = mmap(UnsafeMutableRawPointer(bitPattern: address), 1 << 21, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED { fail(POSIXError(.init(rawValue: errno)!)) }
+}
+
+/// The permissions of the /proc/self/maps line holding `address`, or "none".
+func permissions(at address: UInt) -> String {
+    let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? ""
+    for line in maps.split(separator: "\n") {
+        let fields = line.split(separator: " ")
+        let bounds = fields[0].split(separator: "-").compactMap { UInt($0, radix: 16) }
+        if bounds.count == 2, address >= bounds[0], address < bounds[1] { return String(fields[1]) }
+    }
+    return "none"
+}
+
 func integer(_ word: String) -> Int { Int(word)! }
 func pointer(_ word: String) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: UInt(word)!)! }
 
@@ -100,6 +123,10 @@ while let line = readLine() {
     let words = line.split(separator: " ").map(String.init)
     guard let command = words.first else { continue }
     switch command {
+    case "release":  // closes the mapping; answers what is left at its address
+        let address = UInt(bitPattern: mapping!.base)
+        mapping = nil
+        answer("released \(permissions(at: address))")
     case "write":  // write OFFSET VALUE: a 64-bit word at an offset of the mapping, or at an address
         if let m = mapping {
             m.base.storeBytes(of: UInt64(words[2])!, toByteOffset: integer(words[1]), as: UInt64.self)

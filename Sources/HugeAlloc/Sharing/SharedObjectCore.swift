@@ -124,7 +124,7 @@ final class SharedObjectCore: @unchecked Sendable {
         do {
             made = try MemoryMapping(length: length, options: mappingOptions)
         } catch {
-            unsafe Sys.unmapShared(UnsafeMutableRawPointer(bitPattern: address)!, length: length)
+            SharedAddressSpace.release(address: address, length: length)
             throw .mapping(error)
         }
         let translation = made.translation
@@ -189,9 +189,12 @@ final class SharedObjectCore: @unchecked Sendable {
             throw .kindMismatch(name: name, published: "\(published)", requested: "\(kind)")
         }
         let base: UnsafeMutableRawPointer
+        // Inside this process's early claim the range is its own: map over it.
+        let claimed = SharedAddressSpace.useClaimed(address: grant.address, length: grant.length)
         do {
-            unsafe base = try unsafe Sys.mapShared(grant.fd, length: grant.length, at: grant.address, replacing: false)
+            unsafe base = try unsafe Sys.mapShared(grant.fd, length: grant.length, at: grant.address, replacing: claimed)
         } catch {
+            if claimed { SharedAddressSpace.release(address: grant.address, length: grant.length) }
             Sys.close(grant.fd)
             if error.errno == .fileExists {
                 throw .addressRangeOccupied(
@@ -202,7 +205,7 @@ final class SharedObjectCore: @unchecked Sendable {
             throw .systemCall(error)
         }
         guard let pageSize = PageSize(rawValue: grant.pageBytes) else {
-            unsafe Sys.unmapShared(base, length: grant.length)
+            SharedAddressSpace.release(address: grant.address, length: grant.length)
             Sys.close(grant.fd)
             throw .incompatible(name: name, reason: "page size \(grant.pageBytes)")
         }

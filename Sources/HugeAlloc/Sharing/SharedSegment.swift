@@ -259,7 +259,7 @@ struct SharedSegment: ~Copyable, @unchecked Sendable {
     }
 
     deinit {
-        unsafe Sys.unmapShared(base, length: length)
+        SharedAddressSpace.release(address: address, length: length)
         Sys.close(fd)
     }
 

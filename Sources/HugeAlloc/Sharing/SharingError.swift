@@ -50,7 +50,8 @@ public enum SharingError: Error, Sendable, Equatable, CustomStringConvertible {
             return "user \(uid) may not attach to \"\(name)\" (\(path)): \(reason); the publisher lets users in with SharingOptions.allowedUsers or allowedGroup, or run as the publisher's user"
         case let .addressRangeOccupied(name, address, length, occupants, advice):
             let end = address + UInt(length)
-            return "cannot map \"\(name)\" at 0x\(String(address, radix: 16))-0x\(String(end, radix: 16)): this process already has \(occupants.isEmpty ? "a mapping" : occupants.joined(separator: "; ")) there; \(advice)"
+            let what = name.isEmpty ? "reserve" : "map \"\(name)\" at"
+            return "cannot \(what) 0x\(String(address, radix: 16))-0x\(String(end, radix: 16)): this process already has \(occupants.isEmpty ? "a mapping" : occupants.joined(separator: "; ")) there; \(advice)"
         case let .noAddressRange(length, reason):
             return "no free address range of \(length) bytes for a shared object: \(reason); set SharingOptions.baseAddress (or HUGEALLOC_BASE_ADDRESS) to a free range"
         case let .kindMismatch(name, published, requested):

@@ -186,6 +186,16 @@ extension Sys {
         return unsafe result
     }
 
+    /// Turns `[address, address + length)`, a range of the caller's own,
+    /// back into a bare reservation: `PROT_NONE`, no memory, in place
+    /// (`MAP_FIXED` replaces whatever the caller had mapped there in one
+    /// step, so no other thread's mapping can slip into a gap). The
+    /// corresponding C function is `mmap(2)`.
+    static func restoreReservation(at address: UInt, length: Int) throws(SystemCallError) {
+        let flags: MapFlags = [.private, .anonymous, .noReserve, .fixed]
+        _ = try unsafe mmap(length: length, protection: .none, flags: flags, at: UnsafeMutableRawPointer(bitPattern: address))
+    }
+
     /// Unmaps a range the sharing layer mapped. The corresponding C function is `munmap(2)`.
     static func unmapShared(_ address: UnsafeMutableRawPointer, length: Int) {
         try? unsafe munmap(address, length: length)

@@ -6,6 +6,9 @@ import Testing
 /// A mapping published by one process and attached by others (spawned
 /// processes, not threads): the same addresses, the same bytes and pages,
 /// the rendezvous handed on when the creator exits, permissions enforced.
+/// Claims need fixed addresses, which ThreadSanitizer's runtime cannot have.
+let claimGateReason: Comment = "early claims are not supported under ThreadSanitizer"
+
 @Suite(.usesHugepagePool, .serialized) struct SharedMappingTests {
     @Test(.enabled(if: canRunSharingTests, sharingGateReason))
     func anAttachedProcessSeesTheSameAddressBytesAndPages() throws {
@@ -113,6 +116,80 @@ import Testing
         let free = try ShareWorker(["attach-mapping", "mapping-f"], sandbox: sandbox)
         #expect(free.isReady, "\(free.greeting)")
         free.exit()
+        withExtendedLifetime(shared) {}
+    }
+
+    /// A process that claims the range early keeps it: a later mapping that
+    /// would have landed there (an mmap hint, as an allocator looking for
+    /// room gives) goes elsewhere, and the attach maps over the claim.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason), .enabled(if: SharedAddressReservation.isSupported, claimGateReason))
+    func anEarlyClaimKeepsTheRangeForAttach() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let shared = try SharedMapping.publish(name: "mapping-claim", length: 4 << 20, options: sandbox.options)
+            let hint = String(UInt(bitPattern: shared.base) + (1 << 20) + (1 << 20), radix: 16)
+            // Negative control: without a claim the hinted mapping lands in
+            // the range and the attach is refused.
+            let unclaimed = try ShareWorker(["attach-mapping", "mapping-claim"], sandbox: sandbox, environment: ["SHARE_OCCUPY_HINT": hint])
+            #expect(unclaimed.greeting.hasPrefix("error cannot map \"mapping-claim\""), "\(unclaimed.greeting)")
+            unclaimed.exit()
+
+            let claimed = try ShareWorker(["attach-mapping", "mapping-claim"], sandbox: sandbox,
+                                          environment: ["SHARE_CLAIM": "\(1 << 40)", "SHARE_OCCUPY_HINT": hint])
+            #expect(claimed.isReady, "\(claimed.greeting)")
+            #expect(claimed.readyWords.first == "\(UInt(bitPattern: shared.base))")
+            shared.base.storeBytes(of: 0xC1A1, toByteOffset: 2 << 20, as: UInt64.self)
+            #expect(claimed.send("read \(2 << 20)") == "value \(0xC1A1)")
+            // Closed, the object's range is a bare reservation again: still claimed.
+            #expect(claimed.send("release") == "released ---p")
+            claimed.exit()
+            withExtendedLifetime(shared) {}
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// A publisher with a claim places its objects inside it and keeps the
+    /// range reserved when they close; without one the range is unmapped.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason), .enabled(if: SharedAddressReservation.isSupported, claimGateReason))
+    func aPublisherPlacesObjectsInsideItsClaim() throws {
+        let sandbox = try SharingSandbox()
+        let claim = SharingOptions.defaultBaseAddress..<(SharingOptions.defaultBaseAddress + (1 << 40))
+        let publisher = try ShareWorker(["publish-mapping", "mapping-inside", "\(2 << 20)"], sandbox: sandbox,
+                                        environment: ["SHARE_CLAIM": "\(1 << 40)"])
+        #expect(publisher.isReady, "\(publisher.greeting)")
+        let base = try #require(publisher.readyWords.first.flatMap { UInt($0) })
+        #expect(claim.contains(base), "0x\(String(base, radix: 16)) inside the claim")
+        #expect(publisher.send("release") == "released ---p")
+        publisher.exit()
+        // Negative control: no claim, nothing left at the address after close.
+        let plain = try ShareWorker(["publish-mapping", "mapping-plain", "\(2 << 20)"], sandbox: sandbox)
+        #expect(plain.isReady, "\(plain.greeting)")
+        #expect(plain.send("release") == "released none")
+        plain.exit()
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// A claim over a range this process already uses names the occupant.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason), .enabled(if: SharedAddressReservation.isSupported, claimGateReason))
+    func aClaimOverAnOccupiedRangeIsATypedError() throws {
+        let sandbox = try SharingSandbox()
+        let shared = try SharedMapping.publish(name: "mapping-occupied", length: 2 << 20, options: sandbox.options)
+        var options = SharingOptions()
+        let start = UInt(bitPattern: shared.base) / (1 << 30) * (1 << 30)
+        options.baseAddress = start
+        do {
+            try SharedAddressReservation.claim(bytes: 1 << 30, options: options)
+            Issue.record("claimed a range this process maps")
+        } catch {
+            guard case .addressRangeOccupied(_, let address, _, let occupants, _) = error else { Issue.record("\(error)"); return }
+            #expect(address == start)
+            #expect(!occupants.isEmpty, "the occupant from /proc/self/maps")
+            #expect(error.description.hasPrefix("cannot reserve 0x"), "\(error)")
+        }
+        options.baseAddress = (1 << 30) + 1
+        #expect(throws: SharingError.self) { try SharedAddressReservation.claim(bytes: 1 << 30, options: options) }
+        #expect(throws: SharingError.self) { try SharedAddressReservation.claim(bytes: 0) }
+        #expect(SharedAddressReservation.claimed.isEmpty, "a refused claim leaves nothing claimed")
         withExtendedLifetime(shared) {}
     }
 
