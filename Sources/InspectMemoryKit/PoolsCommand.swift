@@ -61,6 +61,7 @@ struct PoolsCommand: ParsableCommand {
         case .mempool: return "mempool"
         case .packetPool: return "packet_pool"
         case .ring: return "ring"
+        case .heap: return "heap"
         case nil: return nil
         }
     }
