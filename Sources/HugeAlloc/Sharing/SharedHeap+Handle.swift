@@ -306,8 +306,8 @@ struct SharedHeapHandle: @unchecked Sendable {
     func repair() -> (offset: Int, reason: String)? {
         var named = Set<Int>()
         for i in 0..<Self.memzoneSlots {
-            let e = memzoneEntry(i)
-            if memzoneState(e) == 1 { named.insert(Int(unsafe e.load(fromByteOffset: 72, as: UInt64.self))) } else { clearMemzone(e) }
+            let e = unsafe memzoneEntry(i)
+            if unsafe memzoneState(e) == 1 { named.insert(Int(unsafe e.load(fromByteOffset: 72, as: UInt64.self))) } else { unsafe clearMemzone(e) }
         }
         // Walk the chain, checking every header, merging free runs.
         var o = 0
@@ -362,6 +362,60 @@ struct SharedHeapHandle: @unchecked Sendable {
         return (theirs.count, theirs.reduce(0) { $0 + $1.size })
     }
 
+    /// The first broken invariant, or nil: the chain covers the data,
+    /// every previous size is right, no two free blocks touch, the free
+    /// lists hold exactly the free blocks (each in its class, links both
+    /// ways), the counters match, and every memzone entry names a memzone
+    /// block and every memzone block has an entry.
+    func invariantViolation() -> String? {
+        var o = 0
+        var previous = 0
+        var lastWasFree = false
+        var free = 0
+        var inUse = 0
+        var freeBlocks = Set<Int>()
+        var memzoneBlocks = Set<Int>()
+        while o < dataLength {
+            guard tagIsValid(o) else { return "no header at \(o)" }
+            let s = size(o)
+            guard s >= Self.minimumBlock, s % Self.granule == 0, o + s <= dataLength else { return "size \(s) at \(o)" }
+            guard previousSize(o) == previous else { return "previous size \(previousSize(o)) at \(o), not \(previous)" }
+            guard let st = state(o) else { return "state at \(o)" }
+            if st == .free {
+                if lastWasFree { return "free blocks touch at \(o)" }
+                free += s
+                freeBlocks.insert(o)
+            } else {
+                inUse += 1
+                if st == .memzone { memzoneBlocks.insert(o) }
+            }
+            lastWasFree = st == .free
+            previous = s
+            o += s
+        }
+        var listed = Set<Int>()
+        for c in 0..<Self.classCount {
+            var link = head(c)
+            var back = 0
+            while link != 0 {
+                let b = link - 1
+                guard freeBlocks.contains(b), !listed.contains(b) else { return "list \(c) holds \(b), not a free block (or twice)" }
+                guard Self.sizeClass(size(b)) == c else { return "block \(b) of size \(size(b)) in list \(c)" }
+                guard previousFree(b) == back else { return "back link of \(b)" }
+                listed.insert(b)
+                back = link
+                link = nextFree(b)
+            }
+        }
+        guard listed == freeBlocks else { return "\(freeBlocks.count - listed.count) free blocks on no list" }
+        guard free == freeBytes, inUse == blocksInUse else {
+            return "counters: \(freeBytes) free bytes, \(blocksInUse) blocks; the chain has \(free), \(inUse)"
+        }
+        let named = Set(memzones.map(\.block))
+        guard named == memzoneBlocks else { return "memzone entries \(named.sorted()) and blocks \(memzoneBlocks.sorted()) differ" }
+        return nil
+    }
+
     // MARK: memzone table
 
     private func memzoneEntry(_ i: Int) -> UnsafeMutableRawPointer {
@@ -381,8 +435,8 @@ struct SharedHeapHandle: @unchecked Sendable {
     /// The memzones in the table.
     var memzones: [MemzoneRecord] {
         (0..<Self.memzoneSlots).compactMap { i in
-            let e = memzoneEntry(i)
-            guard memzoneState(e) == 1 else { return nil }
+            let e = unsafe memzoneEntry(i)
+            guard unsafe memzoneState(e) == 1 else { return nil }
             let nameBytes = (0..<Self.memzoneNameCapacity).map { unsafe e.load(fromByteOffset: $0, as: UInt8.self) }
             return MemzoneRecord(slot: i, name: String(decoding: nameBytes.prefix { $0 != 0 }, as: UTF8.self),
                                  block: Int(unsafe e.load(fromByteOffset: 72, as: UInt64.self)),
@@ -392,13 +446,13 @@ struct SharedHeapHandle: @unchecked Sendable {
     }
 
     /// A free table slot, or nil when all are taken.
-    var freeMemzoneSlot: Int? { (0..<Self.memzoneSlots).first { memzoneState(memzoneEntry($0)) != 1 } }
+    var freeMemzoneSlot: Int? { (0..<Self.memzoneSlots).first { unsafe memzoneState(memzoneEntry($0)) != 1 } }
 
     /// Fills table slot `i`; its state goes last, so a crash leaves either
     /// no entry (the block is then freed by repair) or a whole one.
     func recordMemzone(slot i: Int, name: String, block: Int, bytes: Int, alignment: Int) {
-        let e = memzoneEntry(i)
-        clearMemzone(e)
+        let e = unsafe memzoneEntry(i)
+        unsafe clearMemzone(e)
         for (k, byte) in name.utf8.prefix(Self.memzoneNameCapacity - 1).enumerated() {
             unsafe e.storeBytes(of: byte, toByteOffset: k, as: UInt8.self)
         }

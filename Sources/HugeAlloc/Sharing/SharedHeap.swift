@@ -243,7 +243,7 @@ public final class SharedHeap: @unchecked Sendable {
     /// Frees a block allocated by any attached process.
     public func free(_ pointer: UnsafeMutableRawPointer) throws(SharedHeapError) {
         let address = UInt(bitPattern: pointer)
-        let start = UInt(bitPattern: base)
+        let start = UInt(bitPattern: unsafe base)
         let header = UInt(SharedHeapHandle.headerBytes)
         guard address >= start + header, address < start + UInt(capacity), (address - start) % header == 0 else {
             throw .foreignPointer(name: name, address: address)
@@ -272,7 +272,7 @@ public final class SharedHeap: @unchecked Sendable {
     // MARK: memzones
 
     private func zone(_ r: SharedHeapHandle.MemzoneRecord) -> SharedMemzone {
-        SharedMemzone(name: r.name, address: UInt(bitPattern: base) + UInt(r.block + SharedHeapHandle.headerBytes),
+        SharedMemzone(name: r.name, address: UInt(bitPattern: unsafe base) + UInt(r.block + SharedHeapHandle.headerBytes),
                       length: r.bytes, alignment: r.alignment)
     }
 
@@ -348,6 +348,11 @@ public final class SharedHeap: @unchecked Sendable {
             }
             return byPID.values.sorted { $0.pid < $1.pid }
         }
+    }
+
+    /// Tests: the first broken invariant of the heap's state, or nil.
+    package func invariantViolation() throws(SharedHeapError) -> String? {
+        try locked { () throws(SharedHeapError) -> String? in handle.invariantViolation() }
     }
 
     /// For `inspect-memory pools`: capacity, free bytes and what each process holds.
