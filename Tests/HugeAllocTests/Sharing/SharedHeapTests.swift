@@ -89,11 +89,30 @@ import Testing
                 #expect(error.description.contains("publish the heap with more bytes"))
             } catch { Issue.record("\(error)") }
             #expect(worker.send("alloc 8388608 64").hasPrefix("error shared heap \"heap-a\" has no free block"), "and there")
+            #expect(try heap.invariantViolation() == nil)
+            // Negative control: a block's size word changed is seen.
+            let sizeWord = a - 56
+            let size = sizeWord.load(as: UInt64.self)
+            sizeWord.storeBytes(of: size + 64, as: UInt64.self)
+            #expect(try heap.invariantViolation() != nil)
+            sizeWord.storeBytes(of: size, as: UInt64.self)
+            #expect(try heap.invariantViolation() == nil)
             try heap.free(a)
             try heap.free(b)
             #expect(heap.freeBytes == initial)
             let stats = try heap.statistics()
             #expect(stats.blocksInUse == 0 && stats.largestAllocation == heap.capacity - 64, "one free block again: \(stats)")
+
+            // zeroed: a block whose bytes were written before comes back zero-filled.
+            let dirty = try heap.allocate(bytes: 8192, alignment: 4096)
+            dirty.initializeMemory(as: UInt8.self, repeating: 0xAB, count: 8192)
+            try heap.free(dirty)
+            let clean = try heap.allocate(bytes: 8192, alignment: 4096, zeroed: true)
+            #expect(clean == dirty, "first fit gives the same block")
+            #expect(UnsafeRawBufferPointer(start: clean, count: 8192).allSatisfy { $0 == 0 })
+            try heap.free(clean)
+            try heap.check()
+            #expect(try heap.invariantViolation() == nil)
             worker.exit()
             #expect(heap.participants.map(\.pid) == [getpid()])
         }
@@ -129,7 +148,9 @@ import Testing
                 }
             }
             for b in mine { try heap.free(b.pointer) }
+            #expect(try heap.invariantViolation() == nil, "while the others churn")
             for w in workers { #expect(w.readLine(timeout: 60) == "churned 3000") }
+            #expect(try heap.invariantViolation() == nil)
             let stats = try heap.statistics()
             #expect(heap.freeBytes == heap.capacity && stats.blocksInUse == 0 && stats.largestAllocation == heap.capacity - 64, "\(stats)")
             for w in workers { w.exit() }
@@ -172,6 +193,7 @@ import Testing
             let kept = try #require(try heap.lookupMemzone(name: "kept"))
             #expect(kept.length == 4096)
             #expect(try heap.memzones().map(\.name).sorted() == ["kept", "rx-ring", "tx"])
+            #expect(try heap.invariantViolation() == nil)
 
             for zone in ["kept", "rx-ring", "tx"] { try heap.freeMemzone(name: zone) }
             #expect(try heap.lookupMemzone(name: "tx") == nil)
@@ -252,6 +274,7 @@ import Testing
                 // The next allocation here succeeds: the heap was repaired (here or by the watcher).
                 let probe = try heap.allocate(bytes: 4096, alignment: 4096)
                 try heap.free(probe)
+                #expect(try heap.invariantViolation() == nil, "step \(step): the repaired heap is consistent")
                 _ = reclaimed(heap, pid: worker.pid)
                 let stats = try heap.statistics()
                 #expect(stats.repairs == repairs + 1, "step \(step): one repair")
