@@ -121,6 +121,48 @@ import Testing
         for frame in frames { #expect(Kernel.mapCount(physical: frame) == 0, "frame \(String(frame, radix: 16)) still mapped") }
     }
 
+    /// Random allocations (1 byte to 300 KB, alignments 64 bytes to 2 MiB)
+    /// and frees in one process, the invariants checked after every call and
+    /// no two live blocks overlapping; out of memory only when the largest
+    /// free block is too small.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func randomCallsKeepEveryInvariant() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let heap = try SharedHeap.publish(name: "heap-f", bytes: 6 << 20, options: sandbox.options)
+            var rng = SystemRandomNumberGenerator()
+            var live: [(start: UInt, end: UInt)] = []
+            for _ in 0..<1500 {
+                if live.count < 40, live.isEmpty || Int.random(in: 0..<3, using: &rng) > 0 {
+                    let bytes = Int.random(in: 1...300_000, using: &rng)
+                    let alignment = 1 << Int.random(in: 6...21, using: &rng)
+                    do {
+                        let p = try heap.allocate(bytes: bytes, alignment: alignment)
+                        let start = UInt(bitPattern: p)
+                        #expect(start % UInt(alignment) == 0)
+                        #expect(!live.contains { start < $0.end && $0.start < start + UInt(bytes) }, "overlap")
+                        live.append((start, start + UInt(bytes)))
+                    } catch let error as SharedHeapError {
+                        guard case let .outOfMemory(_, _, _, largest, _, _) = error else { Issue.record("\(error)"); return }
+                        // A free block of 128 + alignment + the rounded size always fits (a front split needs 128 bytes).
+                        #expect(largest < bytes + 63 + 128 + alignment, "refused while a block of \(largest) was free")
+                    }
+                } else {
+                    let b = live.remove(at: Int.random(in: 0..<live.count, using: &rng))
+                    try heap.free(UnsafeMutableRawPointer(bitPattern: b.start)!)
+                }
+                if let broken = try heap.invariantViolation() {
+                    Issue.record("\(broken)")
+                    return
+                }
+            }
+            for b in live { try heap.free(UnsafeMutableRawPointer(bitPattern: b.start)!) }
+            let largest = try heap.statistics().largestAllocation
+            #expect(heap.freeBytes == heap.capacity && largest == heap.capacity - 64)
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
     /// Three processes allocate and free at random at once, each checking
     /// its blocks' bytes before freeing them (a block handed to two
     /// processes would show); afterwards the heap is one free block again.
