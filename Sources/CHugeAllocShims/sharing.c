@@ -3,6 +3,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
@@ -118,4 +119,40 @@ int ha_share_timeouts(int fd, int milliseconds) {
     struct timeval t = { .tv_sec = milliseconds / 1000, .tv_usec = (milliseconds % 1000) * 1000 };
     if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof(t)) != 0) return -1;
     return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &t, sizeof(t));
+}
+
+/* pthread calls return the error number; these return -1 with errno set,
+ * as every other shim does. */
+static int as_errno(int rc) {
+    if (rc == 0) return 0;
+    errno = rc;
+    return -1;
+}
+
+size_t ha_robust_mutex_size(void) {
+    return sizeof(pthread_mutex_t);
+}
+
+int ha_robust_mutex_init(void *mutex) {
+    pthread_mutexattr_t attributes;
+    int rc = pthread_mutexattr_init(&attributes);
+    if (rc == 0) rc = pthread_mutexattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+    if (rc == 0) rc = pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0) rc = pthread_mutex_init((pthread_mutex_t *)mutex, &attributes);
+    pthread_mutexattr_destroy(&attributes);
+    return as_errno(rc);
+}
+
+int ha_robust_mutex_lock(void *mutex) {
+    int rc = pthread_mutex_lock((pthread_mutex_t *)mutex);
+    if (rc == EOWNERDEAD) return 1;
+    return as_errno(rc);
+}
+
+int ha_robust_mutex_consistent(void *mutex) {
+    return as_errno(pthread_mutex_consistent((pthread_mutex_t *)mutex));
+}
+
+int ha_robust_mutex_unlock(void *mutex) {
+    return as_errno(pthread_mutex_unlock((pthread_mutex_t *)mutex));
 }

@@ -6,11 +6,11 @@ import HugeAlloc
 struct PoolsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pools",
-        abstract: "Pools, packet pools, rings and mappings shared between processes, with what each process holds.",
+        abstract: "Pools, packet pools, rings, heaps and mappings shared between processes, with what each process holds.",
         discussion: """
             Lists every name published under the runtime directory ($HUGEALLOC_RUNTIME_DIR, else /run/hugealloc): \
-            its kind, size, objects in all and available, and the attached processes with what each holds \
-            (objects in its caches; in checked mode, objects it took). An entry whose processes are all gone \
+            its kind, size, objects in all and available (for a heap: bytes in all and in free blocks), and the attached \
+            processes with what each holds (objects in its caches; in checked mode, objects it took or heap blocks it allocated). An entry whose processes are all gone \
             is stale; --clean removes stale entries, never one a live process answers at.
             """
     )
@@ -61,6 +61,7 @@ struct PoolsCommand: ParsableCommand {
         case .mempool: return "mempool"
         case .packetPool: return "packet_pool"
         case .ring: return "ring"
+        case .heap: return "heap"
         case nil: return nil
         }
     }

@@ -62,4 +62,24 @@ import Testing
         for object in held { shared.pool.put(object) }
         withExtendedLifetime(shared) {}
     }
+
+    @Test(.enabled(if: canRun, "needs root and 16 free 2 MiB hugepages"))
+    func aSharedHeapIsListedInBytesWithTheBlocksThisProcessHolds() throws {
+        let directory = "/tmp/hugealloc-pools-heap-test.\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let heap = try SharedHeap.publish(name: "dma", bytes: 4 << 20, checked: true, options: SharingOptions(runtimeDirectory: directory))
+        let blocks = [try heap.allocate(bytes: 100), try heap.allocate(bytes: 5000)]
+
+        let pools = try #require(try poolsJSON(directory)["pools"] as? [[String: Any]])
+        let listed = try #require(pools.first { $0["name"] as? String == "dma" })
+        #expect(listed["kind"] as? String == "heap" && listed["stale"] as? Bool == false)
+        #expect(listed["objects_total"] as? Int == 4 << 20 && listed["objects_available"] as? Int == heap.freeBytes, "bytes: \(listed)")
+        let processes = try #require(listed["processes"] as? [[String: Any]])
+        #expect(processes.first?["held_objects"] as? Int == 2, "this process holds 2 blocks: \(processes)")
+        let text = try run(["pools", "--runtime-directory", directory])
+        #expect(text.out.contains("dma") && text.out.contains("heap") && text.out.contains("held 2"))
+
+        for b in blocks { try heap.free(b) }
+    }
 }

@@ -60,6 +60,7 @@ var mapping: SharedMapping?
 var shared: SharedMempool?
 var packets: SharedPacketPool?
 var ring: SharedRing?
+var heap: SharedHeap?
 do {
     switch mode {
     case "publish-mapping":
@@ -73,6 +74,10 @@ do {
             options: options)
     case "attach-pool":
         shared = try SharedMempool.attach(name: name, options: options)
+    case "publish-heap":  // publish-heap NAME BYTES CHECKED
+        heap = try SharedHeap.publish(name: name, bytes: integer(arguments[2]), checked: arguments[3] == "1", options: options)
+    case "attach-heap":
+        heap = try SharedHeap.attach(name: name, options: options)
     case "attach-packets":  // attach-packets NAME RING
         packets = try SharedPacketPool.attach(name: name, options: options)
         if arguments.count > 2 { ring = try SharedRing.attach(name: arguments[2], options: options) }
@@ -84,6 +89,7 @@ do {
 
 if let m = mapping { answer("ready \(UInt(bitPattern: m.base)) \(m.length)") }
 if let s = shared { answer("ready \(UInt(bitPattern: s.pool.base)) \(s.pool.count)") }
+if let h = heap { answer("ready \(UInt(bitPattern: h.base)) \(h.capacity)") }
 if let p = packets { answer("ready \(UInt(bitPattern: p.pool.mempool.base)) \(p.pool.mempool.count)") }
 
 /// Objects this process holds, and the churn thread's switch.
@@ -117,6 +123,40 @@ let churnDone = DispatchSemaphore(value: 0)
     let addresses = mine.map { UInt(bitPattern: $0) }
     held.withLock { $0.append(contentsOf: addresses) }
     churnDone.signal()
+}
+
+/// Allocates and frees at random (sizes 1 byte to 20 KB, alignments 64 to
+/// 4 KiB), holding up to 64 blocks, each filled with a byte of its own that
+/// is checked before the block is freed: a block another process also got
+/// would show. Frees everything at the end; "churned N" or what went wrong.
+func heapChurn(_ heap: SharedHeap, operations: Int) -> String {
+    var rng = SystemRandomNumberGenerator()
+    var mine: [(pointer: UnsafeMutableRawPointer, bytes: Int, fill: UInt8)] = []
+    func check(_ b: (pointer: UnsafeMutableRawPointer, bytes: Int, fill: UInt8)) -> Bool {
+        [0, b.bytes / 2, b.bytes - 1].allSatisfy { b.pointer.load(fromByteOffset: $0, as: UInt8.self) == b.fill }
+    }
+    do {
+        for i in 0..<operations {
+            if mine.count < 64, mine.isEmpty || Bool.random(using: &rng) {
+                let bytes = Int.random(in: 1...20_000, using: &rng)
+                let alignment = [64, 128, 4096].randomElement(using: &rng)!
+                guard let p = try? heap.allocate(bytes: bytes, alignment: alignment) else { continue }
+                guard UInt(bitPattern: p) % UInt(alignment) == 0 else { return "error misaligned \(p) for \(alignment)" }
+                let fill = UInt8(truncatingIfNeeded: i &* 31 &+ Int(getpid()))
+                p.initializeMemory(as: UInt8.self, repeating: fill, count: bytes)
+                mine.append((p, bytes, fill))
+            } else {
+                let b = mine.remove(at: Int.random(in: 0..<mine.count, using: &rng))
+                guard check(b) else { return "error block \(b.pointer) overwritten" }
+                try heap.free(b.pointer)
+            }
+        }
+        for b in mine {
+            guard check(b) else { return "error block \(b.pointer) overwritten" }
+            try heap.free(b.pointer)
+        }
+    } catch { return "error \(error)" }
+    return "churned \(operations)"
 }
 
 while let line = readLine() {
@@ -212,7 +252,53 @@ while let line = readLine() {
         let tags = objects.map { PacketBuffer(metadata: $0).data.load(as: UInt64.self) }
         for o in objects { p.free(PacketBuffer(metadata: o)) }
         answer("frames \(tags.map(String.init).joined(separator: " "))")
+    case "alloc":  // alloc BYTES ALIGNMENT: a block of the shared heap
+        guard let h = heap else { break }
+        do { answer("block \(UInt(bitPattern: try h.allocate(bytes: integer(words[1]), alignment: integer(words[2]))))") } catch {
+            answer("error \(error)")
+        }
+    case "hfree":  // hfree ADDRESS: frees a block of the shared heap
+        guard let h = heap else { break }
+        do {
+            try h.free(pointer(words[1]))
+            answer("ok")
+        } catch { answer("error \(error)") }
+    case "hphysical":  // hphysical ADDRESS: the physical address this process reads for a heap byte
+        guard let h = heap else { break }
+        answer("physical \(h.physicalAddress(of: pointer(words[1]))?.rawValue ?? 0)")
+    case "free-bytes":
+        answer("free \(heap?.freeBytes ?? -1)")
+    case "reserve":  // reserve NAME BYTES: a memzone
+        guard let h = heap else { break }
+        do { answer("zone \(try h.reserveMemzone(name: words[1], bytes: integer(words[2]), alignment: 64).address)") } catch {
+            answer("error \(error)")
+        }
+    case "lookup":  // lookup NAME: a memzone's address and length, or none
+        guard let h = heap else { break }
+        do {
+            if let z = try h.lookupMemzone(name: words[1]) { answer("zone \(z.address) \(z.length)") } else { answer("none") }
+        } catch { answer("error \(error)") }
+    case "freezone":
+        guard let h = heap else { break }
+        do {
+            try h.freeMemzone(name: words[1])
+            answer("ok")
+        } catch { answer("error \(error)") }
+    case "heap-churn":  // heap-churn OPS: random allocations and frees, each block's bytes checked before it is freed
+        guard let h = heap else { break }
+        answer(heapChurn(h, operations: integer(words[1])))
+    case "die-in-alloc":  // die-in-alloc STEP BYTES ALIGNMENT: SIGKILLs itself at STEP inside the allocation (holding the lock)
+        guard let h = heap else { break }
+        SharedHeap.stopAt.store(integer(words[1]), ordering: .relaxed)
+        let block = try? h.allocate(bytes: integer(words[2]), alignment: integer(words[3]))
+        answer("survived \(block.map { UInt(bitPattern: $0) } ?? 0)")
+    case "die-in-free":  // die-in-free STEP ADDRESS
+        guard let h = heap else { break }
+        SharedHeap.stopAt.store(integer(words[1]), ordering: .relaxed)
+        try? h.free(pointer(words[2]))
+        answer("survived")
     case "exit":
+        heap = nil
         mapping = nil
         shared = nil
         packets = nil

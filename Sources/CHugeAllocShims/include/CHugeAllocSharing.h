@@ -43,6 +43,21 @@ int ha_pidfd_open(int32_t pid);
 /* Sets SO_RCVTIMEO and SO_SNDTIMEO to `milliseconds`. */
 int ha_share_timeouts(int fd, int milliseconds);
 
+/* Bytes of a pthread_mutex_t: what a robust mutex in shared memory takes. */
+size_t ha_robust_mutex_size(void);
+/* pthread_mutex_init(3) of a mutex at `mutex` with PTHREAD_PROCESS_SHARED and
+ * PTHREAD_MUTEX_ROBUST. 0 or -1 with errno set. */
+int ha_robust_mutex_init(void *mutex);
+/* pthread_mutex_lock(3): 0 when taken, 1 when taken from an owner that died
+ * (EOWNERDEAD: the caller holds it and repairs, then marks it consistent),
+ * -1 with errno set otherwise (ENOTRECOVERABLE: an owner died and the next
+ * holder unlocked it without marking it consistent). */
+int ha_robust_mutex_lock(void *mutex);
+/* pthread_mutex_consistent(3). 0 or -1 with errno set. */
+int ha_robust_mutex_consistent(void *mutex);
+/* pthread_mutex_unlock(3). 0 or -1 with errno set. */
+int ha_robust_mutex_unlock(void *mutex);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,8 +7,11 @@ public struct SharedReclaim: Sendable, Equatable {
     public var pid: Int32
     /// Objects that were in its threads' caches.
     public var cachedObjects: Int
-    /// Objects it held (checked mode only; 0 otherwise).
+    /// Objects it held (checked mode only; 0 otherwise); for a
+    /// ``SharedHeap``, its blocks.
     public var heldObjects: Int
+    /// Bytes of the blocks it held (a ``SharedHeap`` in checked mode; 0 otherwise).
+    public var heldBytes: Int = 0
 }
 
 /// One process attached to a shared object, as the object's table records it.

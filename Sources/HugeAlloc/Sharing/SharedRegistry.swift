@@ -7,7 +7,7 @@ public enum SharedRegistry {
         public var isAlive: Bool
         /// Objects in its threads' caches (pools).
         public var cachedObjects: Int?
-        /// Objects it holds (checked pools).
+        /// Objects it holds (checked pools), or blocks it allocated (checked heaps).
         public var heldObjects: Int?
     }
 
@@ -19,9 +19,10 @@ public enum SharedRegistry {
         public var address: UInt?
         /// Bytes of the shared segment.
         public var bytes: Int?
-        /// Objects in all (pools) or slots (rings).
+        /// Objects in all (pools), slots (rings) or bytes the heap manages (heaps).
         public var objectsTotal: Int?
-        /// Objects available (pools) or pointers queued (rings).
+        /// Objects available (pools), pointers queued (rings) or bytes in
+        /// free blocks, headers included (heaps).
         public var objectsAvailable: Int?
         public var processes: [Process]
         /// No process of it runs any more: `clean` removes it.
@@ -65,6 +66,14 @@ public enum SharedRegistry {
             let ring = unsafe MempoolRing._UnsafeHandle.placed(at: core.segment.control, capacity: core.header.facts.count, initializing: false)
             entry.objectsTotal = core.header.facts.count
             entry.objectsAvailable = ring.count
+        case .heap:
+            let heap = SharedHeap.observe(core)
+            entry.objectsTotal = heap.capacity
+            entry.objectsAvailable = heap.free
+            let usage = Dictionary((heap.usage ?? []).map { ($0.pid, $0.blocks) }, uniquingKeysWith: { a, _ in a })
+            for i in entry.processes.indices where core.header.facts.checked {
+                entry.processes[i].heldObjects = usage[entry.processes[i].pid] ?? 0
+            }
         case .mempool, .packetPool:
             let h = core.header
             let pool: Mempool

@@ -7,6 +7,7 @@ public enum SharedObjectKind: UInt32, Sendable, CustomStringConvertible {
     case mempool = 2
     case packetPool = 3
     case ring = 4
+    case heap = 5
 
     public var description: String {
         switch self {
@@ -14,6 +15,7 @@ public enum SharedObjectKind: UInt32, Sendable, CustomStringConvertible {
         case .mempool: return "mempool"
         case .packetPool: return "packet pool"
         case .ring: return "ring"
+        case .heap: return "heap"
         }
     }
 }

@@ -88,6 +88,37 @@ extension Sys {
         FileDescriptor(rawValue: try retryingInterrupts("pidfd_open", detail: "pid \(pid)") { ha_pidfd_open(pid) })
     }
 
+    // MARK: robust process-shared mutexes
+
+    /// Bytes a `pthread_mutex_t` takes.
+    static var robustMutexBytes: Int { ha_robust_mutex_size() }
+
+    /// Makes a mutex at `mutex` that processes share and that survives its
+    /// holder's death. The corresponding C function is `pthread_mutex_init(3)`
+    /// with `PTHREAD_PROCESS_SHARED` and `PTHREAD_MUTEX_ROBUST`.
+    static func robustMutexInitialize(_ mutex: UnsafeMutableRawPointer) throws(SystemCallError) {
+        _ = try retryingInterrupts("pthread_mutex_init", detail: "robust, process-shared") { unsafe ha_robust_mutex_init(mutex) }
+    }
+
+    /// Takes the mutex; true when its previous holder died holding it
+    /// (`EOWNERDEAD`): the caller holds it then, and repairs what it
+    /// guards before ``robustMutexConsistent(_:)``. The corresponding C
+    /// function is `pthread_mutex_lock(3)`.
+    static func robustMutexLock(_ mutex: UnsafeMutableRawPointer) throws(SystemCallError) -> Bool {
+        try retryingInterrupts("pthread_mutex_lock") { unsafe ha_robust_mutex_lock(mutex) } == 1
+    }
+
+    /// Marks a mutex taken from a dead holder usable again.
+    /// The corresponding C function is `pthread_mutex_consistent(3)`.
+    static func robustMutexConsistent(_ mutex: UnsafeMutableRawPointer) throws(SystemCallError) {
+        _ = try retryingInterrupts("pthread_mutex_consistent") { unsafe ha_robust_mutex_consistent(mutex) }
+    }
+
+    /// The corresponding C function is `pthread_mutex_unlock(3)`.
+    static func robustMutexUnlock(_ mutex: UnsafeMutableRawPointer) {
+        _ = try? retryingInterrupts("pthread_mutex_unlock") { unsafe ha_robust_mutex_unlock(mutex) }
+    }
+
     /// Which of `fds` are readable (or hung up) within `milliseconds`
     /// (-1: wait). The corresponding C function is `poll(2)`.
     static func pollReadable(_ fds: [FileDescriptor], milliseconds: Int32) throws(SystemCallError) -> [Bool] {
@@ -100,6 +131,14 @@ extension Sys {
     /// another user exists too).
     package static func processExists(_ pid: Int32) -> Bool {
         pid > 0 && (Glibc.kill(pid, 0) == 0 || lastErrno == .notPermitted)
+    }
+
+    /// Ends this process at once with SIGKILL, as a crash would: no exit
+    /// handler runs, no lock is released. For tests that stop a process
+    /// inside an operation. The corresponding C function is `kill(2)`.
+    package static func killSelf() -> Never {
+        _ = Glibc.kill(Glibc.getpid(), SIGKILL)
+        while true { _ = Glibc.pause() }
     }
 
     /// The calling process's id. The corresponding C function is `getpid(2)`.
