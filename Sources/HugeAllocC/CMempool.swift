@@ -67,7 +67,7 @@ enum CMempoolRegistry {
     static func iova(of address: UInt) -> UInt64? {
         entries.withLock { entries in
             for entry in entries where address >= entry.start && address < entry.end {
-                guard let handle = unsafe CMempoolHandle(bits: entry.handle) else { return nil }
+                guard let handle = CMempoolHandle(bits: entry.handle) else { return nil }
                 let pool = unsafe handle.pool.takeUnretainedValue()
                 return unsafe pool.physicalAddress(of: UnsafeRawPointer(bitPattern: address)!)?.rawValue
             }
@@ -165,7 +165,7 @@ public func ha_mempool_destroy(_ pool: OpaquePointer?) {
             "ha_mempool_destroy: 0x\(String(handle.bits, radix: 16)) is not a live pool of this API: destroy each pool once, with the pointer ha_mempool_create gave")
         return
     }
-    unsafe handle.destroy()
+    handle.destroy()
 }
 
 @inline(never)
