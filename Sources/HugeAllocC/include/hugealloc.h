@@ -185,16 +185,17 @@ struct ha__mempool_head {
  * put. */
 extern __thread uintptr_t ha_tls_slots[4] __attribute__((tls_model("initial-exec")));
 
-/* The calling thread's cache record for `pool`, or NULL (no record yet, or
- * the pool is not served inline). */
-static inline uintptr_t *ha__mempool_record(const ha_mempool *pool) {
+/* The calling thread's table entry for `pool` (the record's address, then
+ * the pool's id), or NULL: no table or record yet, or a pool the inline
+ * paths do not serve. A matching entry always holds a record. */
+static inline const uintptr_t *ha__mempool_entry(const ha_mempool *pool) {
     const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
     if (__builtin_expect(head == NULL || !(head->flags & HA__HEAD_CACHE), 0)) return NULL;
     const uintptr_t *table = (const uintptr_t *)ha_tls_slots[0];
     if (__builtin_expect(table == NULL, 0)) return NULL;
     const uintptr_t *entry = table + 2 * head->slot;
     if (__builtin_expect(entry[1] != (uintptr_t)head->pool_id, 0)) return NULL;
-    return (uintptr_t *)entry[0];
+    return entry;
 }
 
 /* Only the owning thread writes its record; others read the count with
@@ -211,8 +212,9 @@ static inline void ha__record_count_op(const ha_mempool *pool, uintptr_t *record
 }
 
 static inline void *ha__mempool_get(ha_mempool *pool) {
-    uintptr_t *record = ha__mempool_record(pool);
-    if (__builtin_expect(record != NULL, 1)) {
+    const uintptr_t *entry = ha__mempool_entry(pool);
+    if (__builtin_expect(entry != NULL, 1)) {
+        uintptr_t *record = (uintptr_t *)entry[0];
         intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
         if (__builtin_expect(have > 0, 1)) {
             void *object = (void *)record[HA__RECORD_SLOTS + have - 1];
@@ -225,8 +227,9 @@ static inline void *ha__mempool_get(ha_mempool *pool) {
 }
 
 static inline int ha__mempool_get_bulk(ha_mempool *pool, void **objects, unsigned n) {
-    uintptr_t *record = ha__mempool_record(pool);
-    if (__builtin_expect(record != NULL && objects != NULL, 1)) {
+    const uintptr_t *entry = ha__mempool_entry(pool);
+    if (__builtin_expect(entry != NULL && objects != NULL, 1)) {
+        uintptr_t *record = (uintptr_t *)entry[0];
         intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
         if (__builtin_expect((intptr_t)n <= have, 1)) {
             __builtin_memcpy(objects, &record[HA__RECORD_SLOTS + have - (intptr_t)n], (size_t)n * sizeof(void *));
@@ -239,11 +242,12 @@ static inline int ha__mempool_get_bulk(ha_mempool *pool, void **objects, unsigne
 }
 
 static inline void ha__mempool_put(ha_mempool *pool, void *object) {
-    uintptr_t *record = ha__mempool_record(pool);
+    const uintptr_t *entry = ha__mempool_entry(pool);
     const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
     /* One compare refuses NULL and pointers outside the pool, as the
-     * library does (a NULL pool has no record and never reads head). */
-    if (__builtin_expect(record != NULL && (uintptr_t)object - head->base < head->length, 1)) {
+     * library does (a NULL pool has no entry and never reads head). */
+    if (__builtin_expect(entry != NULL && (uintptr_t)object - head->base < head->length, 1)) {
+        uintptr_t *record = (uintptr_t *)entry[0];
         intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
         if (__builtin_expect(have < head->cache_capacity, 1)) {
             record[HA__RECORD_SLOTS + have] = (uintptr_t)object;
@@ -256,9 +260,10 @@ static inline void ha__mempool_put(ha_mempool *pool, void *object) {
 }
 
 static inline void ha__mempool_put_bulk(ha_mempool *pool, void *const *objects, unsigned n) {
-    uintptr_t *record = ha__mempool_record(pool);
+    const uintptr_t *entry = ha__mempool_entry(pool);
     const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
-    if (__builtin_expect(record != NULL && objects != NULL, 1)) {
+    if (__builtin_expect(entry != NULL && objects != NULL, 1)) {
+        uintptr_t *record = (uintptr_t *)entry[0];
         intptr_t have = ha__record_load(record, HA__RECORD_COUNT);
         if (__builtin_expect((intptr_t)n <= head->cache_capacity - have, 1)) {
             __builtin_memcpy(&record[HA__RECORD_SLOTS + have], objects, (size_t)n * sizeof(void *));
