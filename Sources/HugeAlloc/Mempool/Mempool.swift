@@ -136,6 +136,19 @@ public final class Mempool: @unchecked Sendable {
     @usableFromInline let usesThreadRecord: Bool
     @usableFromInline let singleThread: Bool
     @usableFromInline let backendIsRing: Bool
+    /// A private pool's ring: lock-free. A shared pool's ring or stack goes
+    /// through ``sharedBackend`` instead.
+    @usableFromInline let lockFreeRing: Bool
+    /// A shared pool's backend, locked and journaled so that a process
+    /// killed inside an operation can be repaired (see
+    /// `MempoolSharedBackend`); nil for a private pool.
+    @usableFromInline let sharedBackend: MempoolSharedBackend?
+    /// This process's id, which a shared backend's lock word and checked
+    /// mode's owner words hold (a shared pool is never inherited by a fork).
+    @usableFromInline let processID: UInt32
+    /// For tests: false makes ``reclaim(process:)`` leave the backend locks
+    /// a dead process held as they are, which stalls the backend.
+    package let repairsDeadLocks = Atomic<Bool>(true)
     @usableFromInline let checked: Bool
     @usableFromInline let statisticsEnabled: Bool
     /// The shared backend: the ring, or the stack (the other one is empty).
@@ -339,6 +352,9 @@ public final class Mempool: @unchecked Sendable {
         }
         ringHandle = ring.handle
         stackHandle = stack.handle
+        lockFreeRing = backendIsRing && region == nil
+        sharedBackend = region == nil ? nil : backendIsRing ? MempoolSharedBackend(ring: ringHandle) : MempoolSharedBackend(stack: stackHandle)
+        processID = UInt32(bitPattern: Sys.processID)
         unsafe self.base = base
         self.length = length
         pageShift = pageBytes.trailingZeroBitCount
@@ -358,8 +374,13 @@ public final class Mempool: @unchecked Sendable {
             if backendIsRing { ringHandle._checkInvariants() }
             region?.publish(layout)
         }
-        let backend: MempoolRegistry.Backend = backendIsRing
-            ? .ring(ringHandle) : .stack(stackHandle, locked: !singleThread)
+        let backend: MempoolRegistry.Backend = if let sharedBackend {
+            .shared(sharedBackend, pid: processID)
+        } else if backendIsRing {
+            .ring(ringHandle)
+        } else {
+            .stack(stackHandle, locked: !singleThread)
+        }
         MempoolRegistry.publish(slot: slot, entry: .init(id: id, backend: backend, shared: region != nil))
     }
 
@@ -394,13 +415,15 @@ public final class Mempool: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func backendDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if backendIsRing { return unsafe ringHandle.dequeue(into: objects, count: n) }
+        if lockFreeRing { return unsafe ringHandle.dequeue(into: objects, count: n) }
+        if _slowPath(sharedBackend != nil) { return unsafe sharedDequeue(objects, count: n) }
         return unsafe stackHandle.pop(into: objects, count: n, locked: !singleThread)
     }
 
     @inlinable @inline(__always)
     func backendEnqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if backendIsRing { return unsafe ringHandle.enqueue(objects, count: n) }
+        if lockFreeRing { return unsafe ringHandle.enqueue(objects, count: n) }
+        if _slowPath(sharedBackend != nil) { return unsafe sharedEnqueue(objects, count: n) }
         return unsafe stackHandle.push(objects, count: n, locked: !singleThread)
     }
 
@@ -420,13 +443,23 @@ public final class Mempool: @unchecked Sendable {
     /// nothing) when fewer than `n` are available, and for a negative `n`.
     @inlinable @inline(__always)
     public func get(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if checked { return unsafe checkedGet(into: objects, count: n) }
+        if usesThreadRecord { return unsafe cachedGet(into: objects, count: n) }
+        return unsafe backendDequeue(objects, count: n)
+    }
+
+    /// ``get(into:count:)`` in checked mode: every object taken is marked
+    /// handed out. A shared pool marks them before it commits the get.
+    @inlinable @inline(__always)
+    func checkedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        if sharedBackend != nil { return unsafe sharedCheckedGet(into: objects, count: n) }
         let ok: Bool
         if usesThreadRecord {
             ok = unsafe cachedGet(into: objects, count: n)
         } else {
             ok = unsafe backendDequeue(objects, count: n)
         }
-        if checked && ok { unsafe markHandedOut(objects, count: n) }
+        if ok { unsafe markHandedOut(objects, count: n) }
         return ok
     }
 

@@ -102,6 +102,13 @@ extension Sys {
         pid > 0 && (Glibc.kill(pid, 0) == 0 || lastErrno == .notPermitted)
     }
 
+    /// Sends SIGKILL to the calling process (tests of crash windows). The
+    /// corresponding C function is `kill(2)`.
+    package static func killSelf() -> Never {
+        _ = Glibc.kill(Glibc.getpid(), SIGKILL)
+        fatalError("SIGKILL did not stop the process")
+    }
+
     /// The calling process's id. The corresponding C function is `getpid(2)`.
     package static var processID: Int32 { Glibc.getpid() }
 
