@@ -139,16 +139,6 @@ public final class Mempool: @unchecked Sendable {
     /// A private pool's ring: lock-free. A shared pool's ring or stack goes
     /// through ``sharedBackend`` instead.
     @usableFromInline let lockFreeRing: Bool
-    /// A shared pool's backend, locked and journaled so that a process
-    /// killed inside an operation can be repaired (see
-    /// `MempoolSharedBackend`); nil for a private pool.
-    @usableFromInline let sharedBackend: MempoolSharedBackend?
-    /// This process's id, which a shared backend's lock word and checked
-    /// mode's owner words hold (a shared pool is never inherited by a fork).
-    @usableFromInline let processID: UInt32
-    /// For tests: false makes ``reclaim(process:)`` leave the backend locks
-    /// a dead process held as they are, which stalls the backend.
-    package let repairsDeadLocks = Atomic<Bool>(true)
     @usableFromInline let checked: Bool
     @usableFromInline let statisticsEnabled: Bool
     /// The shared backend: the ring, or the stack (the other one is empty).
@@ -187,6 +177,17 @@ public final class Mempool: @unchecked Sendable {
     let releaseMemory: (@Sendable () -> Void)?
     /// The hugepage mapping the pool owns (nil when the caller gave the memory).
     let mapping: MemoryMapping?
+    // Last, so that the fields the private hot paths read keep their places.
+    /// A shared pool's backend, locked and journaled so that a process
+    /// killed inside an operation can be repaired (see
+    /// `MempoolSharedBackend`); nil for a private pool.
+    @usableFromInline let sharedBackend: MempoolSharedBackend?
+    /// This process's id, which a shared backend's lock word and checked
+    /// mode's owner words hold (a shared pool is never inherited by a fork).
+    @usableFromInline let processID: UInt32
+    /// For tests: false makes ``reclaim(process:)`` leave the backend locks
+    /// a dead process held as they are, which stalls the backend.
+    package let repairsDeadLocks = Atomic<Bool>(true)
 
     /// The guard cookie written after every object in checked mode.
     package static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
@@ -450,7 +451,9 @@ public final class Mempool: @unchecked Sendable {
 
     /// ``get(into:count:)`` in checked mode: every object taken is marked
     /// handed out. A shared pool marks them before it commits the get.
-    @inlinable @inline(__always)
+    /// Out of line, so that an unchecked pool's callers inline no more
+    /// than before.
+    @usableFromInline @inline(never)
     func checkedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         if sharedBackend != nil { return unsafe sharedCheckedGet(into: objects, count: n) }
         let ok: Bool
