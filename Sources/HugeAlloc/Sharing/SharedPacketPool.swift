@@ -67,7 +67,9 @@ public final class SharedPacketPool: @unchecked Sendable {
 /// it was enqueueing from, or had dequeued into) are lost with it, as in
 /// any crash; in a checked pool the objects they name are still owned by
 /// the process that took them from the pool, which gets them back when
-/// that process is reclaimed.
+/// that process is reclaimed — including objects a dead producer had
+/// enqueued and no consumer had taken yet, so such pointers left in the
+/// ring name objects back in the pool.
 @safe
 public final class SharedRing: @unchecked Sendable {
     let core: SharedObjectCore
