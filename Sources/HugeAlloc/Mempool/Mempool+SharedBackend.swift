@@ -229,7 +229,7 @@ extension Mempool {
     /// doing under a lock, and releases the lock; checked mode's owner
     /// words of the operation's objects are put right.
     func repairLocks(of pid: Int32, _ backend: MempoolSharedBackend) {
-        unsafe backend.repair(deadProcess: pid) { operation, committed, objects, owner in
+        unsafe backend.repair(deadProcess: pid, by: processID) { operation, committed, objects, owner in
             unsafe settleJournaled(operation, committed: committed, objects: objects, owner: owner)
         }
     }

@@ -134,28 +134,52 @@ package struct MempoolSharedBackend: @unchecked Sendable {
     }
 
     /// Finishes or undoes the operation of every lock process `pid` (dead)
-    /// holds, and releases the lock. `settle` gets each checked operation's
-    /// objects, whether it was committed, and the pid it was for, to put
-    /// their owner words right. The caller has made sure `pid` is dead.
-    /// Returns how many locks were released.
+    /// holds, and releases the lock; then does the same for a lock held by
+    /// any other process that no longer exists (several died at once: the
+    /// reclaim's own puts would otherwise wait on that lock forever).
+    /// `settle` gets each checked operation's objects, whether it was
+    /// committed, and the pid it was for, to put their owner words right.
+    /// The caller (process `me`) has made sure `pid` is dead. Each lock is
+    /// first taken over (its word from the dead pid to `me`), so two
+    /// reclaimers never repair one lock, and a reclaimer that dies in the
+    /// middle leaves a lock that its own reclaimer repairs again from the
+    /// same journal (every step is idempotent). Returns how many locks
+    /// were repaired.
     @discardableResult
-    func repair(deadProcess pid: Int32, settle: (Operation, _ committed: Bool, [UnsafeMutableRawPointer], Int32) -> Void) -> Int {
+    func repair(
+        deadProcess pid: Int32, by me: UInt32,
+        settle: (Operation, _ committed: Bool, [UnsafeMutableRawPointer], Int32) -> Void
+    ) -> Int {
         guard pid > 0, MempoolSharedBackend.repairEnabled.load(ordering: .relaxed) else { return 0 }
-        if let ring {
-            return unsafe ring.repair(side: 0, deadProcess: pid, settle: settle)
-                + ring.repair(side: 1, deadProcess: pid, settle: settle)
+        var repaired = unsafe repairLocks(of: pid, by: me, settle: settle)
+        for holder in lockHolders where holder > 0 && holder != pid && !Sys.processExists(holder) {
+            repaired += unsafe repairLocks(of: holder, by: me, settle: settle)
         }
-        return unsafe stack!.repair(deadProcess: pid, settle: settle)
+        return repaired
+    }
+
+    private func repairLocks(
+        of pid: Int32, by me: UInt32, settle: (Operation, Bool, [UnsafeMutableRawPointer], Int32) -> Void
+    ) -> Int {
+        if let ring {
+            return unsafe ring.repair(side: 0, deadProcess: pid, by: me, settle: settle)
+                + ring.repair(side: 1, deadProcess: pid, by: me, settle: settle)
+        }
+        return unsafe stack!.repair(deadProcess: pid, by: me, settle: settle)
+    }
+
+    /// The pids holding the backend's locks now (0 for a free one).
+    var lockHolders: [Int32] {
+        if let ring {
+            return unsafe [ring.side(0).pointee.lock.load(ordering: .acquiring), ring.side(1).pointee.lock.load(ordering: .acquiring)]
+                .map { Int32(bitPattern: $0) }
+        }
+        return unsafe [Int32(bitPattern: stack!.header.pointee.lock.value.load(ordering: .acquiring))]
     }
 
     /// Whether process `pid` holds a lock of the backend.
     func isLocked(by pid: Int32) -> Bool {
-        let word = UInt32(bitPattern: pid)
-        if let ring {
-            return unsafe ring.side(0).pointee.lock.load(ordering: .acquiring) == word
-                || ring.side(1).pointee.lock.load(ordering: .acquiring) == word
-        }
-        return unsafe stack!.header.pointee.lock.value.load(ordering: .acquiring) == word
+        lockHolders.contains(pid)
     }
 
     /// For tests only: false makes ``repair(deadProcess:settle:)`` do
@@ -335,13 +359,16 @@ extension MempoolRing._UnsafeHandle {
         return true
     }
 
-    /// Repairs side `i` if dead process `pid` holds its lock; 1 if it did.
+    /// Repairs side `i` if dead process `pid` holds its lock, taken over
+    /// by process `me` first; 1 if it did.
     func repair(
-        side i: Int, deadProcess pid: Int32,
+        side i: Int, deadProcess pid: Int32, by me: UInt32,
         settle: (MempoolSharedBackend.Operation, Bool, [UnsafeMutableRawPointer], Int32) -> Void
     ) -> Int {
         let side = unsafe side(i)
-        guard unsafe side.pointee.lock.load(ordering: .acquiring) == UInt32(bitPattern: pid) else { return 0 }
+        guard unsafe side.pointee.lock.compareExchange(
+            expected: UInt32(bitPattern: pid), desired: me, successOrdering: .acquiring, failureOrdering: .relaxed).exchanged
+        else { return 0 }
         let tail = unsafe side.pointee.tail.load(ordering: .acquiring)
         if let entry = unsafe MempoolSharedBackend.Entry(side.pointee.journal) {
             // The slots of the operation are intact: the lock kept this
@@ -423,11 +450,14 @@ extension MempoolStack._UnsafeHandle {
         return true
     }
 
-    /// Repairs the stack if dead process `pid` holds its lock; 1 if it did.
+    /// Repairs the stack if dead process `pid` holds its lock, taken over
+    /// by process `me` first; 1 if it did.
     func repair(
-        deadProcess pid: Int32, settle: (MempoolSharedBackend.Operation, Bool, [UnsafeMutableRawPointer], Int32) -> Void
+        deadProcess pid: Int32, by me: UInt32, settle: (MempoolSharedBackend.Operation, Bool, [UnsafeMutableRawPointer], Int32) -> Void
     ) -> Int {
-        guard unsafe header.pointee.lock.value.load(ordering: .acquiring) == UInt32(bitPattern: pid) else { return 0 }
+        guard unsafe header.pointee.lock.value.compareExchange(
+            expected: UInt32(bitPattern: pid), desired: me, successOrdering: .acquiring, failureOrdering: .relaxed).exchanged
+        else { return 0 }
         let top = unsafe header.pointee.count.value.load(ordering: .acquiring)
         if let entry = unsafe MempoolSharedBackend.Entry(header.pointee.lock.journal) {
             // Only the holder moves the count: it is the start until the

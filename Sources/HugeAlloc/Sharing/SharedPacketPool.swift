@@ -91,8 +91,9 @@ public final class SharedRing: @unchecked Sendable {
     /// Starts the core's watcher: a dead process's lock is repaired.
     private func start() throws(SharingError) {
         let backend = MempoolSharedBackend(ring: handle)
+        let me = processID
         try core.start { pid in
-            unsafe backend.repair(deadProcess: pid) { _, _, _, _ in }
+            unsafe backend.repair(deadProcess: pid, by: me) { _, _, _, _ in }
             return (0, 0)
         }
     }
