@@ -432,7 +432,7 @@ extension Mempool {
     /// backend (threads do this automatically when they exit). In a pool
     /// with shared control memory the thread's record is released as well.
     public func flushThreadCache() {
-        guard usesThreadRecord, let table = MempoolRegistry.ThreadTable.current,
+        guard cachesThreads, let table = MempoolRegistry.ThreadTable.current,
               let record = table.record(slot: slot, id: id) else { return }
         let slot = self.slot
         let shared = sharedControl != nil

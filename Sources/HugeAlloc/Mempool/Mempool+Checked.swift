@@ -62,6 +62,8 @@ extension Mempool {
 
     @usableFromInline @inline(never)
     func markHandedOut(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) {
+        // A shared pool's checked get marked them before its commit.
+        if sharedBackend != nil { return }
         let pid: Int32 = objectStates.isShared ? getpid() : 1
         for i in 0..<n {
             guard let index = unsafe try? objectIndex(of: objects[i]) else {

@@ -22,10 +22,13 @@ import Synchronization
 /// hold: a cache's objects are in the pool), then, in checked mode, takes
 /// back every object whose owner word names it, plain or returning.
 extension Mempool {
-    /// ``backendDequeue(_:count:)`` of a shared pool.
+    /// ``backendDequeue(_:count:)`` of a shared pool; in checked mode the
+    /// whole get (``get(into:count:)`` comes here, its thread record not
+    /// used inline), which marks the objects before it commits.
     @usableFromInline @inline(never)
     func sharedDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        unsafe sharedBackend.unsafelyUnwrapped.dequeue(into: objects, count: n, by: processID)
+        if checked { return unsafe sharedCheckedGet(into: objects, count: n) }
+        return unsafe sharedBackend.unsafelyUnwrapped.dequeue(into: objects, count: n, by: processID)
     }
 
     /// ``backendEnqueue(_:count:)`` of a shared pool.
@@ -160,10 +163,9 @@ extension Mempool {
 
     /// ``get(into:count:)`` of a shared checked pool: the objects are
     /// marked for this process before the get commits.
-    @usableFromInline @inline(never)
     func sharedCheckedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         let backend = unsafe sharedBackend.unsafelyUnwrapped
-        guard usesThreadRecord, let record = threadRecord() else {
+        guard cachesThreads, let record = threadRecord() else {
             return unsafe sharedDirectGet(backend, into: objects, count: n, marking: true)
         }
         let have = record.count
@@ -195,7 +197,7 @@ extension Mempool {
         }
         let n = indices.count
         let backend = unsafe sharedBackend.unsafelyUnwrapped
-        guard usesThreadRecord, let record = threadRecord() else {
+        guard cachesThreads, let record = threadRecord() else {
             unsafe sharedDirectPut(backend, objects, count: n, returning: indices)
             return
         }

@@ -185,6 +185,10 @@ public final class Mempool: @unchecked Sendable {
     /// This process's id, which a shared backend's lock word and checked
     /// mode's owner words hold (a shared pool is never inherited by a fork).
     @usableFromInline let processID: UInt32
+    /// Whether threads keep records (caches, statistics). ``usesThreadRecord``
+    /// says whether the inlined hot paths use them: not in a shared checked
+    /// pool, whose calls all go through its own out-of-line paths.
+    let cachesThreads: Bool
     /// For tests: false makes ``reclaim(process:)`` leave the backend locks
     /// a dead process held as they are, which stalls the backend.
     package let repairsDeadLocks = Atomic<Bool>(true)
@@ -334,7 +338,10 @@ public final class Mempool: @unchecked Sendable {
         cacheCapacity = singleThread ? 0 : c.cacheSize
         cacheHalf = max(1, cacheCapacity / 2)
         statisticsEnabled = c.statistics && !singleThread
-        usesThreadRecord = cacheCapacity > 0 || statisticsEnabled
+        cachesThreads = cacheCapacity > 0 || statisticsEnabled
+        // A shared checked pool's gets go out of line (through
+        // `sharedDequeue`), which marks the objects before it commits.
+        usesThreadRecord = cachesThreads && !(c.checked && region != nil)
         backendIsRing = c.backend == .ring && !singleThread
         checked = c.checked
         if let region {
@@ -444,25 +451,13 @@ public final class Mempool: @unchecked Sendable {
     /// nothing) when fewer than `n` are available, and for a negative `n`.
     @inlinable @inline(__always)
     public func get(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if checked { return unsafe checkedGet(into: objects, count: n) }
-        if usesThreadRecord { return unsafe cachedGet(into: objects, count: n) }
-        return unsafe backendDequeue(objects, count: n)
-    }
-
-    /// ``get(into:count:)`` in checked mode: every object taken is marked
-    /// handed out. A shared pool marks them before it commits the get.
-    /// Out of line, so that an unchecked pool's callers inline no more
-    /// than before.
-    @usableFromInline @inline(never)
-    func checkedGet(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if sharedBackend != nil { return unsafe sharedCheckedGet(into: objects, count: n) }
         let ok: Bool
         if usesThreadRecord {
             ok = unsafe cachedGet(into: objects, count: n)
         } else {
             ok = unsafe backendDequeue(objects, count: n)
         }
-        if ok { unsafe markHandedOut(objects, count: n) }
+        if checked && ok { unsafe markHandedOut(objects, count: n) }
         return ok
     }
 
