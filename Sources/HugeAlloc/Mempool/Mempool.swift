@@ -139,6 +139,9 @@ public final class Mempool: @unchecked Sendable {
     /// A private pool's ring: lock-free. A shared pool's ring or stack goes
     /// through ``sharedBackend`` instead.
     @usableFromInline let lockFreeRing: Bool
+    /// Whether the pool is in shared control memory: ``sharedBackend`` is
+    /// set (a plain flag, for the inlined paths to test).
+    @usableFromInline let isSharedPool: Bool
     @usableFromInline let checked: Bool
     @usableFromInline let statisticsEnabled: Bool
     /// The shared backend: the ring, or the stack (the other one is empty).
@@ -361,6 +364,7 @@ public final class Mempool: @unchecked Sendable {
         ringHandle = ring.handle
         stackHandle = stack.handle
         lockFreeRing = backendIsRing && region == nil
+        isSharedPool = region != nil
         sharedBackend = region == nil ? nil : backendIsRing ? MempoolSharedBackend(ring: ringHandle) : MempoolSharedBackend(stack: stackHandle)
         processID = UInt32(bitPattern: Sys.processID)
         unsafe self.base = base
@@ -424,14 +428,14 @@ public final class Mempool: @unchecked Sendable {
     @inlinable @inline(__always)
     func backendDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         if lockFreeRing { return unsafe ringHandle.dequeue(into: objects, count: n) }
-        if _slowPath(sharedBackend != nil) { return unsafe sharedDequeue(objects, count: n) }
+        if _slowPath(isSharedPool) { return unsafe sharedDequeue(objects, count: n) }
         return unsafe stackHandle.pop(into: objects, count: n, locked: !singleThread)
     }
 
     @inlinable @inline(__always)
     func backendEnqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         if lockFreeRing { return unsafe ringHandle.enqueue(objects, count: n) }
-        if _slowPath(sharedBackend != nil) { return unsafe sharedEnqueue(objects, count: n) }
+        if _slowPath(isSharedPool) { return unsafe sharedEnqueue(objects, count: n) }
         return unsafe stackHandle.push(objects, count: n, locked: !singleThread)
     }
 
