@@ -52,6 +52,9 @@ func permissions(at address: UInt) -> String {
     }
     return "none"
 }
+// SHARE_NO_REPAIR=1: this process's reclaims leave a dead process's
+// backend locks held (the negative control of the crash tests).
+if ProcessInfo.processInfo.environment["SHARE_NO_REPAIR"] == "1" { Mempool.repairsLocksOfDeadProcesses(false) }
 
 func integer(_ word: String) -> Int { Int(word)! }
 func pointer(_ word: String) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: UInt(word)!)! }
@@ -104,11 +107,14 @@ let churnDone = DispatchSemaphore(value: 0)
 /// moment, until told to stop (or killed).
 @Sendable func churn(_ pool: Mempool) {
     var rng = SystemRandomNumberGenerator()
-    var mine: [UnsafeMutableRawPointer] = []
+    // What an earlier churn (stopped) or "get" left held is churned on.
+    var mine = held.withLock { h in defer { h.removeAll() }; return h }.map { UnsafeMutableRawPointer(bitPattern: $0)! }
     var scratch = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: 64)
     while churning.load(ordering: .relaxed) {
-        let n = Int.random(in: 1...32, using: &rng)
-        if Bool.random(using: &rng) || mine.isEmpty {
+        // Up to 48: more than half a 64-object cache goes straight to the backend.
+        let n = Int.random(in: 1...48, using: &rng)
+        // Holding at most a quarter of the pool, so that others' gets succeed.
+        if mine.isEmpty || (mine.count < pool.count / 4 && Bool.random(using: &rng)) {
             if scratch.withUnsafeMutableBufferPointer({ pool.get(into: $0.baseAddress!, count: n) }) {
                 for i in 0..<n { scratch[i].storeBytes(of: UInt64(getpid()), as: UInt64.self) }
                 mine.append(contentsOf: scratch[0..<n])
@@ -224,10 +230,49 @@ while let line = readLine() {
         churning.store(true, ordering: .relaxed)
         Thread.detachNewThread { churn(pool) }
         answer("churning")
-    case "stop":
+    case "stop":  // "stalled" when the churn thread does not come back: a pool call that never returns
         churning.store(false, ordering: .relaxed)
-        churnDone.wait()
-        answer("stopped \(held.withLock { $0.count })")
+        if churnDone.wait(timeout: .now() + 10) == .timedOut {
+            answer("stalled")
+        } else {
+            answer("stopped \(held.withLock { $0.count })")
+        }
+    case "crash-at":  // crash-at POINT OPERATION: dies (SIGKILL) at POINT (1...4) of a backend operation
+        guard let pool else { break }
+        let point = MempoolSharedBackend.CrashPoint(rawValue: integer(words[1]))!
+        let half = max(1, pool.cacheSize / 2)
+        var objects = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: pool.count)
+        func get(_ n: Int, from offset: Int) -> Bool {
+            objects.withUnsafeMutableBufferPointer { pool.get(into: $0.baseAddress! + offset, count: n) }
+        }
+        func put(_ n: Int, from offset: Int) {
+            _ = objects.withUnsafeBufferPointer { pool.put(from: $0.baseAddress! + offset, count: n) }
+        }
+        switch words[2] {
+        case "get-direct":  // more than half a cache: straight from the backend
+            Mempool.crashInsideSharedOperations(at: point)
+            _ = get(half + 1, from: 0)
+        case "put-direct":  // more than the cache takes, more than half of it: straight to the backend
+            let n = pool.cacheSize + 1
+            guard get(n, from: 0) else { answer("empty \(pool.availableCount) \(pool.backendAvailableCount)"); continue }
+            Mempool.crashInsideSharedOperations(at: point)
+            put(n, from: 0)
+        case "refill":  // an empty cache: a transfer from the backend
+            Mempool.crashInsideSharedOperations(at: point)
+            _ = get(1, from: 0)
+        case "flush":  // a full cache: a transfer to the backend
+            guard get(half, from: 0), get(half, from: half), get(half, from: 2 * half) else {
+                answer("empty \(pool.availableCount) \(pool.backendAvailableCount)")
+                continue
+            }
+            put(half, from: 0)
+            Mempool.crashInsideSharedOperations(at: point)
+            put(half, from: half)
+        default:
+            answer("error unknown operation \(words[2])")
+            continue
+        }
+        answer("survived \(words[2]) \(point)")
     case "chain":  // chain LENGTH SEED: a packet of LENGTH bytes (a chain of buffers) with a pattern
         guard let p = packets?.pool else { break }
         do {
@@ -297,6 +342,33 @@ while let line = readLine() {
         SharedHeap.stopAt.store(integer(words[1]), ordering: .relaxed)
         try? h.free(pointer(words[2]))
         answer("survived")
+    case "crash-ring":  // crash-ring POINT enqueue|dequeue: dies (SIGKILL) at POINT (1...4) of a ring operation
+        guard let p = packets?.pool, let r = ring else { break }
+        let point = MempoolSharedBackend.CrashPoint(rawValue: integer(words[1]))!
+        var objects = [UnsafeMutableRawPointer](repeating: UnsafeMutableRawPointer(bitPattern: 1)!, count: 8)
+        guard objects.withUnsafeMutableBufferPointer({ p.mempool.get(into: $0.baseAddress!, count: 8) }) else {
+            answer("empty")
+            continue
+        }
+        if words[2] == "dequeue" {
+            guard objects.withUnsafeBufferPointer({ r.enqueue($0.baseAddress!, count: 8) }) else { answer("full"); continue }
+            Mempool.crashInsideSharedOperations(at: point)
+            _ = objects.withUnsafeMutableBufferPointer { r.dequeue(into: $0.baseAddress!, count: 8) }
+        } else {
+            Mempool.crashInsideSharedOperations(at: point)
+            _ = objects.withUnsafeBufferPointer { r.enqueue($0.baseAddress!, count: 8) }
+        }
+        answer("survived")
+    case "ring-check":  // an enqueue and a dequeue of 8 pointers on another thread: "ring ok", or "stalled"
+        guard let r = ring else { break }
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            var words = (1...8).map { UnsafeMutableRawPointer(bitPattern: 4096 * $0)! }
+            _ = words.withUnsafeBufferPointer { r.enqueue($0.baseAddress!, count: 8) }
+            _ = words.withUnsafeMutableBufferPointer { r.dequeue(into: $0.baseAddress!, count: 8) }
+            done.signal()
+        }
+        answer(done.wait(timeout: .now() + 10) == .timedOut ? "stalled" : "ring ok")
     case "exit":
         heap = nil
         mapping = nil

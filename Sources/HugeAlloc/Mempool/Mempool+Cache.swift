@@ -29,11 +29,17 @@ enum MempoolRegistry {
     enum Backend {
         case ring(MempoolRing._UnsafeHandle)
         case stack(MempoolStack._UnsafeHandle, locked: Bool)
+        /// A shared pool's, used by this process (`pid`).
+        case shared(MempoolSharedBackend, pid: UInt32)
 
-        func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
+        /// Moves a record's cached objects back, the record's count set to
+        /// 0 as part of the operation (a shared backend's journaled transfer).
+        func drain(_ record: MempoolRecord, count n: Int) -> Bool {
             switch self {
-            case .ring(let ring): unsafe ring.enqueue(objects, count: n)
-            case .stack(let stack, let locked): unsafe stack.push(objects, count: n, locked: locked)
+            case .ring(let ring): unsafe ring.enqueue(record.slots, count: n)
+            case .stack(let stack, let locked): unsafe stack.push(record.slots, count: n, locked: locked)
+            case .shared(let backend, let pid):
+                unsafe backend.enqueue(record.slots, count: n, by: pid, .transfer, record: record, recordCount: 0)
             }
         }
     }
@@ -126,7 +132,7 @@ enum MempoolRegistry {
     static func drain(_ record: MempoolRecord, into entry: inout Entry, unlist: Bool) {
         let n = record.count
         if n > 0 {
-            if unsafe !entry.backend.enqueue(record.slots, count: n) {
+            if !entry.backend.drain(record, count: n) {
                 fatalError("mempool: a thread's cached objects do not fit back into the pool (a double free)")
             }
             record.bump(.flushes, by: 1)
@@ -361,6 +367,7 @@ extension Mempool {
             if statisticsEnabled { record.bump(.getFailures, by: 1) }
             return false
         }
+        if let sharedBackend { return unsafe sharedRefillAndGet(sharedBackend, record, into: objects, count: n, marking: false) }
         var have = record.count
         let slots = unsafe record.slots
         if n > cacheHalf {
@@ -407,6 +414,7 @@ extension Mempool {
     func flushAndPut(_ record: MempoolRecord, _ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
         guard n >= 0, n <= count else { return false }
         if statisticsEnabled { record.bump(.puts, by: n) }
+        if let sharedBackend { return unsafe sharedFlushAndPut(sharedBackend, record, objects, count: n, returning: nil) }
         if n > cacheHalf {
             if unsafe !backendEnqueue(objects, count: n) { backendOverflow(n) }
             return true
@@ -424,7 +432,7 @@ extension Mempool {
     /// backend (threads do this automatically when they exit). In a pool
     /// with shared control memory the thread's record is released as well.
     public func flushThreadCache() {
-        guard usesThreadRecord, let table = MempoolRegistry.ThreadTable.current,
+        guard cachesThreads, let table = MempoolRegistry.ThreadTable.current,
               let record = table.record(slot: slot, id: id) else { return }
         let slot = self.slot
         let shared = sharedControl != nil

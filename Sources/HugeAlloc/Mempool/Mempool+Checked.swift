@@ -62,6 +62,8 @@ extension Mempool {
 
     @usableFromInline @inline(never)
     func markHandedOut(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) {
+        // A shared pool's checked get marked them before its commit.
+        if sharedBackend != nil { return }
         let pid: Int32 = objectStates.isShared ? getpid() : 1
         for i in 0..<n {
             guard let index = unsafe try? objectIndex(of: objects[i]) else {
@@ -89,6 +91,10 @@ extension Mempool {
                     address: UInt(bitPattern: object), objectIndex: index, objectSize: objectSize, found: cookie)
             }
             indices.append(index)
+        }
+        if sharedBackend != nil {
+            try unsafe sharedCheckedPut(objects, indices: indices)
+            return
         }
         // Who held each object, to undo a partial put: a shared pool's pids.
         let holders = objectStates.isShared ? indices.map { objectStates.owner($0) } : []
@@ -163,6 +169,11 @@ struct MempoolObjectStates: ~Copyable {
         }
     }
 
+    /// Set in a shared pool's owner word, with the pid of the process
+    /// putting the object back, until its put is committed: an object in
+    /// that state is still in that process's hands (pids are below 2²²).
+    static let returningBit: Int32 = 0x4000_0000
+
     /// Whether the states live in a shared pool's control memory.
     var isShared: Bool { unsafe words != nil }
 
@@ -175,7 +186,7 @@ struct MempoolObjectStates: ~Copyable {
     /// out, the holder's pid in a shared pool, 1 in a private one.
     func owner(_ index: Int) -> Int32 {
         precondition(index >= 0 && index < count, "object index out of range")
-        if let words = unsafe words { return unsafe words[index].load(ordering: .acquiring) }
+        if let words = unsafe words { return unsafe words[index].load(ordering: .acquiring) & ~Self.returningBit }
         return Int32(unsafe bytes.unsafelyUnwrapped[index].load(ordering: .relaxed))
     }
 
@@ -209,10 +220,57 @@ struct MempoolObjectStates: ~Copyable {
     }
 
     /// Shared pools: marks object `index` back in the pool if process `pid`
-    /// holds it; false, nothing changed, otherwise.
+    /// holds it, or was putting it back; false, nothing changed, otherwise.
     func reclaim(_ index: Int, from pid: Int32) -> Bool {
-        guard let words = unsafe words, pid != 0 else { return false }
-        return unsafe words[index].compareExchange(
-            expected: pid, desired: 0, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged
+        guard let words = unsafe words, pid > 0 else { return false }
+        for held in [pid, pid | Self.returningBit] {
+            if unsafe words[index].compareExchange(
+                expected: held, desired: 0, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Shared pools: the first step of a put by process `putter`: the
+    /// owner word goes from a holder's pid to `putter`'s pid with
+    /// ``returningBit``. Returns the holder, or nil (nothing changed) when
+    /// the object is in the pool or already being put back (a double free).
+    func beginReturn(_ index: Int, by putter: Int32) -> Int32? {
+        precondition(index >= 0 && index < count, "object index out of range")
+        guard let words = unsafe words else { return nil }
+        var holder = unsafe words[index].load(ordering: .relaxed)
+        while holder > 0 && holder & Self.returningBit == 0 {
+            let (done, seen) = unsafe words[index].compareExchange(
+                expected: holder, desired: putter | Self.returningBit, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .relaxed)
+            if done { return holder }
+            holder = seen
+        }
+        return nil
+    }
+
+    /// Shared pools: undoes ``beginReturn(_:by:)`` (a double free later in the same bulk).
+    func undoReturn(_ index: Int, by putter: Int32, holder: Int32) {
+        guard let words = unsafe words else { return }
+        _ = unsafe words[index].compareExchange(
+            expected: putter | Self.returningBit, desired: holder, successOrdering: .releasing, failureOrdering: .relaxed)
+    }
+
+    /// Shared pools: the last step of a put by `putter`, once the object is
+    /// in the pool: its owner word goes to 0, unless a process took it
+    /// meanwhile and wrote its own pid.
+    func finishReturn(_ index: Int, by putter: Int32) {
+        guard let words = unsafe words else { return }
+        _ = unsafe words[index].compareExchange(
+            expected: putter | Self.returningBit, desired: 0, successOrdering: .releasing, failureOrdering: .relaxed)
+    }
+
+    /// Shared pools: undoes a mark by `pid` of an object that stayed in
+    /// the pool (a get that died before its commit).
+    func undoHandOut(_ index: Int, from pid: Int32) {
+        guard let words = unsafe words else { return }
+        _ = unsafe words[index].compareExchange(
+            expected: pid, desired: 0, successOrdering: .releasing, failureOrdering: .relaxed)
     }
 }

@@ -136,6 +136,12 @@ public final class Mempool: @unchecked Sendable {
     @usableFromInline let usesThreadRecord: Bool
     @usableFromInline let singleThread: Bool
     @usableFromInline let backendIsRing: Bool
+    /// A private pool's ring: lock-free. A shared pool's ring or stack goes
+    /// through ``sharedBackend`` instead.
+    @usableFromInline let lockFreeRing: Bool
+    /// Whether the pool is in shared control memory: ``sharedBackend`` is
+    /// set (a plain flag, for the inlined paths to test).
+    @usableFromInline let isSharedPool: Bool
     @usableFromInline let checked: Bool
     @usableFromInline let statisticsEnabled: Bool
     /// The shared backend: the ring, or the stack (the other one is empty).
@@ -174,6 +180,21 @@ public final class Mempool: @unchecked Sendable {
     let releaseMemory: (@Sendable () -> Void)?
     /// The hugepage mapping the pool owns (nil when the caller gave the memory).
     let mapping: MemoryMapping?
+    // Last, so that the fields the private hot paths read keep their places.
+    /// A shared pool's backend, locked and journaled so that a process
+    /// killed inside an operation can be repaired (see
+    /// `MempoolSharedBackend`); nil for a private pool.
+    @usableFromInline let sharedBackend: MempoolSharedBackend?
+    /// This process's id, which a shared backend's lock word and checked
+    /// mode's owner words hold (a shared pool is never inherited by a fork).
+    @usableFromInline let processID: UInt32
+    /// Whether threads keep records (caches, statistics). ``usesThreadRecord``
+    /// says whether the inlined hot paths use them: not in a shared checked
+    /// pool, whose calls all go through its own out-of-line paths.
+    let cachesThreads: Bool
+    /// For tests: false makes ``reclaim(process:)`` leave the backend locks
+    /// a dead process held as they are, which stalls the backend.
+    package let repairsDeadLocks = Atomic<Bool>(true)
 
     /// The guard cookie written after every object in checked mode.
     package static let guardCookie: UInt64 = 0xC0DE_F00D_5AFE_7A11
@@ -320,7 +341,10 @@ public final class Mempool: @unchecked Sendable {
         cacheCapacity = singleThread ? 0 : c.cacheSize
         cacheHalf = max(1, cacheCapacity / 2)
         statisticsEnabled = c.statistics && !singleThread
-        usesThreadRecord = cacheCapacity > 0 || statisticsEnabled
+        cachesThreads = cacheCapacity > 0 || statisticsEnabled
+        // A shared checked pool's gets go out of line (through
+        // `sharedDequeue`), which marks the objects before it commits.
+        usesThreadRecord = cachesThreads && !(c.checked && region != nil)
         backendIsRing = c.backend == .ring && !singleThread
         checked = c.checked
         if let region {
@@ -339,6 +363,10 @@ public final class Mempool: @unchecked Sendable {
         }
         ringHandle = ring.handle
         stackHandle = stack.handle
+        lockFreeRing = backendIsRing && region == nil
+        isSharedPool = region != nil
+        sharedBackend = region == nil ? nil : backendIsRing ? MempoolSharedBackend(ring: ringHandle) : MempoolSharedBackend(stack: stackHandle)
+        processID = UInt32(bitPattern: Sys.processID)
         unsafe self.base = base
         self.length = length
         pageShift = pageBytes.trailingZeroBitCount
@@ -358,8 +386,13 @@ public final class Mempool: @unchecked Sendable {
             if backendIsRing { ringHandle._checkInvariants() }
             region?.publish(layout)
         }
-        let backend: MempoolRegistry.Backend = backendIsRing
-            ? .ring(ringHandle) : .stack(stackHandle, locked: !singleThread)
+        let backend: MempoolRegistry.Backend = if let sharedBackend {
+            .shared(sharedBackend, pid: processID)
+        } else if backendIsRing {
+            .ring(ringHandle)
+        } else {
+            .stack(stackHandle, locked: !singleThread)
+        }
         MempoolRegistry.publish(slot: slot, entry: .init(id: id, backend: backend, shared: region != nil))
     }
 
@@ -394,13 +427,15 @@ public final class Mempool: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func backendDequeue(_ objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if backendIsRing { return unsafe ringHandle.dequeue(into: objects, count: n) }
+        if lockFreeRing { return unsafe ringHandle.dequeue(into: objects, count: n) }
+        if _slowPath(isSharedPool) { return unsafe sharedDequeue(objects, count: n) }
         return unsafe stackHandle.pop(into: objects, count: n, locked: !singleThread)
     }
 
     @inlinable @inline(__always)
     func backendEnqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        if backendIsRing { return unsafe ringHandle.enqueue(objects, count: n) }
+        if lockFreeRing { return unsafe ringHandle.enqueue(objects, count: n) }
+        if _slowPath(isSharedPool) { return unsafe sharedEnqueue(objects, count: n) }
         return unsafe stackHandle.push(objects, count: n, locked: !singleThread)
     }
 

@@ -73,7 +73,7 @@ struct MempoolRecord {
     }
 
     /// The record's address, as a thread table holds it.
-    var bits: UInt { UInt(bitPattern: unsafe header) }
+    @usableFromInline var bits: UInt { UInt(bitPattern: unsafe header) }
 
     var poolID: UInt64 { unsafe header.pointee.poolID.load(ordering: .relaxed) }
 

@@ -18,6 +18,11 @@ import Glibc
 /// while the thread that just moved a head publishes its tail from a line it
 /// already holds.
 ///
+/// A ring in shared control memory (several processes) is not used this
+/// way: a process killed between its head and its tail would stall that
+/// side for everyone. It goes through `MempoolSharedBackend`'s locked and
+/// journaled operations on the same storage instead.
+///
 /// The ring owns its storage: it is noncopyable and frees the storage in
 /// `deinit`, exactly once. All pointer arithmetic happens in
 /// ``_UnsafeHandle``.

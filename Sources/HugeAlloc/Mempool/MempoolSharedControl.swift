@@ -61,7 +61,8 @@ package enum MempoolSharedControl {
     /// "HAMPSHRD": a shared pool was created here.
     static let magic: UInt64 = 0x4841_4D50_5348_5244
     /// The layout of the control memory; an opener of another version refuses.
-    static let version = 1
+    /// 2: the ring's and the stack's lock words hold pids, with a journal beside them.
+    static let version = 2
     /// The control memory's alignment, and the multiple its size is rounded to.
     static let alignment = 4096
     /// The most thread records one shared pool has.
@@ -375,8 +376,16 @@ extension Mempool {
     /// live process puts back at the same moment is returned once). Does
     /// nothing for a private pool.
     public func reclaim(process pid: Int32) -> MempoolReclaim {
-        guard let region = sharedControl, pid > 0 else { return MempoolReclaim() }
+        guard let region = sharedControl, let backend = sharedBackend, pid > 0 else { return MempoolReclaim() }
         var result = MempoolReclaim()
+        // First the backend locks it died holding: its operation finished
+        // or undone (a transfer's record count set), the lock released.
+        if repairsDeadLocks.load(ordering: .relaxed) && MempoolSharedBackend.repairEnabled.load(ordering: .relaxed) {
+            repairLocks(of: pid, backend)
+        } else if backend.isLocked(by: pid) {
+            // Tests only: left as it is, the lock stalls the backend.
+            return result
+        }
         for i in 0..<region.layout.threadRecords {
             let record = region.record(i)
             // -1 while reclaiming: no one claims it, no second reclaim drains it.
@@ -385,8 +394,17 @@ extension Mempool {
             else { continue }
             let n = record.count
             if n > 0 {
-                if unsafe !backendEnqueue(record.slots, count: n) { backendOverflow(n) }
-                record.setCount(0)
+                // A cached object is in the pool: an owner word naming the
+                // dead process (a get or put that died before its commit
+                // left it so) is cleared.
+                if checked {
+                    for k in 0..<n {
+                        if let index = unsafe try? objectIndex(of: record.slots[k]) { _ = objectStates.reclaim(index, from: pid) }
+                    }
+                }
+                if unsafe !backend.enqueue(record.slots, count: n, by: processID, .transfer, record: record, recordCount: 0) {
+                    backendOverflow(n)
+                }
                 result.cachedObjects += n
             }
             record.release()

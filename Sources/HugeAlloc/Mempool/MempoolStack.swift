@@ -8,7 +8,10 @@ import Synchronization
 /// array, as DPDK's `stack` mempool handler does; in single-thread mode the
 /// lock is skipped and the stack is a plain array with a count. The count is
 /// an atomic read and written with relaxed ordering so statistics may read it
-/// from any thread; on x86-64 those are ordinary moves.
+/// from any thread; on x86-64 those are ordinary moves. A stack in shared
+/// control memory (several processes) goes through `MempoolSharedBackend`
+/// instead: its lock word holds the holder's pid, with a journal, so that a
+/// process killed holding it can be repaired.
 ///
 /// The stack owns its storage: it is noncopyable and frees the storage in
 /// `deinit`, exactly once. All pointer arithmetic happens in

@@ -50,18 +50,22 @@ enum MempoolStorage {
     }
 }
 
-/// One index of a ring (or the lock word of a stack) alone in a 128-byte
-/// block: a cache line and its adjacent-line prefetch partner.
+/// The lock word of a stack alone in a 128-byte block, with the journal of
+/// the operation its holder is doing (a shared pool's; see
+/// ``MempoolJournal``).
 @usableFromInline
 struct MempoolPaddedIndex: ~Copyable {
+    /// 0 free; held: 1 in a private pool, the holder's pid in a shared one.
     @usableFromInline let value: Atomic<UInt32>
     let _word: UInt32
-    let _padding: MempoolPadding120
+    @usableFromInline let journal: MempoolJournal
+    let _padding: MempoolPadding88
 
     init() {
         value = Atomic(0)
         _word = 0
-        _padding = mempoolPadding120
+        journal = MempoolJournal()
+        _padding = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     }
 }
 
@@ -79,24 +83,30 @@ struct MempoolPaddedHeadTail: ~Copyable {
     @usableFromInline let head: Atomic<UInt32>
     @usableFromInline let tail: Atomic<UInt32>
     @usableFromInline let otherTailSeen: Atomic<UInt32>
-    let _word: UInt32
-    let _padding: MempoolPadding112
+    /// A shared ring's lock of this side (0 free, else the holder's pid);
+    /// unused by a private ring, whose operations are lock-free.
+    @usableFromInline let lock: Atomic<UInt32>
+    /// What the holder of `lock` is doing (a shared ring's).
+    @usableFromInline let journal: MempoolJournal
+    let _padding: MempoolPadding80
 
     init() {
         head = Atomic(0)
         tail = Atomic(0)
         otherTailSeen = Atomic(0)
-        _word = 0
-        _padding = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        lock = Atomic(0)
+        journal = MempoolJournal()
+        _padding = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     }
 }
 
-/// 112 bytes of padding: after 16 bytes of words, the rest of a 128-byte block.
+/// 80 bytes of padding: after 48 bytes of words, the rest of a 128-byte block.
 @usableFromInline
-typealias MempoolPadding112 = (
-    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-    UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64
-)
+typealias MempoolPadding80 = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+
+/// 88 bytes of padding: after 40 bytes of words, the rest of a 128-byte block.
+@usableFromInline
+typealias MempoolPadding88 = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
 
 /// The object count of a stack alone in a 128-byte block.
 @usableFromInline

@@ -2,7 +2,7 @@
 /// one pool, whose objects every attached process gets and puts, at the
 /// same addresses in all of them.
 ///
-/// The objects and every piece of the pool's state — the lock-free ring
+/// The objects and every piece of the pool's state — the ring
 /// (or stack), the per-thread cache records, the statistics, checked
 /// mode's per-object states and owner tags — live in one hugetlb memfd
 /// mapped at the same address everywhere (``SharedMapping`` says how).

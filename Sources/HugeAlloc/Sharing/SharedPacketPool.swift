@@ -51,18 +51,31 @@ public final class SharedPacketPool: @unchecked Sendable {
     public var participants: [SharedParticipant] { core.participants }
 }
 
-/// A lock-free multi-producer multi-consumer ring of pointers published
+/// A multi-producer multi-consumer ring of pointers published
 /// under a name, for handing objects (packet buffers, pool objects) from
-/// one process to another without copying: the same ring design as the
-/// mempool's (`rte_ring`'s two-index scheme, bulk all-or-nothing), placed
-/// in shared memory.
+/// one process to another without copying: the mempool's ring storage
+/// (bulk all-or-nothing), placed in shared memory.
 ///
 /// Pointers keep their meaning in every attached process because shared
 /// pools are mapped at the same address everywhere.
+///
+/// Each side (producers, consumers) has a lock whose word holds the
+/// holder's pid, and a journal (`MempoolSharedBackend`): a process killed
+/// inside ``enqueue(_:count:)`` or ``dequeue(into:count:)`` is repaired by
+/// a survivor's watcher, the operation done (committed) or not at all, and
+/// the ring moves again. Pointers in a dead process's own memory (an array
+/// it was enqueueing from, or had dequeued into) are lost with it, as in
+/// any crash; in a checked pool the objects they name are still owned by
+/// the process that took them from the pool, which gets them back when
+/// that process is reclaimed — including objects a dead producer had
+/// enqueued and no consumer had taken yet, so such pointers left in the
+/// ring name objects back in the pool.
 @safe
 public final class SharedRing: @unchecked Sendable {
     let core: SharedObjectCore
     @usableFromInline let handle: MempoolRing._UnsafeHandle
+    /// This process's id, which the side's lock word holds while it works.
+    @usableFromInline let processID: UInt32
 
     public var name: String { core.name }
     /// The most pointers the ring holds.
@@ -72,6 +85,17 @@ public final class SharedRing: @unchecked Sendable {
         self.core = core
         self.capacity = capacity
         handle = unsafe MempoolRing._UnsafeHandle.placed(at: core.segment.control, capacity: capacity, initializing: initializing)
+        processID = UInt32(bitPattern: Sys.processID)
+    }
+
+    /// Starts the core's watcher: a dead process's lock is repaired.
+    private func start() throws(SharingError) {
+        let backend = MempoolSharedBackend(ring: handle)
+        let me = processID
+        try core.start { pid in
+            unsafe backend.repair(deadProcess: pid, by: me) { _, _, _, _ in }
+            return (0, 0)
+        }
     }
 
     deinit { core.close() }
@@ -89,7 +113,7 @@ public final class SharedRing: @unchecked Sendable {
         let core = try SharedObjectCore.publish(kind: .ring, name: name, options: options, mapping: MappingOptions(),
                                                 controlLength: bytes, dataLength: 0, facts: facts)
         let ring = SharedRing(core: core, capacity: capacity, initializing: true)
-        try core.start { _ in (0, 0) }
+        try ring.start()
         return ring
     }
 
@@ -102,20 +126,21 @@ public final class SharedRing: @unchecked Sendable {
             throw .incompatible(name: name, reason: "ring capacity \(capacity)")
         }
         let ring = SharedRing(core: core, capacity: capacity, initializing: false)
-        try core.start { _ in (0, 0) }
+        try ring.start()
         return ring
     }
 
     /// Adds `n` pointers, all or none; false when they do not fit.
     @inlinable @inline(__always)
     public func enqueue(_ objects: UnsafePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        unsafe handle.enqueue(objects, count: n)
+        unsafe handle.lockedEnqueue(objects, count: n, by: processID, .plain, record: nil, recordCount: 0, afterCommit: { _, _ in })
     }
 
     /// Takes `n` pointers, all or none; false when fewer are there.
     @inlinable @inline(__always)
     public func dequeue(into objects: UnsafeMutablePointer<UnsafeMutableRawPointer>, count n: Int) -> Bool {
-        unsafe handle.dequeue(into: objects, count: n)
+        unsafe handle.lockedDequeue(into: objects, count: n, by: processID, .plain, record: nil, recordCount: 0,
+                                    beforeCommit: { _, _ in })
     }
 
     /// Pointers in the ring now.

@@ -75,7 +75,8 @@ struct SharedSegmentHeader: @unchecked Sendable {
     let base: UnsafeMutableRawPointer
 
     static let magic: UInt64 = 0x3165_7261_6873_4148  // "HAshare1", little-endian
-    static let version: UInt32 = 1
+    /// 2: a shared backend works under pid lock words with a journal beside them.
+    static let version: UInt32 = 2
     static let participantSlots = 128
     static let participantsOffset = 1024
     static let slotBytes = 32

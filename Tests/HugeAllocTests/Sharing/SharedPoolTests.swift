@@ -110,35 +110,119 @@ import Testing
         #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
     }
 
-    /// Workers attach, get and put at random under load and are killed with
-    /// SIGKILL after a random time, holding objects and cached objects,
-    /// while another process keeps churning; after every kill the survivors
-    /// reclaim what the dead one held, so that available + held by live
-    /// processes is always the total, and nothing is mapped once every
-    /// process is gone. A victim is stopped between pool calls before it is
-    /// killed: a process killed inside a ring operation stalls the ring
-    /// (docs/multi-process.md, "Crashes"), which this test must not hang on.
+    /// A process killed at each point (lock taken, journal written,
+    /// pointers copied, committed) of a SharedRing enqueue and dequeue: the
+    /// ring's watcher in a survivor repairs the side it held, and another
+    /// process's enqueue and dequeue return (within a timeout) after each.
     @Test(.enabled(if: canRunSharingTests, sharingGateReason))
-    func processesKilledUnderLoadLoseNothing() throws {
+    func aProcessKilledInsideARingOperationDoesNotStallTheRing() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let shared = try SharedPacketPool.publish(
+                name: "packets-kill", configuration: PacketPoolConfiguration(count: 1024, cacheSize: 32), options: sandbox.options)
+            let ring = try SharedRing.publish(name: "ring-kill", capacity: 256, options: sandbox.options)
+            let steady = try ShareWorker(["attach-packets", "packets-kill", "ring-kill"], sandbox: sandbox)
+            #expect(steady.send("ring-check") == "ring ok")
+            for operation in ["enqueue", "dequeue"] {
+                for point in 1...4 {
+                    let victim = try ShareWorker(["attach-packets", "packets-kill", "ring-kill"], sandbox: sandbox)
+                    let reply = victim.send("crash-ring \(point) \(operation)", timeout: 10)
+                    #expect(reply.hasPrefix("no answer"), "the victim died at point \(point) of \(operation): \(reply)")
+                    victim.kill()
+                    let deadline = Date().addingTimeInterval(10)
+                    while Date() < deadline, ring.participants.contains(where: { $0.pid == victim.pid }) { usleep(10_000) }
+                    #expect(!ring.participants.contains { $0.pid == victim.pid }, "the ring's watcher reclaimed \(victim.pid)")
+                    #expect(steady.send("ring-check", timeout: 30) == "ring ok", "after point \(point) of \(operation)")
+                }
+            }
+            steady.exit()
+            _ = shared.reclaim()
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// Workers attach, get and put at random under load and are killed with
+    /// SIGKILL after a random time, while churning: at any instruction of a
+    /// get or put (cache, refill, flush, a bulk straight to the backend,
+    /// checked mode's owner words), holding objects and cached objects,
+    /// while another process keeps churning. After every kill the survivors
+    /// reclaim what the dead one held, repairing a backend operation it died
+    /// inside, so that nothing stalls (the survivor's churn stops when told,
+    /// within a timeout), available + held by live processes is the total,
+    /// and nothing is mapped once every process is gone.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason), arguments: [MempoolConfiguration.Backend.ring, .stack])
+    func processesKilledUnderLoadLoseNothing(backend: MempoolConfiguration.Backend) throws {
+        try killTest(backend: backend, name: "pool-kill-\(backend)") { victim in
+            #expect(victim.send("churn") == "churning")
+            usleep(UInt32.random(in: 5_000...120_000))
+            victim.kill()
+        }
+    }
+
+    /// The same, each victim killing itself at a chosen point of a chosen
+    /// backend operation (the lock taken; the journal written; the objects
+    /// copied and, for a checked get, marked; committed), so that every
+    /// crash window is proven, not only hit by chance.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason), arguments: [MempoolConfiguration.Backend.ring, .stack])
+    func processesKilledInsideEachOperationWindowLoseNothing(backend: MempoolConfiguration.Backend) throws {
+        var cases = ["get-direct", "put-direct", "refill", "flush"].flatMap { op in (1...4).map { (op, $0) } }.makeIterator()
+        try killTest(backend: backend, name: "pool-window-\(backend)", victims: 16) { victim in
+            guard let (operation, point) = cases.next() else { return }
+            let reply = victim.send("crash-at \(point) \(operation)", timeout: 10)
+            #expect(reply.hasPrefix("no answer"), "the victim died at point \(point) of \(operation): \(reply)")
+            victim.kill()
+        }
+    }
+
+    /// The negative control: with the repair of dead processes' backend
+    /// locks turned off, a process killed inside a backend operation (after
+    /// it copied objects out, before its commit) stalls the pool for the
+    /// others: the survivor's churn never comes back.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func withoutRepairAProcessKilledInsideAnOperationStallsThePool() throws {
+        let sandbox = try SharingSandbox()
+        try expectNoLeak {
+            let shared = try SharedMempool.publish(
+                name: "pool-stall", configuration: MempoolConfiguration(count: 4096, objectSize: 64, cacheSize: 64, checked: true),
+                options: sandbox.options)
+            shared.pool.repairsDeadLocks.store(false, ordering: .relaxed)
+            let noRepair = ["SHARE_NO_REPAIR": "1"]
+            let steady = try ShareWorker(["attach-pool", "pool-stall"], sandbox: sandbox, environment: noRepair)
+            #expect(steady.send("churn") == "churning")
+            let victim = try ShareWorker(["attach-pool", "pool-stall"], sandbox: sandbox, environment: noRepair)
+            #expect(victim.send("crash-at 3 get-direct", timeout: 10).hasPrefix("no answer"))
+            victim.kill()
+            _ = shared.reclaim()
+            #expect(steady.send("stop", timeout: 30) == "stalled", "the pool stalls without the repair")
+            steady.kill()
+        }
+    }
+
+    /// A pool of `backend` shared with a churning survivor; `victims`
+    /// workers attach one after another and are killed by `kill`; after
+    /// each, the dead one is reclaimed and the survivor must still be able
+    /// to stop (no stall); at the end, available + held == total, and
+    /// nothing is left mapped or in the runtime directory.
+    func killTest(
+        backend: MempoolConfiguration.Backend, name: String, victims: Int = 24, kill: (ShareWorker) -> Void
+    ) throws {
         let sandbox = try SharingSandbox()
         var frames: [UInt64] = []
         try expectNoLeak {
             let shared = try SharedMempool.publish(
-                name: "pool-kill", configuration: MempoolConfiguration(count: 4096, objectSize: 64, cacheSize: 64, checked: true),
+                name: name,
+                configuration: MempoolConfiguration(count: 4096, objectSize: 64, cacheSize: 64, backend: backend, checked: true),
                 options: sandbox.options)
             let pool = shared.pool
             frames = stride(from: 0, to: pool.length, by: 2 << 20).compactMap { pool.physicalAddress(of: pool.base + $0)?.rawValue }
-            let steady = try ShareWorker(["attach-pool", "pool-kill"], sandbox: sandbox)
+            let steady = try ShareWorker(["attach-pool", name], sandbox: sandbox)
             #expect(steady.send("churn") == "churning")
             var reclaimed: [SharedReclaim] = []
             var kills = 0
-            for _ in 0..<24 {
-                let victim = try ShareWorker(["attach-pool", "pool-kill"], sandbox: sandbox)
+            for _ in 0..<victims {
+                let victim = try ShareWorker(["attach-pool", name], sandbox: sandbox)
                 guard victim.isReady else { Issue.record("attach failed: \(victim.greeting)"); continue }
-                #expect(victim.send("churn") == "churning")
-                usleep(UInt32.random(in: 5_000...120_000))
-                #expect(victim.send("stop").hasPrefix("stopped"))
-                victim.kill()
+                kill(victim)
                 kills += 1
                 // The watcher (a pidfd per participant) or reclaim() puts it back.
                 let deadline = Date().addingTimeInterval(10)
@@ -149,8 +233,13 @@ import Testing
                 #expect(reclaimed.contains { $0.pid == victim.pid } || shared.reclaimedTotals.processes >= kills,
                         "process \(victim.pid) was reclaimed")
                 #expect(!shared.participants.contains { $0.pid == victim.pid }, "and left the table")
+                // No stall: the survivor's calls all return.
+                let stopped = steady.send("stop", timeout: 30)
+                #expect(stopped.hasPrefix("stopped"), "after killing \(victim.pid): \(stopped)")
+                guard stopped.hasPrefix("stopped") else { steady.kill(); return }
+                #expect(steady.send("churn") == "churning")
             }
-            #expect(kills >= 20)
+            #expect(kills == victims)
             #expect(reclaimed.reduce(0) { $0 + $1.heldObjects + $1.cachedObjects } > 0, "the killed processes held objects: \(reclaimed)")
 
             // Quiet the survivor, then count: available + held by live processes == total.
@@ -159,6 +248,13 @@ import Testing
             #expect(pool.availableCount + held == pool.count, "available \(pool.availableCount) + held \(held) == \(pool.count)")
             #expect(steady.send("putheld").hasPrefix("ok"))
             steady.exit()
+            // A worker whose churn threads still held the pool at exit(3)
+            // leaves its slot to a survivor's reclaim.
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline, shared.participants.count > 1 {
+                _ = shared.reclaim()
+                usleep(10_000)
+            }
             #expect(pool.availableCount == pool.count)
             #expect(shared.participants.map(\.pid) == [getpid()])
         }
