@@ -43,7 +43,8 @@ HA_SAME_FIELD(flags);
 HA_SAME_FIELD(abi);
 HA_SAME_FIELD(pool);
 _Static_assert(sizeof(struct ha__mempool_head) == sizeof(struct ha_capi_mempool_head), "pool head sizes differ");
-_Static_assert(HA__HEAD_CACHE == HA_CAPI_HEAD_CACHE && HA__HEAD_STATS == HA_CAPI_HEAD_STATS && HA__ABI == HA_CAPI_HEAD_ABI,
+_Static_assert(HA__HEAD_CACHE == HA_CAPI_HEAD_CACHE && HA__HEAD_STATS == HA_CAPI_HEAD_STATS && HA__ABI == HA_CAPI_HEAD_ABI
+               && HA__NO_POOL_ID == HA_CAPI_NO_POOL_ID,
                "hugealloc.h and CHugeAllocCAPI.h disagree on the pool head's flags");
 _Static_assert(HA__RECORD_COUNT == HA_CAPI_RECORD_COUNT && HA__RECORD_GETS == HA_CAPI_RECORD_GETS
                && HA__RECORD_PUTS == HA_CAPI_RECORD_PUTS && HA__RECORD_SLOTS == HA_CAPI_RECORD_SLOTS,

@@ -23,7 +23,7 @@ struct CMempoolHandle {
     /// A new head for `pool`, retaining it.
     init(retaining pool: Mempool) {
         var flags: UInt32 = pool.isChecked ? HA_CAPI_HEAD_CHECKED : 0
-        var facts = (poolID: UInt64(0), slot: UInt64(0), capacity: Int64(0))
+        var facts = (poolID: UInt64(HA_CAPI_NO_POOL_ID), slot: UInt64(0), capacity: Int64(0))
         if let cache = pool.inlineCache {
             flags |= HA_CAPI_HEAD_CACHE | (cache.countsOperations ? HA_CAPI_HEAD_STATS : 0)
             facts = (cache.poolID, UInt64(cache.slot), Int64(cache.capacity))

@@ -221,8 +221,9 @@ static void test_pool_threads(void) {
     ha_mempool *checked = NULL;
     CHECK(ha_mempool_create("threads-checked", 16, 64, 8, HA_NODE_ANY, HA_MEMPOOL_CHECKED, &checked) == 0, "create checked");
     if (checked) {
-        CHECK(!(((const struct ha__mempool_head *)(const void *)checked)->flags & HA__HEAD_CACHE),
-              "the inline paths would serve a checked pool");
+        const struct ha__mempool_head *checked_head = (const struct ha__mempool_head *)(const void *)checked;
+        CHECK(!(checked_head->flags & HA__HEAD_CACHE) && checked_head->pool_id == HA__NO_POOL_ID,
+              "the inline paths would serve a checked pool (flags 0x%x)", checked_head->flags);
         ha_mempool_destroy(checked);
     }
 #endif

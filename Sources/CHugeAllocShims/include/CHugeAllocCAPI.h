@@ -39,6 +39,10 @@ struct ha_capi_mempool_head {
 /* A checked pool (HA_MEMPOOL_CHECKED). */
 #define HA_CAPI_HEAD_CHECKED (1u << 2)
 #define HA_CAPI_HEAD_ABI     1u
+/* The pool id of a head without HA_CAPI_HEAD_CACHE: no thread table entry
+ * holds it (pool ids count up from 1), so the inline paths, which compare
+ * ids without looking at the flags, always call the library for it. */
+#define HA_CAPI_NO_POOL_ID   0xFFFFFFFFFFFFFFFFull
 /* Where a cache record keeps its words (in 8-byte words from its start),
  * and the thread-table slot of ha_tls_slots, as the inline paths read
  * them. The library sets HA_CAPI_HEAD_CACHE only when its records match. */

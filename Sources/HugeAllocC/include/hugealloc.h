@@ -163,6 +163,7 @@ __attribute__((noplt)) void ha_mempool_put_bulk(ha_mempool *pool, void *const *o
 #define HA__ABI 1
 #define HA__HEAD_CACHE (1u << 0)
 #define HA__HEAD_STATS (1u << 1)
+#define HA__NO_POOL_ID UINT64_MAX
 #define HA__RECORD_COUNT 1
 #define HA__RECORD_GETS  2
 #define HA__RECORD_PUTS  3
@@ -190,7 +191,9 @@ extern __thread uintptr_t ha_tls_slots[4] __attribute__((tls_model("initial-exec
  * paths do not serve. A matching entry always holds a record. */
 static inline const uintptr_t *ha__mempool_entry(const ha_mempool *pool) {
     const struct ha__mempool_head *head = (const struct ha__mempool_head *)(const void *)pool;
-    if (__builtin_expect(head == NULL || !(head->flags & HA__HEAD_CACHE), 0)) return NULL;
+    /* A pool the inline paths do not serve (no HA__HEAD_CACHE) has the id
+     * HA__NO_POOL_ID, which no table entry holds: its entry never matches. */
+    if (__builtin_expect(head == NULL, 0)) return NULL;
     const uintptr_t *table = (const uintptr_t *)ha_tls_slots[0];
     if (__builtin_expect(table == NULL, 0)) return NULL;
     const uintptr_t *entry = table + 2 * head->slot;
