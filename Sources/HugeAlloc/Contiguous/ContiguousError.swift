@@ -16,7 +16,8 @@ public enum ContiguousError: Error, Equatable, Sendable, CustomStringConvertible
         case let .invalidRequest(reason):
             return "invalid contiguous request: \(reason)"
         case let .notFound(needed, largest, examined, budget, attempts):
-            return "no physically contiguous run of \(needed) bytes found: the largest run was \(largest) bytes "
+            let why = largest >= needed ? " (long enough, but none started at the physical alignment or stayed inside the boundary asked for)" : ""
+            return "no physically contiguous run of \(needed) bytes found: the largest run was \(largest) bytes\(why) "
                 + "after examining \(examined) bytes in \(attempts) attempt(s) (budget \(budget) bytes); all of it was released. "
                 + "Raise the budget, reserve hugepages soon after boot when memory is least fragmented "
                 + "(echo N > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages), or use a larger page size"

@@ -8,6 +8,12 @@ public struct ContiguousRequest: Sendable {
     /// page size). Every page starts page-aligned, so an alignment up to the
     /// page size is met by any block; a larger one is searched for.
     public var physicalAlignment: Int?
+    /// A power of two the block's physical range must not cross a multiple
+    /// of (nil: none), as a device's DMA boundary (DPDK's `bound`). It must
+    /// be at least the block's size rounded to pages. Cheaper to find than an
+    /// alignment to the same power: any run of adjacent pages whose range
+    /// stays between two multiples serves.
+    public var physicalBoundary: Int?
     /// Where the pages come from.
     public var numaPolicy: NUMAPolicy
     /// Most bytes mapped at once while looking. Default: for hugepages, every
@@ -22,11 +28,12 @@ public struct ContiguousRequest: Sendable {
     public var useTransparentHugepage: Bool
 
     public init(bytes: Int, pageSize: PageSize = .huge2M, physicalAlignment: Int? = nil,
-                numaPolicy: NUMAPolicy = .any, budgetBytes: Int? = nil, maxAttempts: Int = 64,
-                useTransparentHugepage: Bool = true) {
+                physicalBoundary: Int? = nil, numaPolicy: NUMAPolicy = .any, budgetBytes: Int? = nil,
+                maxAttempts: Int = 64, useTransparentHugepage: Bool = true) {
         self.bytes = bytes
         self.pageSize = pageSize
         self.physicalAlignment = physicalAlignment
+        self.physicalBoundary = physicalBoundary
         self.numaPolicy = numaPolicy
         self.budgetBytes = budgetBytes
         self.maxAttempts = maxAttempts
@@ -85,18 +92,49 @@ public enum ContiguousMemory {
         guard requested > 0, requested & (requested - 1) == 0 else {
             throw .invalidRequest("the physical alignment must be a power of two (got \(requested))")
         }
+        if let boundary = request.physicalBoundary {
+            guard boundary > 0, boundary & (boundary - 1) == 0 else {
+                throw .invalidRequest("the physical boundary must be a power of two (got \(boundary))")
+            }
+            guard boundary >= pages * ps else {
+                throw .invalidRequest("\(pages * ps) bytes of \(request.pageSize) pages cannot fit between two "
+                    + "\(boundary)-byte boundaries; use a boundary of at least \(pages * ps) rounded up to a power of two")
+            }
+        }
         // Pages start page-aligned: a smaller alignment is already met.
         let alignment = max(requested, ps)
+        let placement = Placement(alignment: alignment, boundary: request.physicalBoundary)
         if request.pageSize.isHuge {
-            return try allocateHuge(pages: pages, alignment: alignment, request: request, stats: &stats)
+            return try allocateHuge(pages: pages, placement: placement, request: request, stats: &stats)
         }
-        return try allocateBase(pages: pages, alignment: alignment, request: request, stats: &stats)
+        return try allocateBase(pages: pages, placement: placement, request: request, stats: &stats)
     }
 
-    /// The first window of `count` pages, physically adjacent, whose start is
-    /// `alignment`-aligned; nil if none. Also returns the largest run seen.
+    /// Where a window may start: an `alignment`-aligned physical address
+    /// whose block does not cross a multiple of `boundary`.
+    struct Placement {
+        var alignment: Int
+        var boundary: Int?
+
+        /// The lowest start at or above `address` that this placement allows
+        /// for a block of `length` bytes (`length` at most the boundary).
+        func start(atOrAbove address: UInt64, length: Int) -> UInt64 {
+            let a = UInt64(alignment)
+            var start = (address + a - 1) & ~(a - 1)
+            if let boundary {
+                let b = UInt64(boundary)
+                // Crossing: the next multiple of the boundary is aligned too
+                // (one power of two divides the other) and holds the block.
+                if start / b != (start + UInt64(length) - 1) / b { start = (start | (b - 1)) + 1 }
+            }
+            return start
+        }
+    }
+
+    /// The first window of `count` pages, physically adjacent, whose start
+    /// `placement` allows; nil if none. Also returns the largest run seen.
     static func findWindow(
-        in translation: PhysicalTranslation, count: Int, alignment: Int
+        in translation: PhysicalTranslation, count: Int, placement: Placement
     ) -> (pages: [Int]?, largestRunBytes: Int) {
         let ordered = translation.pagesInPhysicalOrder
         let ps = translation.pageSize.bytes
@@ -104,9 +142,9 @@ public enum ContiguousMemory {
         let ranges = PhysicalRun.ranges(count: ordered.count) { ordered[$0].physical == ordered[$0 - 1].physical + ps }
         for range in ranges {
             largest = max(largest, range.count * ps)
-            // The first aligned page inside this run.
+            // The first page inside this run the placement allows.
             let first = ordered[range.lowerBound].physical.rawValue
-            let aligned = (first + UInt64(alignment) - 1) & ~(UInt64(alignment) - 1)
+            let aligned = placement.start(atOrAbove: first, length: count * ps)
             let skip = Int((aligned - first) / UInt64(ps))
             if skip + count <= range.count {
                 let start = range.lowerBound + skip
@@ -119,12 +157,12 @@ public enum ContiguousMemory {
     /// Counts one attempt on `mapping` and returns the pages of a window of
     /// `count` adjacent pages in it, if there is one.
     static func window(
-        in mapping: borrowing MemoryMapping, count: Int, alignment: Int, stats: inout ContiguousStatistics
+        in mapping: borrowing MemoryMapping, count: Int, placement: Placement, stats: inout ContiguousStatistics
     ) throws(ContiguousError) -> [Int]? {
         stats.attempts += 1
         stats.bytesExamined += mapping.length
         guard let translation = mapping.translation else { throw .noPhysicalAddresses }
-        let (window, largest) = findWindow(in: translation, count: count, alignment: alignment)
+        let (window, largest) = findWindow(in: translation, count: count, placement: placement)
         stats.largestRunBytes = max(stats.largestRunBytes, largest)
         return window
     }
@@ -135,11 +173,11 @@ public enum ContiguousMemory {
     }
 
     static func allocateHuge(
-        pages: Int, alignment: Int, request: ContiguousRequest, stats: inout ContiguousStatistics
+        pages: Int, placement: Placement, request: ContiguousRequest, stats: inout ContiguousStatistics
     ) throws(ContiguousError) -> MemoryMapping {
         let ps = request.pageSize.bytes
         let free = (try? HugepagePoolDirectory(request.pageSize).counters().available) ?? 0
-        let extra = alignment / ps - 1  // pages an aligned window may need to skip
+        let extra = placement.alignment / ps - 1  // pages an aligned window may need to skip
         let budgetPages = min(max(pages, free), (request.budgetBytes ?? max(pages, free) * ps) / ps)
         guard budgetPages >= pages else {
             throw .invalidRequest("the budget (\(budgetPages) pages) is smaller than the block (\(pages) pages)")
@@ -164,7 +202,7 @@ public enum ContiguousMemory {
                 }
                 throw .mapping(error)
             }
-            if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {
+            if let window = try window(in: mapping, count: pages, placement: placement, stats: &stats) {
                 return try keep(window, of: mapping)
             }
         }
@@ -184,27 +222,27 @@ public enum ContiguousMemory {
     /// `mremap(2)` and the rest unmapped (the kernel frees them when it
     /// splits the huge page). Then the trial technique.
     static func allocateBase(
-        pages: Int, alignment: Int, request: ContiguousRequest, stats: inout ContiguousStatistics
+        pages: Int, placement: Placement, request: ContiguousRequest, stats: inout ContiguousStatistics
     ) throws(ContiguousError) -> MemoryMapping {
         let ps = request.pageSize.bytes
         let thp = 2 << 20
-        if request.useTransparentHugepage, pages * ps + alignment - ps <= thp {
+        if request.useTransparentHugepage, pages * ps + placement.alignment - ps <= thp {
             let options = MappingOptions(pageSize: request.pageSize, backing: .anonymous, lock: true,
                                          transparentHugepages: true, numaPolicy: request.numaPolicy)
             let mapping: MemoryMapping
             do { mapping = try MemoryMapping(length: thp, options: options) } catch { throw .mapping(error) }
-            if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {
+            if let window = try window(in: mapping, count: pages, placement: placement, stats: &stats) {
                 return try keep(window, of: mapping)
             }
         }
-        return try allocateBaseByTrial(pages: pages, alignment: alignment, request: request, stats: &stats)
+        return try allocateBaseByTrial(pages: pages, placement: placement, request: request, stats: &stats)
     }
 
     /// The technique for small runs of base pages: lock base pages, read
     /// their physical addresses, keep allocating until enough of them touch,
     /// release the rest.
     static func allocateBaseByTrial(
-        pages: Int, alignment: Int, request: ContiguousRequest, stats: inout ContiguousStatistics
+        pages: Int, placement: Placement, request: ContiguousRequest, stats: inout ContiguousStatistics
     ) throws(ContiguousError) -> MemoryMapping {
         let ps = request.pageSize.bytes
         let budget = request.budgetBytes ?? 64 << 20
@@ -222,7 +260,7 @@ public enum ContiguousMemory {
                                          numaPolicy: request.numaPolicy)
             let mapping: MemoryMapping
             do { mapping = try MemoryMapping(length: batch * ps, options: options) } catch { throw .mapping(error) }
-            if let window = try window(in: mapping, count: pages, alignment: alignment, stats: &stats) {
+            if let window = try window(in: mapping, count: pages, placement: placement, stats: &stats) {
                 return try keep(window, of: mapping)
             }
             held.append(Held(mapping))

@@ -64,11 +64,11 @@ extension DMAHeap {
         let node = nodes[n]
         let pageBytes = HeapSizeClasses.pageBytes
         let rounded = (bytes + pageBytes - 1) / pageBytes * pageBytes
-        var physicalAlignment = max(alignment, pageBytes)
-        if let boundary, boundary < Int.max / 2 {
-            // A run aligned to the power of two at or above its size stays inside every larger boundary.
-            physicalAlignment = max(physicalAlignment, min(boundary, 1 << (Int.bitWidth - (bytes - 1).leadingZeroBitCount)))
-        }
+        let physicalAlignment = max(alignment, pageBytes)
+        // The block starts at the run's start, so the run's boundary is the block's
+        // (one beyond any physical address binds nothing). Asking for an alignment to
+        // the boundary's power instead would turn away most runs that serve.
+        let physicalBoundary = boundary.flatMap { $0 > 1 << 52 ? nil : $0 }
         // A bounded look: the block, four times it, or 256 MiB, whichever is
         // more — never every free hugepage of the machine — and one look at a
         // time, so two threads do not starve each other.
@@ -76,6 +76,7 @@ extension DMAHeap {
         let extra = max(physicalAlignment / pageBytes - 1, 0)
         let budget = max(2 * (4 * pages + 32 + extra), 128) * pageBytes
         let request = ContiguousRequest(bytes: rounded, pageSize: .huge2M, physicalAlignment: physicalAlignment,
+                                        physicalBoundary: physicalBoundary,
                                         numaPolicy: placementPolicy(node: node.node), budgetBytes: budget)
         var mapping: MemoryMapping
         do {

@@ -47,7 +47,9 @@ import Glibc
 /// A `boundary` below 2 MiB is kept by aligning the allocation to the power
 /// of two at or above its size (at most 2× the memory); boundaries of 2 MiB
 /// and more hold for every allocation up to a page by construction, and for
-/// large blocks through their physical alignment.
+/// large blocks through the contiguous search, which keeps only runs whose
+/// physical range stays between two multiples of the boundary
+/// (``ContiguousRequest/physicalBoundary``).
 ///
 /// **Nodes.** `node: nil` means any node: the calling thread's node first;
 /// when that node cannot grow (no free hugepages there), the other nodes

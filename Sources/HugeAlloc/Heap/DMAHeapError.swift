@@ -66,8 +66,10 @@ public enum DMAHeapError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unknownNode(let payload):
             return "\(payload)"
         case .noContiguousRun(let needed, let largest, let advice):
-            return "no physically contiguous run of \(ByteCount.format(needed)) was found "
-                + "(largest run available: \(ByteCount.format(largest))); \(advice)"
+            let why = largest >= needed
+                ? "runs that long were seen, but none at the physical alignment or inside the boundary asked for"
+                : "largest run available: \(ByteCount.format(largest))"
+            return "no physically contiguous run of \(ByteCount.format(needed)) was found (\(why)); \(advice)"
         case .growthFailed(let node, let needed, let underlying):
             return "the heap could not grow by \(ByteCount.format(needed)) on node \(node): \(underlying)"
         case .rangeExhausted(let node, let maximum):

@@ -160,6 +160,52 @@ private func expectOneRun(_ mapping: borrowing MemoryMapping, bytes: Int) throws
         }
     }
 
+    /// The window search on a made-up free pool of 2 MiB frames 1–2 (2–6 MiB)
+    /// and 6–9 (12–20 MiB): the first run crosses the 4 MiB line, so a 4 MiB
+    /// block inside a 4 MiB boundary must start at frame 6.
+    @Test func aBoundaryKeepsOnlyWindowsBetweenTwoOfItsMultiples() {
+        let ps = 2 << 20
+        let translation = PhysicalTranslation(pagePhysical: [1, 2, 6, 7, 8, 9].map { UInt64($0 * ps) }, pageSize: .huge2M)
+        func start(_ placement: ContiguousMemory.Placement) -> UInt64? {
+            ContiguousMemory.findWindow(in: translation, count: 2, placement: placement).pages
+                .map { translation.pagePhysical[$0[0]] / UInt64(ps) }
+        }
+        // Negative control: without the boundary the first pair, across the line, is kept.
+        #expect(start(.init(alignment: ps, boundary: nil)) == 1)
+        #expect(start(.init(alignment: ps, boundary: 4 << 20)) == 6)
+        #expect(start(.init(alignment: ps, boundary: 8 << 20)) == 1)  // 2–6 MiB stays below 8 MiB
+        #expect(start(.init(alignment: ps, boundary: 16 << 20)) == 1)
+        // An 8 MiB alignment: only frame 8 (16 MiB) starts a pair at one.
+        #expect(start(.init(alignment: 8 << 20, boundary: nil)) == 8)
+        // A boundary that crosses every pair.
+        let crossing = PhysicalTranslation(pagePhysical: [1, 2, 3, 4].map { UInt64($0 * ps) + (1 << 32) - UInt64(4 * ps) }, pageSize: .huge2M)
+        let across4G = ContiguousMemory.findWindow(in: crossing, count: 4, placement: .init(alignment: ps, boundary: 1 << 32))
+        #expect(across4G.pages == nil && across4G.largestRunBytes == 4 * ps)
+        #expect(ContiguousMemory.findWindow(in: crossing, count: 4, placement: .init(alignment: ps, boundary: nil)).pages != nil)
+    }
+
+    @Test(.enabled(if: isRoot && hasFree2M, "needs root (PFNs) and free 2 MiB hugepages"))
+    func aBoundedBlockStaysBetweenTwoMultiplesPerAFreshPagemapRead() throws {
+        let (bytes, _) = try largestFree2MiBRun(cap: 8 << 20)
+        try #require(bytes >= 4 << 20, "the free pool holds no run of two 2 MiB pages (largest \(bytes))")
+        try expectNoLeak {
+            // A boundary equal to the size can only be met at a multiple of it.
+            for boundary in [4 << 20, 1 << 32] {
+                let budget = hugepagesForATestRun * (2 << 20)
+                let block = try ContiguousMemory.allocate(ContiguousRequest(bytes: 4 << 20, physicalBoundary: boundary, budgetBytes: budget))
+                let physical = try freshPhysical(block.base, length: block.length, pageSize: 2 << 20)
+                #expect(physical.count == 2 && physical[1] == physical[0] + (2 << 20))
+                let b = UInt64(boundary)
+                #expect(physical[0] / b == (physical[0] + UInt64(4 << 20) - 1) / b,
+                        "block at 0x\(String(physical[0], radix: 16)) crosses a \(boundary)-byte boundary")
+            }
+        }
+        #expect(throws: ContiguousError.self) { _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 4 << 20, physicalBoundary: 2 << 20)) }
+        #expect(throws: ContiguousError.invalidRequest("the physical boundary must be a power of two (got 3)")) {
+            _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 4096, physicalBoundary: 3))
+        }
+    }
+
     @Test func fragmentationReportGroupsRunsByPhysicalOrderAndNode() {
         let ps = 2 << 20
         let physical = [5, 1, 2, 9, 3, 10, 11, 20].map { PhysicalAddress(UInt64($0 * ps)) }

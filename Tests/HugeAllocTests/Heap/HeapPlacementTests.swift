@@ -100,6 +100,47 @@ import Testing
         }
     }
 
+    /// A 3 MiB block inside a 4 GiB boundary from a free pool whose adjacent
+    /// pairs all cross a 4 MiB line: the test holds every 2 MiB frame whose
+    /// index is 0 or 3 modulo 4 and gives the others back (the pool hands out
+    /// the pages given back last first), so the first pages the heap's bounded
+    /// search maps pair up only as frames 4k+1, 4k+2. Asking for the block
+    /// at a 4 MiB-aligned frame, as the heap once did for a boundary, finds
+    /// nothing there (the negative control below); keeping the run clear of
+    /// 4 GiB lines serves it. CI met this pool once, from a fragmented machine.
+    @Test(.enabled(if: canRunHeapTests, heapGateReason))
+    func aLargeBlockInsideALargeBoundaryNeedsNoAlignedPair() throws {
+        let pageBytes = UInt64(twoMiB)
+        try expectNoLeak {
+            let holdPages = min(freeHugepages(.huge2M), 384)
+            let probe = try MemoryMapping(length: holdPages * twoMiB, options: .init(backing: .memfd))
+            let frames = (0..<probe.pageCount).map { probe.physicalAddress(ofPage: $0)!.rawValue / pageBytes }
+            let kept = frames.indices.filter { frames[$0] % 4 == 0 || frames[$0] % 4 == 3 }
+            let given = Set(frames).subtracting(kept.map { frames[$0] })
+            let crossingPairs = given.filter { $0 % 4 == 1 && given.contains($0 + 1) }.count
+            try #require(crossingPairs > 0, "the \(holdPages) free pages mapped hold no adjacent frames (4k+1, 4k+2) to give back")
+            try #require(given.count >= 160, "only \(given.count) pages given back: fewer than the heap's search maps")
+            let held = try probe.remapped(keeping: kept)
+            // Negative control: the pool now holds no pair at a 4 MiB-aligned frame within the heap's budget.
+            do {
+                _ = try ContiguousMemory.allocate(ContiguousRequest(bytes: 4 << 20, physicalAlignment: 4 << 20, budgetBytes: 128 * twoMiB))
+                Issue.record("a 4 MiB-aligned pair was found among pages given back as frames 4k+1 and 4k+2 only")
+            } catch ContiguousError.notFound(_, let largest, _, _, _) {
+                #expect(largest >= 4 << 20, "the pages given back hold pairs (\(crossingPairs)), so the search saw one")
+            }
+            let heap = try DMAHeap()
+            let p = try heap.allocateRetryingPoolRace(3 << 20, boundary: 1 << 32)
+            let iova = try #require(heap.iova(of: p))
+            #expect(heap.largeBlockLength(holding: p, runBytes: 4 << 20) == 4 << 20)
+            #expect(iova / (1 << 32) == (iova + (3 << 20) - 1) / (1 << 32), "crosses a 4 GiB line at 0x\(String(iova, radix: 16))")
+            #expect(contiguityMismatches(UInt(bitPattern: p), length: 3 << 20, expectedIOVA: iova).isEmpty)
+            #expect(iova / pageBytes % 4 == 1, "the block sits on a pair given back (frame \(iova / pageBytes))")
+            heap.free(p)
+            heap.trim()
+            _ = consume held
+        }
+    }
+
     /// The bytes asked for, then every byte ``DMAHeap/usableSize(_:)``
     /// promises, can be written without touching a neighbour, for one size
     /// in every class range.
