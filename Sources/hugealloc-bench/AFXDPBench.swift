@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import HugeAlloc
 
 #if canImport(Glibc)
@@ -26,9 +27,13 @@ struct AFXDPBench: ParsableCommand {
     @Option(help: "Bytes per frame (60...1514).") var frameSize = 64
     @Option(help: "Buffers kept on the receiving socket's fill ring (--batch...2048; the ring has 2048 slots).")
     var fill = 2048
+    @Option(help: "How received frames go back to the kernel: 'frames' (receiveFrames(into:), then recycle(_:) onto the fill ring, no buffer memory touched, as the libxdp loop does) or 'buffers' (receive(into:) writes each buffer's data offset and length, the pool takes them back, fill(count:) refills).")
+    var rxPath: RXPath = .frames
     @Option(help: "Sending interface (one end of a veth pair); with --rx-interface. Default: a veth pair made for the run.")
     var txInterface: String?
     @Option(help: "Receiving interface (the other end).") var rxInterface: String?
+
+    enum RXPath: String, ExpressibleByArgument, CaseIterable { case frames, buffers }
 
     static let ring = 2048
     static let buffers = 4096
@@ -93,11 +98,11 @@ struct AFXDPBench: ParsableCommand {
         }
         txPool.free(all)
 
-        let cpuBefore = Self.cpuSeconds()
+        let cpuBefore = Self.cpuSeconds(), userBefore = Self.cpuSeconds(userOnly: true)
         let result = try AFXDPLoop.run(
-            sender: sender, receiver: receiver, batch: batch, frameSize: frameSize, seconds: seconds)
-        let cpu = Self.cpuSeconds() - cpuBefore
-        print("afxdp hugealloc batch=\(batch) frame=\(frameSize) fill=\(fill) copy mode: sent \(result.sent), "
+            sender: sender, receiver: receiver, batch: batch, frameSize: frameSize, seconds: seconds, rxPath: rxPath)
+        let cpu = Self.cpuSeconds() - cpuBefore, user = Self.cpuSeconds(userOnly: true) - userBefore
+        print("afxdp hugealloc batch=\(batch) frame=\(frameSize) fill=\(fill) rx-path=\(rxPath.rawValue) copy mode: sent \(result.sent), "
             + "completed \(result.completed), received \(result.received) in \(result.seconds) s, \(cpu) s of CPU")
         _ = consume redirect
         _ = consume receiver
@@ -109,6 +114,9 @@ struct AFXDPBench: ParsableCommand {
         // Per CPU second (user + system time of this process, which the
         // kernel's sending and receiving softirqs are charged to): the rate a
         // whole CPU would give, less moved by other processes on a shared machine.
+        // User time of the loop alone per frame received: the library's share of the work
+        // (the kernel's copy path, charged as system time, is most of each frame's cost).
+        print("user_ns_per_frame=\(String(format: "%.1f", user * 1e9 / Double(max(result.received, 1))))")
         print("tx_per_cpu_second=\(Int(Double(result.completed) / cpu))")
         print("rx_per_cpu_second=\(Int(Double(result.received) / cpu))")
         print("tx_persec=\(Int(Double(result.completed) / result.seconds))")
@@ -116,11 +124,12 @@ struct AFXDPBench: ParsableCommand {
     }
 
     /// User + system CPU seconds of this process (`getrusage(RUSAGE_SELF)`).
-    static func cpuSeconds() -> Double {
+    /// User + system (or only user) time of this process so far, from `getrusage(2)`.
+    static func cpuSeconds(userOnly: Bool = false) -> Double {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
-        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
-            + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        let user = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+        return userOnly ? user : user + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
     }
 }
 
@@ -131,17 +140,26 @@ enum AFXDPLoop {
     }
 
     static func run(
-        sender: borrowing AFXDPSocket, receiver: borrowing AFXDPSocket, batch: Int, frameSize: Int, seconds: Double
+        sender: borrowing AFXDPSocket, receiver: borrowing AFXDPSocket, batch: Int, frameSize: Int, seconds: Double,
+        rxPath: AFXDPBench.RXPath
     ) throws(AFXDPError) -> Result {
         let table = UnsafeMutableBufferPointer<PacketBuffer>.allocate(capacity: batch)
-        defer { unsafe table.deallocate() }
+        let frames = UnsafeMutableBufferPointer<AFXDPFrame>.allocate(capacity: batch)
+        defer {
+            unsafe table.deallocate()
+            unsafe frames.deallocate()
+        }
         let txPool = sender.pool, rxPool = receiver.pool
         var r = Result()
         let start = Bench.now()
         repeat {
             r.completed += sender.freeCompleted()
             r.sent += try unsafe round(sender, txPool, table, batch: batch, frameSize: frameSize)
-            r.received += try unsafe receiveRound(receiver, rxPool, table)
+            if rxPath == .frames {
+                r.received += unsafe recycleRound(receiver, rxPool, frames)
+            } else {
+                r.received += try unsafe receiveRound(receiver, rxPool, table)
+            }
             r.seconds = Bench.now() - start
         } while r.seconds < seconds
         return r
@@ -164,6 +182,19 @@ enum AFXDPLoop {
 
     /// Receives up to a table of frames, frees them and puts as many free
     /// buffers from the pool on the fill ring (`fill(count:)`).
+    /// Received frames straight back onto the fill ring, their buffers untouched.
+    @inline(never)
+    static func recycleRound(
+        _ receiver: borrowing AFXDPSocket, _ pool: PacketPool, _ frames: UnsafeMutableBufferPointer<AFXDPFrame>
+    ) -> Int {
+        let n = unsafe receiver.receiveFrames(into: frames)
+        guard n > 0 else { return 0 }
+        let back = unsafe receiver.recycle(UnsafeBufferPointer(rebasing: frames[..<n]))
+        // The fill ring had room for every frame the RX ring gave back; should it not, the pool takes the rest.
+        for i in back..<n { unsafe pool.free(frames[i].buffer) }
+        return n
+    }
+
     @inline(never)
     static func receiveRound(
         _ receiver: borrowing AFXDPSocket, _ pool: PacketPool, _ table: UnsafeMutableBufferPointer<PacketBuffer>

@@ -184,6 +184,80 @@ func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
         }
     }
 
+    /// Frames seen in place and put straight back on a 16-slot fill ring,
+    /// three times over: 36 frames through 16 buffers, none of them through
+    /// the pool, their metadata never written.
+    @Test(.enabled(if: gate, "needs root, free 2 MiB hugepages, AF_XDP and iproute2"))
+    func AF_XDPReceivesFramesInPlaceAndRecyclesThemOntoTheFillRing() throws {
+        try expectNoLeak {
+            try withVethPair { here, there in
+                let pool = try PacketPool(configuration: .afXDP(count: 64, chunkSize: 2048))
+                // Stale metadata in every free buffer: data moved and lengthened.
+                let all = try #require(pool.allocate(count: pool.count))
+                for b in all { _ = b.append(700); _ = b.trimFront(50) }
+                let stale = (all[0].dataOffset, all[0].length)
+                pool.free(all)
+
+                let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 16, completionRingEntries: 16)
+                #expect(socket.fill(count: 16) == 16)
+                try socket.bind(interfaceIndex: here, receiveRingEntries: 16, transmitRingEntries: 0, flags: .copy)
+                let redirect = try XDPRedirect(interfaceIndex: here)
+                try redirect.redirect(queue: 0, to: socket)
+                let table = UnsafeMutableBufferPointer<AFXDPFrame>.allocate(capacity: 16)
+                defer { unsafe table.deallocate() }
+
+                var seen = Set<UnsafeMutableRawPointer>()
+                var adopted: PacketBuffer?
+                for round in 0..<3 {
+                    let frames = (0..<12).map { i in experimentalFrame(payload: 46 + i * 113, seed: 700 + round * 12 + i) }
+                    for frame in frames { #expect(try Sys.packetSend(interfaceIndex: there, frame: frame) == frame.count) }
+                    var arrived: [[UInt8]] = []
+                    let deadline = Date().addingTimeInterval(2)
+                    while arrived.count < frames.count && Date() < deadline {
+                        let n = unsafe socket.receiveFrames(into: table)
+                        for i in 0..<n {
+                            let f = unsafe table[i]
+                            let bytes = unsafe [UInt8](UnsafeRawBufferPointer(start: f.data, count: f.length))
+                            #expect(pool.owns(f.buffer) && f.length > 0 && f.dataOffset + f.length <= f.buffer.bufferLength)
+                            seen.insert(unsafe f.buffer.metadata)
+                            if isExperimentalFrame(bytes) {
+                                arrived.append(bytes)
+                                if adopted == nil {
+                                    // One frame kept as a packet buffer: adopt() writes what receive(into:) would.
+                                    let b = f.adopt()
+                                    #expect(b.contents == bytes && b.packetLength == f.length && b.segmentCount == 1)
+                                    adopted = b
+                                    continue
+                                }
+                                #expect(f.buffer.dataOffset == stale.0 && f.buffer.length == stale.1,
+                                        "the buffer's metadata was not touched")
+                            }
+                            #expect(unsafe socket.recycle(UnsafeBufferPointer(start: table.baseAddress! + i, count: 1)) == 1)
+                        }
+                        usleep(1000)
+                    }
+                    #expect(arrived == frames, "round \(round): every frame byte for byte")
+                    #expect(socket.kernelOwnedCount == 15, "every frame but the adopted one went back on the fill ring")
+                    #expect(pool.availableCount == pool.count - 16, "no buffer went through the pool")
+                }
+                #expect(seen.count <= 16, "36 frames arrived in the 16 buffers that circulate")
+                // A buffer the kernel holds, or another pool's, is not put on the ring again.
+                let held = AFXDPFrame(buffer: try #require(adopted), dataOffset: 0, length: 1)
+                #expect(unsafe [held].withUnsafeBufferPointer { unsafe socket.recycle($0) } == 1)
+                #expect(unsafe [held].withUnsafeBufferPointer { unsafe socket.recycle($0) } == 0, "already on the fill ring")
+                let other = try PacketPool(configuration: .afXDP(count: 64, chunkSize: 2048))
+                let foreign = try #require(other.allocate())
+                let stranger = AFXDPFrame(buffer: foreign, dataOffset: 0, length: 1)
+                #expect(unsafe [stranger].withUnsafeBufferPointer { unsafe socket.recycle($0) } == 0, "another pool's buffer")
+                other.free(foreign)
+
+                _ = consume redirect
+                _ = consume socket
+                #expect(pool.availableCount == pool.count, "closing gave back every buffer on the fill and RX rings")
+            }
+        }
+    }
+
     @Test(.enabled(if: canMakePools && canOpenAFXDP, "needs root, free 2 MiB hugepages and AF_XDP sockets"))
     func AF_XDPRefusesBuffersItCannotSendOrAlreadyHolds() throws {
         let pool = try PacketPool(configuration: .afXDP(count: 256, chunkSize: 2048))
