@@ -29,6 +29,8 @@ struct AFXDPBench: ParsableCommand {
     var fill = 2048
     @Option(help: "How received frames go back to the kernel: 'frames' (receiveFrames(into:), then recycle(_:) onto the fill ring, no buffer memory touched, as the libxdp loop does) or 'buffers' (receive(into:) writes each buffer's data offset and length, the pool takes them back, fill(count:) refills).")
     var rxPath: RXPath = .frames
+    @Option(help: "How frames go out: 'frames' (transmitFrames(_:) from a stack of frames written once, takeCompleted(into:) back onto it: no buffer memory touched, as the libxdp loop does) or 'buffers' (allocate from the pool, set the length, transmit(_:), freeCompleted()).")
+    var txPath: RXPath = .frames
     @Option(help: "Sending interface (one end of a veth pair); with --rx-interface. Default: a veth pair made for the run.")
     var txInterface: String?
     @Option(help: "Receiving interface (the other end).") var rxInterface: String?
@@ -100,9 +102,9 @@ struct AFXDPBench: ParsableCommand {
 
         let cpuBefore = Self.cpuSeconds(), userBefore = Self.cpuSeconds(userOnly: true)
         let result = try AFXDPLoop.run(
-            sender: sender, receiver: receiver, batch: batch, frameSize: frameSize, seconds: seconds, rxPath: rxPath)
+            sender: sender, receiver: receiver, batch: batch, frameSize: frameSize, seconds: seconds, rxPath: rxPath, txPath: txPath)
         let cpu = Self.cpuSeconds() - cpuBefore, user = Self.cpuSeconds(userOnly: true) - userBefore
-        print("afxdp hugealloc batch=\(batch) frame=\(frameSize) fill=\(fill) rx-path=\(rxPath.rawValue) copy mode: sent \(result.sent), "
+        print("afxdp hugealloc batch=\(batch) frame=\(frameSize) fill=\(fill) rx-path=\(rxPath.rawValue) tx-path=\(txPath.rawValue) copy mode: sent \(result.sent), "
             + "completed \(result.completed), received \(result.received) in \(result.seconds) s, \(cpu) s of CPU")
         _ = consume redirect
         _ = consume receiver
@@ -141,20 +143,34 @@ enum AFXDPLoop {
 
     static func run(
         sender: borrowing AFXDPSocket, receiver: borrowing AFXDPSocket, batch: Int, frameSize: Int, seconds: Double,
-        rxPath: AFXDPBench.RXPath
+        rxPath: AFXDPBench.RXPath, txPath: AFXDPBench.RXPath
     ) throws(AFXDPError) -> Result {
-        let table = UnsafeMutableBufferPointer<PacketBuffer>.allocate(capacity: batch)
+        let txPool = sender.pool, rxPool = receiver.pool
+        let table = UnsafeMutableBufferPointer<PacketBuffer>.allocate(capacity: max(batch, 256))
         let frames = UnsafeMutableBufferPointer<AFXDPFrame>.allocate(capacity: batch)
+        // The frames TX path: every buffer of the pool, as a frame, on a stack (the C loop's free addresses).
+        var stack = Stack(capacity: txPath == .frames ? txPool.count : 0)
+        if txPath == .frames {
+            guard let all = txPool.allocate(count: txPool.count) else { throw .noTransmitRing }
+            for b in all { stack.push(AFXDPFrame(buffer: b, dataOffset: b.dataOffset, length: frameSize)) }
+        }
         defer {
+            // Frames on the stack are ours; the kernel's come back to the pool when the socket closes.
+            for i in 0..<stack.count { unsafe txPool.free(stack.items[i].buffer) }
+            unsafe stack.items.deallocate()
             unsafe table.deallocate()
             unsafe frames.deallocate()
         }
-        let txPool = sender.pool, rxPool = receiver.pool
         var r = Result()
         let start = Bench.now()
         repeat {
-            r.completed += sender.freeCompleted()
-            r.sent += try unsafe round(sender, txPool, table, batch: batch, frameSize: frameSize)
+            if txPath == .frames {
+                r.completed += unsafe completeRound(sender, table, &stack, dataOffset: txPool.headroom, frameSize: frameSize)
+                r.sent += try frameRound(sender, &stack, batch: batch)
+            } else {
+                r.completed += sender.freeCompleted()
+                r.sent += try unsafe round(sender, txPool, table, batch: batch, frameSize: frameSize)
+            }
             if rxPath == .frames {
                 r.received += unsafe recycleRound(receiver, rxPool, frames)
             } else {
@@ -163,6 +179,42 @@ enum AFXDPLoop {
             r.seconds = Bench.now() - start
         } while r.seconds < seconds
         return r
+    }
+
+    /// Frames not with the kernel, last in first out.
+    struct Stack {
+        let items: UnsafeMutableBufferPointer<AFXDPFrame>
+        var count = 0
+        init(capacity: Int) { unsafe items = .allocate(capacity: max(capacity, 1)) }
+        mutating func push(_ frame: AFXDPFrame) {
+            unsafe items[count] = frame
+            count += 1
+        }
+    }
+
+    /// Completed buffers back onto the stack as frames (each still holds the frame it was written with).
+    @inline(never)
+    static func completeRound(
+        _ sender: borrowing AFXDPSocket, _ table: UnsafeMutableBufferPointer<PacketBuffer>, _ stack: inout Stack,
+        dataOffset: Int, frameSize: Int
+    ) -> Int {
+        let n = unsafe sender.takeCompleted(into: table)
+        for i in 0..<n { unsafe stack.push(AFXDPFrame(buffer: table[i], dataOffset: dataOffset, length: frameSize)) }
+        return n
+    }
+
+    /// Up to `batch` frames off the stack and out, all or nothing as ``round``.
+    @inline(never)
+    static func frameRound(_ sender: borrowing AFXDPSocket, _ stack: inout Stack, batch: Int) throws(AFXDPError) -> Int {
+        guard stack.count >= batch else { return 0 }
+        let top = stack.count - batch
+        let sent = try unsafe sender.transmitFrames(UnsafeBufferPointer(rebasing: stack.items[top..<(top + batch)]))
+        // What the ring had no room for stays on the stack, below.
+        if sent < batch {
+            for i in 0..<(batch - sent) { unsafe stack.items[top + i] = stack.items[top + sent + i] }
+        }
+        stack.count -= sent
+        return sent
     }
 
     /// Allocates up to `batch` buffers, sets their length and transmits them.

@@ -56,25 +56,8 @@ extension AFXDPSocket {
     /// hands the buffer back (it went onto a fill ring up to its depth of
     /// frames earlier). No allocation.
     public func receiveFrames(into frames: UnsafeMutableBufferPointer<AFXDPFrame>) -> Int {
-        guard unsafe receiveRing.pointee.size != 0, let out = frames.baseAddress else { return 0 }
-        let ring = unsafe receiveRing.pointee
-        let descs = unsafe ring.descs!, mask = unsafe ring.mask
-        let inChunkMask = UInt64(layout.chunkSize &- 1), shift = UInt64(chunkShift)
-        var first: UInt32 = 0
-        let got = unsafe ha_xsk_peek(receiveRing, UInt32(truncatingIfNeeded: min(frames.count, Int(UInt32.max))), &first)
-        var done = 0
-        for i in 0..<got {
-            let d = unsafe descs + Int((first &+ i) & mask) &<< 4
-            let address = unsafe d.load(as: UInt64.self)
-            let length = unsafe d.load(fromByteOffset: 8, as: UInt32.self)
-            let chunk = Int(truncatingIfNeeded: address &>> shift)
-            guard kernel.giveBack(chunk) else { continue }
-            let offset = Int(truncatingIfNeeded: address & inChunkMask) &- PacketBuffer.metadataSize
-            unsafe (out + done).initialize(to: AFXDPFrame(buffer: buffer(ofChunk: chunk), dataOffset: offset, length: Int(length)))
-            done &+= 1
-        }
-        unsafe ha_xsk_release(receiveRing, got)
-        return done
+        guard let out = frames.baseAddress else { return 0 }
+        return takeReceived(maximum: frames.count) { i, frame in unsafe (out + i).initialize(to: frame) }
     }
 
     /// Puts the buffers of received frames straight back on the fill ring,
@@ -106,5 +89,31 @@ extension AFXDPSocket {
             if taken < n { break }
         }
         return done
+    }
+
+    /// Sends frames described by their buffer, data offset and length, as
+    /// ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)`` sends
+    /// packet buffers, but without reading the buffers' metadata: the TX
+    /// descriptor is the frame's (a loop that resends buffers it wrote once,
+    /// or forwards frames from ``receiveFrames(into:)`` after editing them in
+    /// place). The buffers come back on the completion ring
+    /// (``takeCompleted(into:)``, which touches no buffer memory either, or
+    /// ``freeCompleted(maximum:)``, which reads the metadata to free them).
+    /// Returns how many were taken, from the front; throws, taking none,
+    /// when the first frame is not in one of this UMEM's buffers, is empty
+    /// or runs past its buffer, or the kernel holds its buffer already.
+    @discardableResult
+    public func transmitFrames(_ frames: UnsafeBufferPointer<AFXDPFrame>, kick: Bool = true) throws(AFXDPError) -> Int {
+        let room = layout.chunkSize &- PacketBuffer.metadataSize
+        return try putOnTransmitRing(count: frames.count, kick: kick) { (i) throws(AFXDPError) in
+            let frame = unsafe frames[i]
+            let chunk = try self.chunk(of: frame.buffer)
+            guard frame.length > 0, frame.dataOffset >= 0, frame.dataOffset <= room &- frame.length else {
+                throw .frameNotSendable(index: chunk, dataOffset: frame.dataOffset, length: frame.length, room: room, segments: 1)
+            }
+            guard kernel.take(chunk) else { throw .bufferAlreadyWithKernel(index: chunk) }
+            return (UInt64(chunk &<< chunkShift &+ PacketBuffer.metadataSize &+ frame.dataOffset),
+                    UInt32(truncatingIfNeeded: frame.length))
+        }
     }
 }

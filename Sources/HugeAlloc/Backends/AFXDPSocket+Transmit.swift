@@ -24,15 +24,24 @@ extension AFXDPSocket {
     /// are on the ring (they are then the kernel's).
     @discardableResult
     public func transmit(_ buffers: UnsafeBufferPointer<PacketBuffer>, kick: Bool = true) throws(AFXDPError) -> Int {
+        try putOnTransmitRing(count: buffers.count, kick: kick) { (i) throws(AFXDPError) in try transmitDescriptor(unsafe buffers[i]) }
+    }
+
+    /// Puts up to `count` TX descriptors, the `i`th from `descriptor(i)`, on
+    /// the TX ring in place, then kicks (see ``transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)``).
+    @inline(__always)
+    func putOnTransmitRing(
+        count: Int, kick: Bool, _ describe: (Int) throws(AFXDPError) -> (UInt64, UInt32)
+    ) throws(AFXDPError) -> Int {
         guard unsafe transmitRing.pointee.size != 0 else { throw .noTransmitRing }
         var first: UInt32 = 0
-        let room = Int(unsafe ha_xsk_reserve(transmitRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first))
+        let room = Int(unsafe ha_xsk_reserve(transmitRing, UInt32(truncatingIfNeeded: min(count, Int(UInt32.max))), &first))
         let ring = unsafe transmitRing.pointee
         let descs = unsafe ring.descs!, mask = unsafe ring.mask
         var done = 0
         while done < room {
             let descriptor: (UInt64, UInt32)
-            do throws(AFXDPError) { descriptor = try transmitDescriptor(unsafe buffers[done]) } catch {
+            do throws(AFXDPError) { descriptor = try describe(done) } catch {
                 if done == 0 { throw error }
                 break
             }

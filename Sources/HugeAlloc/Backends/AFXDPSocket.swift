@@ -292,12 +292,22 @@ public struct AFXDPSocket: ~Copyable {
     /// kernel wrote the frame; returns how many. No allocation: the
     /// descriptors are read in place on the ring.
     public func receive(into buffers: UnsafeMutableBufferPointer<PacketBuffer>) -> Int {
-        guard unsafe receiveRing.pointee.size != 0, let out = buffers.baseAddress else { return 0 }
+        guard let out = buffers.baseAddress else { return 0 }
+        return takeReceived(maximum: buffers.count) { i, frame in unsafe out[i] = frame.adopt() }
+    }
+
+    /// Takes up to `maximum` frames off the RX ring, in place, calling
+    /// `body(i, frame)` for the `i`th one whose buffer the fill ring gave
+    /// (anything else is not ours to hand out and is skipped); returns how
+    /// many. Touches no buffer memory itself.
+    @inline(__always)
+    func takeReceived(maximum: Int, _ body: (Int, AFXDPFrame) -> Void) -> Int {
+        guard unsafe receiveRing.pointee.size != 0, maximum > 0 else { return 0 }
         let ring = unsafe receiveRing.pointee
         let descs = unsafe ring.descs!, mask = unsafe ring.mask
         let inChunkMask = UInt64(layout.chunkSize &- 1), shift = UInt64(chunkShift)
         var first: UInt32 = 0
-        let got = unsafe ha_xsk_peek(receiveRing, UInt32(truncatingIfNeeded: min(buffers.count, Int(UInt32.max))), &first)
+        let got = unsafe ha_xsk_peek(receiveRing, UInt32(truncatingIfNeeded: min(maximum, Int(UInt32.max))), &first)
         var done = 0
         for i in 0..<got {
             // struct xdp_desc: u64 addr, u32 len, u32 options.
@@ -305,14 +315,9 @@ public struct AFXDPSocket: ~Copyable {
             let address = unsafe d.load(as: UInt64.self)
             let length = unsafe d.load(fromByteOffset: 8, as: UInt32.self)
             let chunk = Int(truncatingIfNeeded: address &>> shift)
-            // Only what the fill ring gave: anything else is not ours to hand out.
             guard kernel.giveBack(chunk) else { continue }
-            let b = buffer(ofChunk: chunk)
-            let dataOffset = (address & inChunkMask) &- UInt64(PacketBuffer.metadataSize)
-            // Data offset, data length, one segment, no flags: one store.
-            b.store(dataOffset | UInt64(length & 0xFFFF) &<< 16 | 1 &<< 32, PacketBuffer.Field.dataOffset)
-            b.store(length, PacketBuffer.Field.packetLength)
-            unsafe out[done] = b
+            let offset = Int(truncatingIfNeeded: address & inChunkMask) &- PacketBuffer.metadataSize
+            body(done, AFXDPFrame(buffer: buffer(ofChunk: chunk), dataOffset: offset, length: Int(length)))
             done &+= 1
         }
         unsafe ha_xsk_release(receiveRing, got)

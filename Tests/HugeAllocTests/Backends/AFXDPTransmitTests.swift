@@ -21,6 +21,24 @@ func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
     unsafe frame.withUnsafeBytes { unsafe start.copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
 }
 
+/// Leaves stale metadata in every free buffer of `pool` (data moved 50
+/// bytes in and 650 long) and returns that data offset and length.
+func leaveStaleMetadata(in pool: PacketPool) throws -> (dataOffset: Int, length: Int) {
+    let all = try #require(pool.allocate(count: pool.count))
+    for b in all { _ = b.append(700); _ = b.trimFront(50) }
+    let stale = (all[0].dataOffset, all[0].length)
+    pool.free(all)
+    return stale
+}
+
+/// The error `transmitFrames` throws for `frame` alone, nil when it sends it.
+func transmitRefusal(_ socket: borrowing AFXDPSocket, _ frame: AFXDPFrame) -> AFXDPError? {
+    do {
+        _ = try unsafe [frame].withUnsafeBufferPointer { (b) throws(AFXDPError) in unsafe try socket.transmitFrames(b) }
+        return nil
+    } catch { return error }
+}
+
 @Suite(.usesHugepagePool) struct AFXDPTransmitTests {
     static let gate = canMakePools && canOpenAFXDP && hasIPCommand
 
@@ -137,10 +155,7 @@ func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
         try expectNoLeak {
             try withVethPair { here, there in
                 let pool = try PacketPool(configuration: .afXDP(count: 256, chunkSize: 2048))
-                // Leave stale metadata in every free buffer: data moved and lengthened.
-                let all = try #require(pool.allocate(count: pool.count))
-                for b in all { _ = b.append(700); _ = b.trimFront(50) }
-                pool.free(all)
+                _ = try leaveStaleMetadata(in: pool)
 
                 let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 128, completionRingEntries: 128)
                 #expect(socket.fill(count: 1000) == 128, "no more than the ring has room for")
@@ -184,6 +199,99 @@ func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
         }
     }
 
+    /// Frames sent as descriptors: 40 buffers written once, their metadata
+    /// then emptied (``AFXDPSocket/transmit(_:kick:)-(UnsafeBufferPointer<PacketBuffer>,_)``
+    /// would refuse them), sent twice over through a 16-slot TX ring, taken
+    /// back with `takeCompleted(into:)` between rounds: 80 frames arrive byte
+    /// for byte, and the metadata was never read or written.
+    @Test(.enabled(if: gate, "needs root, free 2 MiB hugepages, AF_XDP and iproute2"))
+    func AF_XDPTransmitsFramesWithoutTheirBuffersMetadata() throws {
+        try expectNoLeak {
+            try withVethPair { sender, receiver in
+                let peerPool = try PacketPool(configuration: .afXDP(count: 512, chunkSize: 2048))
+                let peer = try AFXDPSocket(umemOf: peerPool, fillRingEntries: 256, completionRingEntries: 256)
+                #expect(peer.fill(count: 256) == 256)
+                try peer.bind(interfaceIndex: receiver, receiveRingEntries: 256, transmitRingEntries: 0, flags: .copy)
+                let redirect = try XDPRedirect(interfaceIndex: receiver)
+                try redirect.redirect(queue: 0, to: peer)
+
+                let pool = try PacketPool(configuration: .afXDP(count: 64, chunkSize: 2048))
+                let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 16, completionRingEntries: 16)
+                try socket.bind(interfaceIndex: sender, receiveRingEntries: 0, transmitRingEntries: 16, flags: [.copy, .useNeedWakeup])
+                let contents = (0..<40).map { i in experimentalFrame(payload: 46 + (i * 211) % 1400, seed: 900 + i) }
+                let buffers = try #require(pool.allocate(count: contents.count))
+                var frames: [AFXDPFrame] = []
+                for (frame, b) in zip(contents, buffers) {
+                    try write(frame, into: b)
+                    frames.append(AFXDPFrame(buffer: b, dataOffset: b.dataOffset, length: frame.count))
+                    _ = b.trimFront(b.length)  // empty: transmit(_:) would refuse it
+                }
+                let completedTable = UnsafeMutableBufferPointer<PacketBuffer>.allocate(capacity: 64)
+                defer { unsafe completedTable.deallocate() }
+
+                var arrived: [[UInt8]] = []
+                for round in 0..<2 {
+                    var next = 0, completed = 0
+                    let deadline = Date().addingTimeInterval(3)
+                    while (next < frames.count || completed < frames.count) && Date() < deadline {
+                        if next < frames.count {
+                            next += try unsafe frames[next...].withUnsafeBufferPointer { unsafe try socket.transmitFrames($0) }
+                        }
+                        try socket.kickTransmitIfNeeded()
+                        completed += unsafe socket.takeCompleted(into: completedTable)
+                        for b in peer.receive() {
+                            if isExperimentalFrame(b.contents) { arrived.append(b.contents) }
+                            peerPool.free(b)
+                        }
+                        _ = peer.fill(count: 256)
+                        usleep(500)
+                    }
+                    #expect(completed == frames.count, "round \(round): every frame came back on the completion ring")
+                }
+                let waitForLast = Date().addingTimeInterval(2)
+                while arrived.count < 2 * contents.count && Date() < waitForLast {
+                    for b in peer.receive() {
+                        if isExperimentalFrame(b.contents) { arrived.append(b.contents) }
+                        peerPool.free(b)
+                    }
+                    usleep(1000)
+                }
+                #expect(arrived == contents + contents, "80 frames byte for byte, in order")
+                #expect(buffers.allSatisfy { $0.length == 0 }, "no buffer's metadata was written")
+                #expect(socket.kernelOwnedCount == 0 && socket.transmitsInFlight == 0)
+
+                // Refusals, each before anything goes on the ring.
+                let other = try PacketPool(configuration: .afXDP(count: 64, chunkSize: 2048))
+                let foreign = try #require(other.allocate())
+                guard case .bufferNotInUMEM = transmitRefusal(socket, AFXDPFrame(buffer: foreign, dataOffset: 256, length: 60)) else {
+                    Issue.record("another pool's buffer was sent")
+                    return
+                }
+                other.free(foreign)
+                let room = 2048 - PacketBuffer.metadataSize
+                for (offset, length) in [(256, 0), (-1, 60), (room - 59, 60), (0, room + 1)] {
+                    guard case .frameNotSendable = transmitRefusal(socket, AFXDPFrame(buffer: buffers[0], dataOffset: offset, length: length)) else {
+                        Issue.record("offset \(offset), length \(length) was not refused")
+                        continue
+                    }
+                }
+                #expect(socket.transmitRingPending == 0)
+                // The same buffer twice in one batch: the second ends it.
+                let twice = [frames[0], frames[0]]
+                #expect(try unsafe twice.withUnsafeBufferPointer { unsafe try socket.transmitFrames($0, kick: false) } == 1)
+                #expect(socket.kernelOwnedCount == 1)
+
+                _ = consume redirect
+                _ = consume peer
+                #expect(peerPool.availableCount == peerPool.count)
+                _ = consume socket
+                #expect(pool.availableCount == pool.count - buffers.count + 1, "the queued frame's buffer came back at close")
+                pool.free(Array(buffers.dropFirst()))
+                #expect(pool.availableCount == pool.count)
+            }
+        }
+    }
+
     /// Frames seen in place and put straight back on a 16-slot fill ring,
     /// three times over: 36 frames through 16 buffers, none of them through
     /// the pool, their metadata never written.
@@ -192,11 +300,7 @@ func write(_ frame: [UInt8], into buffer: PacketBuffer) throws {
         try expectNoLeak {
             try withVethPair { here, there in
                 let pool = try PacketPool(configuration: .afXDP(count: 64, chunkSize: 2048))
-                // Stale metadata in every free buffer: data moved and lengthened.
-                let all = try #require(pool.allocate(count: pool.count))
-                for b in all { _ = b.append(700); _ = b.trimFront(50) }
-                let stale = (all[0].dataOffset, all[0].length)
-                pool.free(all)
+                let stale = try leaveStaleMetadata(in: pool)
 
                 let socket = try AFXDPSocket(umemOf: pool, fillRingEntries: 16, completionRingEntries: 16)
                 #expect(socket.fill(count: 16) == 16)
