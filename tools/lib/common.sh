@@ -37,6 +37,10 @@ reserve_2m_pages() {
         echo "Reserve more with: echo $((total + want - free)) | sudo tee $sys/nr_hugepages" >&2
         return 0
     fi
+    # Compact first: pages reserved from defragmented memory come in physically
+    # contiguous runs, which the contiguous and heap tests need (a fragmented
+    # machine once gave a pool whose adjacent pairs all started at odd frames).
+    echo 1 > /proc/sys/vm/compact_memory 2>/dev/null || true
     echo $((total + want - free)) > "$sys/nr_hugepages"
     echo "reserved 2 MiB hugepages for the tests: nr_hugepages $total -> $(cat "$sys/nr_hugepages"), free $(cat "$sys/free_hugepages")" >&2
 }
