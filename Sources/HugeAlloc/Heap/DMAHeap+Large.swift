@@ -69,12 +69,14 @@ extension DMAHeap {
         // (one beyond any physical address binds nothing). Asking for an alignment to
         // the boundary's power instead would turn away most runs that serve.
         let physicalBoundary = boundary.flatMap { $0 > 1 << 52 ? nil : $0 }
-        // A bounded look: the block, four times it, or 256 MiB, whichever is
-        // more — never every free hugepage of the machine — and one look at a
-        // time, so two threads do not starve each other.
+        // A bounded look unless the options widen it: eight times the block
+        // plus 128 MiB, or 256 MiB, whichever is more — never every free
+        // hugepage of the machine — and one look at a time, so two threads
+        // do not starve each other.
         let pages = rounded / pageBytes
         let extra = max(physicalAlignment / pageBytes - 1, 0)
-        let budget = max(2 * (4 * pages + 32 + extra), 128) * pageBytes
+        let bounded = max(2 * (4 * pages + 32 + extra), 128) * pageBytes
+        let budget = options.contiguousSearchBytes.map { max($0 / pageBytes * pageBytes, rounded) } ?? bounded
         let request = ContiguousRequest(bytes: rounded, pageSize: .huge2M, physicalAlignment: physicalAlignment,
                                         physicalBoundary: physicalBoundary,
                                         numaPolicy: placementPolicy(node: node.node), budgetBytes: budget)
@@ -87,7 +89,10 @@ extension DMAHeap {
                 if let giant = try? oneGigabytePage(bytes: bytes, alignment: physicalAlignment, node: node.node) {
                     mapping = giant
                 } else {
-                    throw .noContiguousRun(neededBytes: needed, largestRunBytes: largest, advice: Self.contiguousAdvice)
+                    let wider = options.contiguousSearchBytes == nil
+                        ? "look at more free pages (DMAHeap.Options.contiguousSearchBytes, up to every free 2 MiB page; this look mapped "
+                            + "\(ByteCount.format(budget))), or " : ""
+                    throw .noContiguousRun(neededBytes: needed, largestRunBytes: largest, advice: wider + Self.contiguousAdvice)
                 }
             case .mapping(let underlying):
                 throw .growthFailed(node: node.node, neededBytes: rounded, underlying: underlying)

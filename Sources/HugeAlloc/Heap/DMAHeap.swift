@@ -66,11 +66,20 @@ public final class DMAHeap: Sendable {
         /// The virtual range reserved per node: the most the heap can hold
         /// on one node. Costs address space only.
         public var maximumBytes: Int
+        /// Most bytes of 2 MiB pages mapped at once while looking for a
+        /// large block's physically contiguous run (nil: eight times the
+        /// block plus 128 MiB, or 256 MiB, whichever is more: a bounded look
+        /// that leaves other processes the rest of the free pool). On a machine whose free pool is fragmented, runs longer
+        /// than two pages may lie beyond the default look: give up to every
+        /// free 2 MiB page's bytes to search them all.
+        public var contiguousSearchBytes: Int?
 
-        public init(retentionBytes: Int = 0, checked: Bool = false, maximumBytes: Int = 64 << 30) {
+        public init(retentionBytes: Int = 0, checked: Bool = false, maximumBytes: Int = 64 << 30,
+                    contiguousSearchBytes: Int? = nil) {
             self.retentionBytes = retentionBytes
             self.checked = checked
             self.maximumBytes = maximumBytes
+            self.contiguousSearchBytes = contiguousSearchBytes
         }
     }
 
@@ -114,6 +123,7 @@ public final class DMAHeap: Sendable {
             throw .sizeTooLarge(requested: options.maximumBytes, maximum: 1 << 40)
         }
         guard options.retentionBytes >= 0 else { throw .sizeTooLarge(requested: options.retentionBytes, maximum: options.maximumBytes) }
+        if let search = options.contiguousSearchBytes, search <= 0 { throw .zeroSize(requested: search) }
         let nodeIDs = ((try? NUMAPlacement.allowedNodes()) ?? [0]).sorted()
         let pagesPerNode = (options.maximumBytes + pageBytes - 1) / pageBytes
         let length = nodeIDs.count * pagesPerNode * pageBytes + pageBytes

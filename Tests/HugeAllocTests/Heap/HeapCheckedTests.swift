@@ -12,7 +12,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason), arguments: sizes, [0, 2 * twoMiB])
     func doubleFreeIsCaught(size: Int, retention: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap(.init(retentionBytes: retention, checked: true))
+            let heap = try DMAHeap(.forTests(retentionBytes: retention, checked: true))
             let keep = try heap.allocate(64)  // keeps the small objects' span and page in use
             let p = try heap.allocateRetryingPoolRace(size)
             try heap.freeChecked(p)
@@ -30,7 +30,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason), arguments: [64, 1000, 100_000], [0, 2 * twoMiB])
     func doubleFreeAfterItsSpanWentBackIsCaught(size: Int, retention: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap(.init(retentionBytes: retention, checked: true))
+            let heap = try DMAHeap(.forTests(retentionBytes: retention, checked: true))
             var pointers: [UnsafeMutableRawPointer] = []
             for _ in 0..<400 { pointers.append(try heap.allocateRetryingPoolRace(size)) }
             for p in pointers { try heap.freeChecked(p) }
@@ -45,8 +45,8 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func foreignPointersAreCaught() throws {
         try expectNoLeak {
-            let heap = try DMAHeap(.init(checked: true))
-            let other = try DMAHeap(.init(checked: true))
+            let heap = try DMAHeap(.forTests(checked: true))
+            let other = try DMAHeap(.forTests(checked: true))
             let mine = try heap.allocate(64)
             let malloced = try #require(malloc(64))
             defer { Foundation.free(malloced) }
@@ -76,7 +76,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason), arguments: sizes.filter { $0 > 1 })
     func interiorPointersAreCaught(size: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap(.init(checked: true))
+            let heap = try DMAHeap(.forTests(checked: true))
             let p = try heap.allocateRetryingPoolRace(size)
             let start = UInt(bitPattern: p)
             for offset in [1, 8, 63, size / 2, size - 1] + (size > 4096 ? [4096] : []) where offset > 0 && offset < size {
@@ -90,7 +90,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason), arguments: sizes)
     func overrunPastTheEndIsCaught(size: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap(.init(checked: true))
+            let heap = try DMAHeap(.forTests(checked: true))
             let p = try heap.allocateRetryingPoolRace(size)
             memset(p, 0x11, size)  // writing every byte asked for is fine
             let end = p.advanced(by: size).assumingMemoryBound(to: UInt8.self)
@@ -114,7 +114,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func freeCheckedNeedsACheckedHeap() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let p = try heap.allocate(64)
             #expect(heapError { try heap.freeChecked(p) } == .checksDisabled)
             #expect(DMAHeapError.checksDisabled.description.contains("checked: true"))

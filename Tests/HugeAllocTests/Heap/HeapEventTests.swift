@@ -26,7 +26,7 @@ import Testing
         try expectNoLeak {
             let baseline = processHugetlbBytes()
             let recorder = HeapEventRecorder()
-            var heap: DMAHeap? = try DMAHeap(.init(retentionBytes: retention))
+            var heap: DMAHeap? = try DMAHeap(.forTests(retentionBytes: retention))
             let registration = try heap!.events.register { try recorder.handle($0) }
 
             // Four whole pages (direct allocations), then a large block of two.
@@ -80,7 +80,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func aLateHandlerHearsTheRegionsAlreadyMapped() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let a = try heap.allocate(100)
             let b = try heap.allocate(twoMiB)
             let c = try heap.allocateRetryingPoolRace(5 << 20)
@@ -112,7 +112,7 @@ import Testing
     func aRefusingHandlerRollsGrowthBack(size: Int) throws {
         try expectNoLeak {
             let baseline = processHugetlbBytes()
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let accepting = HeapEventRecorder()
             let refusing = HeapEventRecorder(refusing: true)
             let first = try heap.events.register { try accepting.handle($0) }

@@ -31,7 +31,7 @@ import Testing
     func badSizesAlignmentsBoundariesAndNodes(warm: Bool) throws {
         try expectNoLeak {
             let baseline = processHugetlbBytes()
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             var held: [UnsafeMutableRawPointer] = []
             if warm {
                 // A free object of each small class waits in this thread's cache.
@@ -73,7 +73,7 @@ import Testing
                 }
             }
             // Checked heaps take the general path for everything; same errors.
-            let checked = try DMAHeap(.init(checked: true))
+            let checked = try DMAHeap(.forTests(checked: true))
             expectError(.zeroSize(requested: 0), checked) { try $0.allocate(0) }
             expectError(.alignmentNotPowerOfTwo(requested: 0), checked) { try $0.allocate(64, alignment: 0) }
             expectError(.sizeTooLarge(requested: Int.max, maximum: maximum), checked) { try $0.allocate(Int.max) }
@@ -98,6 +98,7 @@ import Testing
             }
         }
         #expect(throws: DMAHeapError.self) { _ = try DMAHeap(.init(retentionBytes: -1)) }
+        #expect(throws: DMAHeapError.zeroSize(requested: 0)) { _ = try DMAHeap(.init(contiguousSearchBytes: 0)) }
     }
 
     /// More than the free hugepages can hold: the node cannot grow by the
@@ -108,7 +109,7 @@ import Testing
     func moreThanTheFreeHugepagesIsGrowthFailed() throws {
         try expectNoLeak {
             let baseline = processHugetlbBytes()
-            let heap = try DMAHeap(.init(maximumBytes: 1 << 40))
+            let heap = try DMAHeap(.forTests(maximumBytes: 1 << 40))
             let size = 64 << 30
             let error = heapError { try heap.allocate(size) }
             guard case .growthFailed(let node, let needed, .insufficientHugepages(let shortage)) = error else {
@@ -147,6 +148,7 @@ import Testing
             #expect(needed >= 4 << 20)
             #expect(largest >= twoMiB, "the largest run seen is named")
             #expect(advice.contains("hugepages"))
+            #expect(advice.contains("DMAHeap.Options.contiguousSearchBytes"), "the default bounded look names the option that widens it")
             let text = error!.description
             // Runs as long as the block were there but not at the alignment: the message says so
             // rather than naming a largest run that looks long enough.

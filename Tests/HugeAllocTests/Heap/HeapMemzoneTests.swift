@@ -10,7 +10,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func reserveLookUpAndFreeByName() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let node = try #require(heap.statistics.nodes.first?.node)
             let specs: [(name: String, size: Int, alignment: Int, boundary: Int?)] = [
                 ("admin-sq", 4096, 4096, 4096),
@@ -74,7 +74,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func namesAreCheckedAndUniqueAcrossThreads() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let limit = DMAHeap.maximumMemzoneNameLength
             for name in ["", String(repeating: "n", count: limit + 1), String(repeating: "é", count: limit / 2 + 1)] {
                 #expect(heapError { try heap.reserve(name: name, size: 64) } == .invalidMemzoneName(name: name, maximumLength: limit))

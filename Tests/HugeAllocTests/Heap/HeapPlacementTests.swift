@@ -56,7 +56,7 @@ import Testing
         let seed = ProcessInfo.processInfo.environment["HEAP_TEST_SEED"].flatMap { UInt64($0) } ?? fixedSeed
         var random = TestRNG(seed: seed)
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let nodes = heap.statistics.nodes.map(\.node)
             var live: [Held] = []
             var fill: UInt8 = 0
@@ -148,7 +148,7 @@ import Testing
           arguments: [64, 1000, 8192, 12_288, 36_864, 41_000, 50_000, 70_000, 100_000, 200_000, 262_144])
     func allocationsDoNotOverlapTheirNeighbours(size: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let sizeClass = try #require(heap.statistics.sizeClasses.filter { $0.size >= size }.min { $0.size < $1.size })
             // Classes above 32 KiB once stepped by size/8 (41472, 46656, …, 273006 bytes) over spans of
             // size / 4096 granules, rounded down: each object ran past its span into the next.
@@ -177,7 +177,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason), arguments: [64, 4096, 100_000, 300_000, twoMiB])
     func zeroedAllocationsOverReusedMemoryAreZero(size: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap(.init(retentionBytes: 4 * twoMiB))
+            let heap = try DMAHeap(.forTests(retentionBytes: 4 * twoMiB))
             for _ in 0..<3 {
                 let dirty = try heap.allocateRetryingPoolRace(size)
                 memset(dirty, 0xEE, size)
@@ -195,7 +195,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason), arguments: [64, 300_000, 3 << 20])
     func contiguityCheckFailsForAShiftedIOVA(size: Int) throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let p = try heap.allocateRetryingPoolRace(size)
             let iova = try #require(heap.iova(of: p))
             #expect(contiguityMismatches(UInt(bitPattern: p), length: size, expectedIOVA: iova).isEmpty)

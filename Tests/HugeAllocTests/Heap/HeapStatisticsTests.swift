@@ -14,7 +14,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func perClassCountsAndLiveBytes() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let sizes = heap.statistics.sizeClasses.map(\.size)
             #expect(sizes.filter { $0 > 8192 }.allSatisfy { $0 % 4096 == 0 }, "one-object classes fill whole granules: \(sizes)")
             #expect(sizes.last == 256 << 10, "the largest class is the largest class size, 256 KiB")
@@ -70,7 +70,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func perThreadEntries() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let ready = DispatchSemaphore(value: 0)
             let go = DispatchSemaphore(value: 0)
             let done = DispatchSemaphore(value: 0)
@@ -108,7 +108,7 @@ import Testing
     func mappedAndPeakBytesFollowTheKernel() throws {
         try expectNoLeak {
             let baseline = processHugetlbBytes()
-            let heap = try DMAHeap(.init(retentionBytes: twoMiB))
+            let heap = try DMAHeap(.forTests(retentionBytes: twoMiB))
             var peak = 0
             func expectConsistent(_ label: String) {
                 let statistics = heap.statistics

@@ -56,7 +56,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func allocatedOnAnExitedThreadFreedOnAnother() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let shelf = Shelf()
             runOnThreads(1) { _ in
                 for (i, size) in (Self.sizes + Self.sizes.filter { $0 <= twoMiB } + Array(repeating: 64, count: 200)).enumerated() {
@@ -81,7 +81,7 @@ import Testing
     @Test(.enabled(if: canRunHeapTests, heapGateReason))
     func allocatedOnALiveThreadFreedOnAnother() throws {
         try expectNoLeak {
-            let heap = try DMAHeap()
+            let heap = try DMAHeap(.forTests())
             let shelf = Shelf()
             let allocated = DispatchSemaphore(value: 0)
             let freed = DispatchSemaphore(value: 0)
