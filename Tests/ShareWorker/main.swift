@@ -273,6 +273,10 @@ while let line = readLine() {
             continue
         }
         answer("survived \(words[2]) \(point)")
+    case "arm-crash":  // arm-crash POINT: dies (SIGKILL) at POINT (1...4) of its next backend operation, whichever
+        // thread makes it (the watcher's reclaim of a dead process, when this process sits idle)
+        Mempool.crashInsideSharedOperations(at: MempoolSharedBackend.CrashPoint(rawValue: integer(words[1]))!)
+        answer("armed")
     case "chain":  // chain LENGTH SEED: a packet of LENGTH bytes (a chain of buffers) with a pattern
         guard let p = packets?.pool else { break }
         do {

@@ -232,6 +232,24 @@ struct MempoolObjectStates: ~Copyable {
         return false
     }
 
+    /// Shared pools: the first step of returning an object dead process
+    /// `dead` held, or was putting back, on its behalf: the owner word goes
+    /// to `putter`'s pid with ``returningBit``, as in a put by `putter`, so
+    /// that if `putter` dies too before the put commits, the object is in
+    /// its hands and its own reclaim returns it. False, nothing changed,
+    /// when `dead` neither holds nor returns the object.
+    func takeOverReturn(_ index: Int, from dead: Int32, by putter: Int32) -> Bool {
+        guard let words = unsafe words, dead > 0 else { return false }
+        for held in [dead, dead | Self.returningBit] {
+            if unsafe words[index].compareExchange(
+                expected: held, desired: putter | Self.returningBit, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .relaxed).exchanged {
+                return true
+            }
+        }
+        return false
+    }
+
     /// Shared pools: the first step of a put by process `putter`: the
     /// owner word goes from a holder's pid to `putter`'s pid with
     /// ``returningBit``. Returns the holder, or nil (nothing changed) when

@@ -310,8 +310,21 @@ package enum MempoolSharedControl {
 }
 
 extension MempoolRecord {
-    /// The process holding this record of a shared pool (0: free).
+    /// Set in a shared pool's record owner, with the dead owner's pid,
+    /// while a reclaim drains the record: the sign bit, so a draining
+    /// record's owner is negative, as no process's pid is.
+    static let drainingBit: Int32 = Int32.min
+
+    /// The process holding this record of a shared pool (0: free), with
+    /// ``drainingBit`` while a reclaim drains it.
     var ownerPID: Int32 { unsafe header.pointee.ownerPID.load(ordering: .acquiring) }
+
+    /// Marks the record of dead process `pid` as being drained (its owner
+    /// from `pid` to `pid` with ``drainingBit``); false when it is not `pid`'s.
+    func beginDraining(of pid: Int32) -> Bool {
+        unsafe header.pointee.ownerPID.compareExchange(
+            expected: pid, desired: pid | Self.drainingBit, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged
+    }
 
     /// Hands a shared pool's record back (its cache already empty).
     func release() {
@@ -375,6 +388,15 @@ extension Mempool {
     /// the pool may be in use by live processes meanwhile (a held object a
     /// live process puts back at the same moment is returned once). Does
     /// nothing for a private pool.
+    ///
+    /// A reclaimer that dies part way leaves the rest to the next: every
+    /// step can run again. Its lock is repaired like any dead holder's; a
+    /// record it was draining keeps the dead owner's pid (with a
+    /// draining bit), so the next reclaim of `pid` drains
+    /// it again from what the repair left; and a held object goes back
+    /// through a journaled checked put in the reclaimer's name, so an
+    /// object caught between the two is in the reclaimer's hands and its
+    /// own reclaim returns it.
     public func reclaim(process pid: Int32) -> MempoolReclaim {
         guard let region = sharedControl, let backend = sharedBackend, pid > 0 else { return MempoolReclaim() }
         var result = MempoolReclaim()
@@ -388,10 +410,12 @@ extension Mempool {
         }
         for i in 0..<region.layout.threadRecords {
             let record = region.record(i)
-            // -1 while reclaiming: no one claims it, no second reclaim drains it.
-            guard unsafe record.header.pointee.ownerPID.compareExchange(
-                expected: pid, desired: -1, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged
-            else { continue }
+            // The dead pid with the draining bit while reclaiming: no one
+            // claims the record, and a reclaim taken over finds it again.
+            let draining = pid | MempoolRecord.drainingBit
+            let owner = record.ownerPID
+            let claimed = owner == draining || (owner == pid && record.beginDraining(of: pid))
+            guard claimed else { continue }
             let n = record.count
             if n > 0 {
                 // A cached object is in the pool: an owner word naming the
@@ -410,19 +434,30 @@ extension Mempool {
             record.release()
         }
         guard checked else { return result }
+        // Held objects go back as a checked put in this process's name:
+        // "returning by me" first, then a journaled enqueue, then cleared.
+        let me = ownerPID
         var batch = unsafe [UnsafeMutableRawPointer]()
+        var indices = [Int]()
         unsafe batch.reserveCapacity(256)
+        indices.reserveCapacity(256)
         func flush() {
-            unsafe batch.withUnsafeBufferPointer { buffer in
-                if let start = buffer.baseAddress, unsafe !backendEnqueue(start, count: buffer.count) { backendOverflow(buffer.count) }
+            guard !indices.isEmpty else { return }
+            let ok = unsafe batch.withUnsafeBufferPointer { buffer in
+                unsafe backend.enqueue(buffer.baseAddress!, count: buffer.count, by: processID, .checkedPut) { _, _ in
+                    for index in indices { objectStates.finishReturn(index, by: me) }
+                }
             }
-            result.heldObjects += unsafe batch.count
+            if !ok { backendOverflow(indices.count) }
+            result.heldObjects += indices.count
             unsafe batch.removeAll(keepingCapacity: true)
+            indices.removeAll(keepingCapacity: true)
         }
         unsafe forEachObject { index, object in
-            guard objectStates.reclaim(index, from: pid) else { return }
+            guard objectStates.takeOverReturn(index, from: pid, by: me) else { return }
             unsafe batch.append(object)
-            if unsafe batch.count == 256 { flush() }
+            indices.append(index)
+            if indices.count == 256 { flush() }
         }
         flush()
         return result
@@ -439,7 +474,7 @@ extension Mempool {
         }
         for i in 0..<region.layout.threadRecords {
             let record = region.record(i)
-            let pid = record.ownerPID
+            let pid = record.ownerPID & ~MempoolRecord.drainingBit  // a record being drained is still its dead owner's
             guard pid > 0 else { continue }
             var e = entry(pid)
             e.cachedObjects += record.count

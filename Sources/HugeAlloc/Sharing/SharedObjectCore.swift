@@ -290,6 +290,8 @@ final class SharedObjectCore: @unchecked Sendable {
         var watched: [Int32: FileDescriptor] = [:]
         defer { for fd in watched.values { Sys.close(fd) } }
         while !closed.load(ordering: .acquiring) {
+            // A reclaim whose reclaimer died part way is taken over.
+            for p in header.participants where p.reclaiming && p.reclaimer != 0 && Self.reclaimerGone(p.reclaimer) { reclaimIfDead(p) }
             // Watch every other participant; one that is already gone is reclaimed now.
             let current = header.participants.filter { $0.pid != pid && !$0.reclaiming }
             for p in current where watched[p.pid] == nil {
@@ -347,10 +349,25 @@ final class SharedObjectCore: @unchecked Sendable {
         return now == p.startTime
     }
 
-    /// Reclaims a participant that is gone; only one process does it.
+    /// This process as a reclaimer records itself in a dead participant's slot.
+    var reclaimerWord: UInt64 {
+        SharedSegmentHeader.reclaimerWord(pid: pid, startTime: Self.processStartTime(pid) ?? 0)
+    }
+
+    /// Whether the reclaimer a slot names is gone (died, or its pid now
+    /// belongs to a process that started later).
+    static func reclaimerGone(_ word: UInt64) -> Bool {
+        let rpid = Int32(bitPattern: UInt32(truncatingIfNeeded: word))
+        guard Sys.processExists(rpid), let start = processStartTime(rpid) else { return true }
+        return start & 0xFFFF_FFFF != word >> 32
+    }
+
+    /// Reclaims a participant that is gone; only one process does it, and
+    /// when that one dies part way, the next to look takes it over and runs
+    /// the reclaim again (each step of it can run twice).
     @discardableResult
     func reclaimIfDead(_ p: SharedSegmentHeader.Participant) -> SharedReclaim? {
-        guard p.pid != pid, !isAlive(p), header.beginReclaim(p) else { return nil }
+        guard p.pid != pid, !isAlive(p), header.beginReclaim(p, by: reclaimerWord, reclaimerGone: Self.reclaimerGone) else { return nil }
         let recovered: (cached: Int, held: Int) = reclaimHook.withLock { $0 }?(p.pid) ?? (cached: 0, held: 0)
         header.noteReclaim(cached: recovered.cached, held: recovered.held)
         header.releaseSlot(p.slot)
@@ -363,7 +380,7 @@ final class SharedObjectCore: @unchecked Sendable {
     /// Reclaims every dead participant now, and returns every reclaim this
     /// process made since the last call (the thread's too).
     func reclaimNow() -> [SharedReclaim] {
-        for p in header.participants where !p.reclaiming { reclaimIfDead(p) }
+        for p in header.participants { reclaimIfDead(p) }
         return reclaims.withLock { r in
             defer { r.removeAll() }
             return r

@@ -65,7 +65,8 @@ struct SharedSegmentFacts: Equatable {
 /// 256   name (64 bytes, NUL-terminated)
 /// 320   allowed group (all ones: none), allowed user count, 8 allowed uids
 /// 1024  participant slots, 32 bytes each:
-///       pid (atomic Int32), state (atomic UInt32), start time, uid
+///       pid (atomic Int32), state (atomic UInt32), start time, uid,
+///       at 24 the reclaimer (atomic: its pid, its start time's low 32 bits above)
 /// ```
 ///
 /// The magic is written last, with release ordering, so an attacher that
@@ -190,6 +191,18 @@ struct SharedSegmentHeader: @unchecked Sendable {
         var startTime: UInt64
         var uid: UInt32
         var reclaiming: Bool
+        /// Who reclaims it (``reclaimerWord(pid:startTime:)``), 0 for none yet.
+        var reclaimer: UInt64
+    }
+
+    /// A reclaimer as its slot word records it: the pid, and the low 32
+    /// bits of its start time above (so a reused pid is not taken for it).
+    static func reclaimerWord(pid: Int32, startTime: UInt64) -> UInt64 {
+        UInt64(UInt32(bitPattern: pid)) | (startTime & 0xFFFF_FFFF) << 32
+    }
+
+    private func slotReclaimer(_ i: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        unsafe atomic64(Self.participantsOffset + i * Self.slotBytes + 24)
     }
 
     /// Takes a free slot for this process (`pid`, its start time, its user).
@@ -199,6 +212,7 @@ struct SharedSegmentHeader: @unchecked Sendable {
                                                             ordering: .acquiring).exchanged {
                 let slotBase = Self.participantsOffset + i * Self.slotBytes
                 setWord(slotBase + 8, startTime)
+                unsafe slotReclaimer(i).pointee.store(0, ordering: .relaxed)
                 unsafe base.storeBytes(of: Sys.effectiveUserID, toByteOffset: slotBase + 16, as: UInt32.self)
                 unsafe slotPID(i).pointee.store(pid, ordering: .relaxed)
                 unsafe slotState(i).pointee.store(SlotState.attached.rawValue, ordering: .releasing)
@@ -211,14 +225,26 @@ struct SharedSegmentHeader: @unchecked Sendable {
     /// Frees a slot (its process detached, or was reclaimed).
     func releaseSlot(_ i: Int) {
         unsafe slotPID(i).pointee.store(0, ordering: .relaxed)
+        unsafe slotReclaimer(i).pointee.store(0, ordering: .relaxed)
         unsafe slotState(i).pointee.store(SlotState.free.rawValue, ordering: .releasing)
     }
 
-    /// Claims a dead process's slot for reclaiming it: only one process wins.
-    func beginReclaim(_ p: Participant) -> Bool {
+    /// Claims a dead process's slot for reclaiming it, by the reclaimer
+    /// `me` (``reclaimerWord(pid:startTime:)``): only one process wins. A
+    /// slot another reclaimer claimed is taken over only when
+    /// `reclaimerGone` says that one died (its reclaim is then run again:
+    /// every step of it can be).
+    func beginReclaim(_ p: Participant, by me: UInt64, reclaimerGone: (UInt64) -> Bool) -> Bool {
         guard unsafe slotPID(p.slot).pointee.load(ordering: .relaxed) == p.pid else { return false }
-        return unsafe slotState(p.slot).pointee.compareExchange(
-            expected: SlotState.attached.rawValue, desired: SlotState.reclaiming.rawValue, ordering: .acquiringAndReleasing).exchanged
+        let word = unsafe slotReclaimer(p.slot)
+        let current = unsafe word.pointee.load(ordering: .acquiring)
+        guard current != me else { return false }
+        guard current == 0 || reclaimerGone(current) else { return false }
+        guard unsafe word.pointee.compareExchange(expected: current, desired: me, ordering: .acquiringAndReleasing).exchanged,
+              unsafe slotPID(p.slot).pointee.load(ordering: .relaxed) == p.pid
+        else { return false }
+        unsafe slotState(p.slot).pointee.store(SlotState.reclaiming.rawValue, ordering: .releasing)
+        return true
     }
 
     /// Every attached (or being reclaimed) process.
@@ -232,7 +258,8 @@ struct SharedSegmentHeader: @unchecked Sendable {
             let slotBase = Self.participantsOffset + i * Self.slotBytes
             result.append(Participant(slot: i, pid: pid, startTime: word(slotBase + 8),
                                       uid: unsafe base.load(fromByteOffset: slotBase + 16, as: UInt32.self),
-                                      reclaiming: state == SlotState.reclaiming.rawValue))
+                                      reclaiming: state == SlotState.reclaiming.rawValue,
+                                      reclaimer: unsafe slotReclaimer(i).pointee.load(ordering: .acquiring)))
         }
         return result
     }

@@ -284,9 +284,17 @@ extension Sys {
         return ThreadHandle(thread: thread)
     }
 
-    /// Waits for a thread to end. The corresponding C function is `pthread_join(3)`.
+    /// Waits for a thread to end. The corresponding C function is
+    /// `pthread_join(3)`. Called on that thread itself (the last reference
+    /// to what it serves dropped there, in the middle of its work), it
+    /// detaches it instead (`pthread_detach(3)`): a thread cannot join
+    /// itself, and one neither joined nor detached is never freed.
     static func joinThread(_ handle: ThreadHandle) {
-        _ = pthread_join(handle.thread, nil)
+        if pthread_equal(handle.thread, pthread_self()) != 0 {
+            _ = pthread_detach(handle.thread)
+        } else {
+            _ = pthread_join(handle.thread, nil)
+        }
     }
 
     /// A pipe whose read end wakes a `poll(2)` when written (close-on-exec,

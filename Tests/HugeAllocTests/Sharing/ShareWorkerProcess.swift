@@ -61,6 +61,8 @@ final class ShareWorker {
 
     var pid: Int32 { process.processIdentifier }
     var isReady: Bool { greeting.hasPrefix("ready") }
+    /// Whether the worker has not exited yet (a killed one is reaped by Foundation).
+    var isRunning: Bool { process.isRunning }
 
     /// The words after "ready".
     var readyWords: [String] { Array(greeting.split(separator: " ").dropFirst().map(String.init)) }

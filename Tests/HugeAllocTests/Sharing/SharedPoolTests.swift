@@ -174,6 +174,113 @@ import Testing
         }
     }
 
+    /// Several processes dead before any survivor runs: one holding the put
+    /// side's lock, one holding the get side's (with objects in its cache
+    /// and in hand, which its reclaim must put back through the put side),
+    /// and one killed while it waited for the get side's lock. The survivors
+    /// (publisher and a worker, neither in the test process) are stopped
+    /// with SIGSTOP meanwhile, so their watchers meet all three deaths at
+    /// once, in an order of their own. The victims watch each other too: a
+    /// victim still running reclaims one already dead, and is killed in the
+    /// middle of it, so its reclaim must be taken over. A reclaim that
+    /// repaired only its own process's locks could stall on a lock another
+    /// dead process holds; every dead holder's lock is repaired, a reclaim
+    /// whose reclaimer died is run again, so nothing stalls and every
+    /// object comes back.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason))
+    func processesDeadAtOnceHoldingBothRingLocksAreAllReclaimed() throws {
+        let sandbox = try SharingSandbox()
+        let name = "pool-dead-at-once"
+        try expectNoLeak {
+            let publisher = try ShareWorker(["publish-pool", name, "4096", "64", "64", "1"], sandbox: sandbox)
+            try #require(publisher.isReady, "publish failed: \(publisher.greeting)")
+            let steady = try ShareWorker(["attach-pool", name], sandbox: sandbox)
+            let victims = try (0..<3).map { _ in try ShareWorker(["attach-pool", name], sandbox: sandbox) }
+            try #require(steady.isReady && victims.allSatisfy(\.isReady), "attach failed")
+            #expect(steady.send("get 100").hasPrefix("objects"))
+            #expect(victims[0].send("get 8").hasPrefix("objects"), "objects in hand and in the cache")
+            for survivor in [publisher, steady] { Foundation.kill(survivor.pid, SIGSTOP) }
+            #expect(victims[1].send("crash-at 1 put-direct", timeout: 5).hasPrefix("no answer"), "died holding the put side")
+            #expect(victims[0].send("crash-at 1 get-direct", timeout: 5).hasPrefix("no answer"), "died holding the get side")
+            // Its get waits for the get side's lock, which a dead process holds.
+            #expect(victims[2].send("crash-at 4 put-direct", timeout: 1).hasPrefix("no answer"), "waiting for the get side")
+            for victim in victims { victim.kill() }
+            for survivor in [publisher, steady] { Foundation.kill(survivor.pid, SIGCONT) }
+
+            // The survivors' watchers reclaim all three.
+            expectAllReclaimed(victims.map(\.pid), publisher: publisher, steady: steady)
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// A reclaimer killed in the middle of a reclaim, at each point of its
+    /// first backend operation (lock taken, journal written, objects copied,
+    /// committed): the transfer of the dead process's cache back, or the
+    /// checked put of the objects it held. The survivors are stopped meanwhile, so the victim's
+    /// only watcher is the reclaimer. Once they run, they take the reclaim
+    /// over (its reclaimer is dead) and reclaim the reclaimer: every object
+    /// comes back once, nothing stalls. Before reclaims could be taken
+    /// over, the first victim stayed "reclaiming" forever with its objects.
+    @Test(.enabled(if: canRunSharingTests, sharingGateReason), arguments: 1...4, [true, false])
+    func aReclaimerKilledInTheMiddleIsTakenOver(point: Int, cached: Bool) throws {
+        let sandbox = try SharingSandbox()
+        let name = "pool-reclaimer-\(point)-\(cached)"
+        try expectNoLeak {
+            let publisher = try ShareWorker(["publish-pool", name, "4096", "64", "64", "1"], sandbox: sandbox)
+            try #require(publisher.isReady, "publish failed: \(publisher.greeting)")
+            let steady = try ShareWorker(["attach-pool", name], sandbox: sandbox)
+            let victim = try ShareWorker(["attach-pool", name], sandbox: sandbox)
+            let reclaimer = try ShareWorker(["attach-pool", name], sandbox: sandbox)
+            try #require(steady.isReady && victim.isReady && reclaimer.isReady, "attach failed")
+            // Straight from the backend; then, with `cached`, a refill fills the cache, whose
+            // transfer back is the reclaim's first backend operation (else its checked put is).
+            #expect(victim.send("get 300").hasPrefix("objects"))
+            if cached { #expect(victim.send("get 5").hasPrefix("objects")) }
+            #expect(reclaimer.send("arm-crash \(point)") == "armed")
+            for survivor in [publisher, steady] { Foundation.kill(survivor.pid, SIGSTOP) }
+            victim.kill()
+            // The reclaimer's watcher reclaims the victim and dies at the point.
+            let died = Date().addingTimeInterval(10)
+            while Date() < died, reclaimer.isRunning { usleep(10_000) }
+            #expect(!reclaimer.isRunning, "the reclaimer died inside its reclaim")
+            reclaimer.kill()
+            for survivor in [publisher, steady] { Foundation.kill(survivor.pid, SIGCONT) }
+
+            expectAllReclaimed([victim.pid, reclaimer.pid], publisher: publisher, steady: steady)
+        }
+        #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// Waits (15 s at most) until the publisher's table names none of
+    /// `dead`; then the steady worker's churn must stop (no lock left held
+    /// by the dead), it gives back what it holds and exits, and every one
+    /// of the pool's 4096 objects must be back; the publisher exits.
+    func expectAllReclaimed(_ dead: [Int32], publisher: ShareWorker, steady: ShareWorker) {
+        var table = ""
+        let deadline = Date().addingTimeInterval(15)
+        repeat {
+            table = publisher.send("participants")
+            if !dead.contains(where: { table.contains("\($0):") }) { break }
+            usleep(20_000)
+        } while Date() < deadline
+        #expect(!dead.contains { table.contains("\($0):") }, "every dead process was reclaimed: \(table)")
+        #expect(steady.send("churn") == "churning")
+        usleep(200_000)
+        #expect(steady.send("stop", timeout: 30).hasPrefix("stopped"), "no lock is left held by the dead")
+        #expect(steady.send("putheld").hasPrefix("ok"))
+        #expect(steady.send("flush") == "ok")
+        steady.exit()
+        let settle = Date().addingTimeInterval(10)
+        var available = ""
+        repeat {
+            available = publisher.send("available")
+            if available == "available 4096" { break }
+            usleep(20_000)
+        } while Date() < settle
+        #expect(available == "available 4096", "every object is back, once: \(available)")
+        publisher.exit()
+    }
+
     /// The negative control: with the repair of dead processes' backend
     /// locks turned off, a process killed inside a backend operation (after
     /// it copied objects out, before its commit) stalls the pool for the
