@@ -52,7 +52,9 @@ struct SIGBUSGuardTests {
 
     // (b) with a real hugetlbfs quota fault: a one-page quota, a two-page file
     // mapped MAP_NORESERVE; the second page is refused when touched.
-    @Test(.enabled(if: isRoot && hasFree2M, "needs root to mount hugetlbfs and a free 2 MiB hugepage"))
+    // It maps a hugepage: it takes its turn with the other tests that do, so
+    // that a test mapping most of the pool at that moment cannot starve it.
+    @Test(.enabled(if: isRoot && hasFree2M, "needs root to mount hugetlbfs and a free 2 MiB hugepage"), .usesHugepagePool)
     func sentSIGBUSThenAHugetlbfsQuotaFaultIsStillCaught() throws {
         let page = PageSize.huge2M.bytes
         try withHugetlbfsMount(pageSize: .huge2M, options: "size=\(page)") { mount in
