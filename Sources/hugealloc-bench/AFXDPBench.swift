@@ -28,14 +28,15 @@ struct AFXDPBench: ParsableCommand {
     @Option(help: "Buffers kept on the receiving socket's fill ring (--batch...2048; the ring has 2048 slots).")
     var fill = 2048
     @Option(help: "How received frames go back to the kernel: 'frames' (receiveFrames(into:), then recycle(_:) onto the fill ring, no buffer memory touched, as the libxdp loop does) or 'buffers' (receive(into:) writes each buffer's data offset and length, the pool takes them back, fill(count:) refills).")
-    var rxPath: RXPath = .frames
+    var rxPath: Path = .frames
     @Option(help: "How frames go out: 'frames' (transmitFrames(_:) from a stack of frames written once, takeCompleted(into:) back onto it: no buffer memory touched, as the libxdp loop does) or 'buffers' (allocate from the pool, set the length, transmit(_:), freeCompleted()).")
-    var txPath: RXPath = .frames
+    var txPath: Path = .frames
     @Option(help: "Sending interface (one end of a veth pair); with --rx-interface. Default: a veth pair made for the run.")
     var txInterface: String?
     @Option(help: "Receiving interface (the other end).") var rxInterface: String?
 
-    enum RXPath: String, ExpressibleByArgument, CaseIterable { case frames, buffers }
+    /// How frames move in one direction: as descriptors only, or through packet-buffer metadata.
+    enum Path: String, ExpressibleByArgument, CaseIterable { case frames, buffers }
 
     static let ring = 2048
     static let buffers = 4096
@@ -143,7 +144,7 @@ enum AFXDPLoop {
 
     static func run(
         sender: borrowing AFXDPSocket, receiver: borrowing AFXDPSocket, batch: Int, frameSize: Int, seconds: Double,
-        rxPath: AFXDPBench.RXPath, txPath: AFXDPBench.RXPath
+        rxPath: AFXDPBench.Path, txPath: AFXDPBench.Path
     ) throws(AFXDPError) -> Result {
         let txPool = sender.pool, rxPool = receiver.pool
         let table = UnsafeMutableBufferPointer<PacketBuffer>.allocate(capacity: max(batch, 256))

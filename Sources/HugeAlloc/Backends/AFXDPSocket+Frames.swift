@@ -68,7 +68,6 @@ extension AFXDPSocket {
     /// there (it stays the caller's). No allocation.
     @discardableResult
     public func recycle(_ frames: UnsafeBufferPointer<AFXDPFrame>) -> Int {
-        let base = layout.base, shift = UInt(chunkShift), length = UInt(layout.length), chunkMask = UInt(layout.chunkSize &- 1)
         var done = 0
         while done < frames.count {
             var first: UInt32 = 0
@@ -78,9 +77,8 @@ extension AFXDPSocket {
             let descs = unsafe ring.descs!.assumingMemoryBound(to: UInt64.self), mask = unsafe ring.mask
             var taken = 0
             while taken < n {
-                let offset = UInt(bitPattern: unsafe frames[done &+ taken].buffer.metadata) &- base
-                guard offset < length, offset & chunkMask == 0, kernel.take(Int(offset &>> shift)) else { break }
-                unsafe descs[Int((first &+ UInt32(truncatingIfNeeded: taken)) & mask)] = UInt64(offset)
+                guard let chunk = try? self.chunk(of: unsafe frames[done &+ taken].buffer), kernel.take(chunk) else { break }
+                unsafe descs[Int((first &+ UInt32(truncatingIfNeeded: taken)) & mask)] = UInt64(chunk &<< chunkShift)
                 taken &+= 1
             }
             // Only what was written: the reservation beyond it is given up.

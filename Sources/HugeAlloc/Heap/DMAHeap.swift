@@ -69,9 +69,10 @@ public final class DMAHeap: Sendable {
         /// Most bytes of 2 MiB pages mapped at once while looking for a
         /// large block's physically contiguous run (nil: eight times the
         /// block plus 128 MiB, or 256 MiB, whichever is more: a bounded look
-        /// that leaves other processes the rest of the free pool). On a machine whose free pool is fragmented, runs longer
-        /// than two pages may lie beyond the default look: give up to every
-        /// free 2 MiB page's bytes to search them all.
+        /// that leaves other processes the rest of the free pool). On a
+        /// machine whose free pool is fragmented, runs longer than two pages
+        /// may lie beyond the default look: give up to every free 2 MiB
+        /// page's bytes to search them all.
         public var contiguousSearchBytes: Int?
 
         public init(retentionBytes: Int = 0, checked: Bool = false, maximumBytes: Int = 64 << 30,

@@ -222,10 +222,17 @@ struct MempoolObjectStates: ~Copyable {
     /// Shared pools: marks object `index` back in the pool if process `pid`
     /// holds it, or was putting it back; false, nothing changed, otherwise.
     func reclaim(_ index: Int, from pid: Int32) -> Bool {
-        guard let words = unsafe words, pid > 0 else { return false }
-        for held in [pid, pid | Self.returningBit] {
+        takeOver(index, from: pid, writing: 0)
+    }
+
+    /// The owner word of `index` from `dead` (holding or returning it) to
+    /// `value`; false, nothing changed, when `dead` neither holds nor
+    /// returns the object.
+    private func takeOver(_ index: Int, from dead: Int32, writing value: Int32) -> Bool {
+        guard let words = unsafe words, dead > 0 else { return false }
+        for held in [dead, dead | Self.returningBit] {
             if unsafe words[index].compareExchange(
-                expected: held, desired: 0, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged {
+                expected: held, desired: value, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed).exchanged {
                 return true
             }
         }
@@ -239,15 +246,7 @@ struct MempoolObjectStates: ~Copyable {
     /// its hands and its own reclaim returns it. False, nothing changed,
     /// when `dead` neither holds nor returns the object.
     func takeOverReturn(_ index: Int, from dead: Int32, by putter: Int32) -> Bool {
-        guard let words = unsafe words, dead > 0 else { return false }
-        for held in [dead, dead | Self.returningBit] {
-            if unsafe words[index].compareExchange(
-                expected: held, desired: putter | Self.returningBit, successOrdering: .acquiringAndReleasing,
-                failureOrdering: .relaxed).exchanged {
-                return true
-            }
-        }
-        return false
+        takeOver(index, from: dead, writing: putter | Self.returningBit)
     }
 
     /// Shared pools: the first step of a put by process `putter`: the

@@ -435,7 +435,7 @@ extension Mempool {
         }
         guard checked else { return result }
         // Held objects go back as a checked put in this process's name:
-        // "returning by me" first, then a journaled enqueue, then cleared.
+        // "returning by me" first, then the journaled direct put that clears it.
         let me = ownerPID
         var batch = unsafe [UnsafeMutableRawPointer]()
         var indices = [Int]()
@@ -443,12 +443,9 @@ extension Mempool {
         indices.reserveCapacity(256)
         func flush() {
             guard !indices.isEmpty else { return }
-            let ok = unsafe batch.withUnsafeBufferPointer { buffer in
-                unsafe backend.enqueue(buffer.baseAddress!, count: buffer.count, by: processID, .checkedPut) { _, _ in
-                    for index in indices { objectStates.finishReturn(index, by: me) }
-                }
+            unsafe batch.withUnsafeBufferPointer { buffer in
+                unsafe sharedDirectPut(backend, buffer.baseAddress!, count: buffer.count, returning: indices)
             }
-            if !ok { backendOverflow(indices.count) }
             result.heldObjects += indices.count
             unsafe batch.removeAll(keepingCapacity: true)
             indices.removeAll(keepingCapacity: true)
