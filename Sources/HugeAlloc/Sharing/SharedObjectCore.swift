@@ -34,6 +34,9 @@ final class SharedObjectCore: @unchecked Sendable {
     let segment: SharedSegment
     let slot: Int
     let pid: Int32
+    /// This process as a reclaimer, as it records itself in a dead
+    /// participant's slot (pid and start time, read once).
+    let reclaimerWord: UInt64
     /// nil for an observer (``attach(kind:name:options:observer:)``).
     private let listener: FileDescriptor?
     private let wake: (read: FileDescriptor, write: FileDescriptor)
@@ -55,6 +58,7 @@ final class SharedObjectCore: @unchecked Sendable {
         self.segment = segment
         self.slot = slot
         self.pid = Sys.processID
+        self.reclaimerWord = SharedSegmentHeader.reclaimerWord(pid: pid, startTime: Self.processStartTime(pid) ?? 0)
         self.listener = listener
         self.wake = wake
         if listener != nil { Self.noteLive(self) }
@@ -290,10 +294,13 @@ final class SharedObjectCore: @unchecked Sendable {
         var watched: [Int32: FileDescriptor] = [:]
         defer { for fd in watched.values { Sys.close(fd) } }
         while !closed.load(ordering: .acquiring) {
+            // One read of the table serves both steps: the second skips the
+            // slots the first looks at (those being reclaimed).
+            let table = header.participants
             // A reclaim whose reclaimer died part way is taken over.
-            for p in header.participants where p.reclaiming && p.reclaimer != 0 && Self.reclaimerGone(p.reclaimer) { reclaimIfDead(p) }
+            for p in table where p.reclaiming && p.reclaimer != 0 && Self.reclaimerGone(p.reclaimer) { reclaimIfDead(p) }
             // Watch every other participant; one that is already gone is reclaimed now.
-            let current = header.participants.filter { $0.pid != pid && !$0.reclaiming }
+            let current = table.filter { $0.pid != pid && !$0.reclaiming }
             for p in current where watched[p.pid] == nil {
                 if let fd = try? Sys.pidfdOpen(p.pid), isAlive(p) {
                     watched[p.pid] = fd
@@ -349,10 +356,6 @@ final class SharedObjectCore: @unchecked Sendable {
         return now == p.startTime
     }
 
-    /// This process as a reclaimer records itself in a dead participant's slot.
-    var reclaimerWord: UInt64 {
-        SharedSegmentHeader.reclaimerWord(pid: pid, startTime: Self.processStartTime(pid) ?? 0)
-    }
 
     /// Whether the reclaimer a slot names is gone (died, or its pid now
     /// belongs to a process that started later).
