@@ -126,7 +126,6 @@ struct AFXDPBench: ParsableCommand {
         print("rx_persec=\(Int(Double(result.received) / result.seconds))")
     }
 
-    /// User + system CPU seconds of this process (`getrusage(RUSAGE_SELF)`).
     /// User + system (or only user) time of this process so far, from `getrusage(2)`.
     static func cpuSeconds(userOnly: Bool = false) -> Double {
         var usage = rusage()
@@ -233,8 +232,6 @@ enum AFXDPLoop {
         return sent
     }
 
-    /// Receives up to a table of frames, frees them and puts as many free
-    /// buffers from the pool on the fill ring (`fill(count:)`).
     /// Received frames straight back onto the fill ring, their buffers untouched.
     @inline(never)
     static func recycleRound(
@@ -248,6 +245,8 @@ enum AFXDPLoop {
         return n
     }
 
+    /// Receives up to a table of frames, frees them and puts as many free
+    /// buffers from the pool on the fill ring (`fill(count:)`).
     @inline(never)
     static func receiveRound(
         _ receiver: borrowing AFXDPSocket, _ pool: PacketPool, _ table: UnsafeMutableBufferPointer<PacketBuffer>

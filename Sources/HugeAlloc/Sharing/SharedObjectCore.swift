@@ -50,7 +50,7 @@ final class SharedObjectCore: @unchecked Sendable {
     var name: String { rendezvous.name }
 
     private init(rendezvous: SharedRendezvous, options: SharingOptions, kind: SharedObjectKind,
-                 segment: consuming SharedSegment, slot: Int, listener: FileDescriptor?,
+                 segment: consuming SharedSegment, slot: Int, startTime: UInt64, listener: FileDescriptor?,
                  wake: (read: FileDescriptor, write: FileDescriptor)) {
         self.rendezvous = rendezvous
         self.options = options
@@ -58,7 +58,7 @@ final class SharedObjectCore: @unchecked Sendable {
         self.segment = segment
         self.slot = slot
         self.pid = Sys.processID
-        self.reclaimerWord = SharedSegmentHeader.reclaimerWord(pid: pid, startTime: Self.processStartTime(pid) ?? 0)
+        self.reclaimerWord = SharedSegmentHeader.reclaimerWord(pid: pid, startTime: startTime)
         self.listener = listener
         self.wake = wake
         if listener != nil { Self.noteLive(self) }
@@ -143,8 +143,8 @@ final class SharedObjectCore: @unchecked Sendable {
         header.initialize(kind: kind, name: name, address: address, length: length, pageBytes: pageBytes,
                           controlOffset: controlOffset, controlLength: controlLength, dataOffset: dataOffset,
                           dataLength: dataLength, facts: facts, access: (options.allowedUsers, options.allowedGroup))
-        let me = Sys.processID
-        guard let slot = header.claimSlot(pid: me, startTime: processStartTime(me) ?? 0) else {
+        let me = Sys.processID, start = processStartTime(me) ?? 0
+        guard let slot = header.claimSlot(pid: me, startTime: start) else {
             throw .tooManyProcesses(name: name, maximum: SharedSegmentHeader.participantSlots)
         }
         try rendezvous.writeSegmentRecord(.init(kind: kind, address: address, length: length, creator: me), options: options)
@@ -156,7 +156,7 @@ final class SharedObjectCore: @unchecked Sendable {
         }
         madeDirectory = false
         return SharedObjectCore(rendezvous: rendezvous, options: options, kind: kind, segment: segment, slot: slot,
-                                listener: listener, wake: wake)
+                                startTime: start, listener: listener, wake: wake)
     }
 
     /// Attaches to the object published as `name`: asks any live
@@ -226,14 +226,14 @@ final class SharedObjectCore: @unchecked Sendable {
               header.length == grant.length, header.address == grant.address else {
             throw .incompatible(name: name, reason: "segment header version \(header.version), kind \(header.kindValue)")
         }
-        let me = Sys.processID
+        let me = Sys.processID, start = processStartTime(me) ?? 0
         if observer {
             let wake: (read: FileDescriptor, write: FileDescriptor)
             do { wake = try Sys.wakePipe() } catch { throw .systemCall(error) }
             return SharedObjectCore(rendezvous: rendezvous, options: options, kind: kind, segment: segment, slot: -1,
-                                    listener: nil, wake: wake)
+                                    startTime: start, listener: nil, wake: wake)
         }
-        guard let slot = header.claimSlot(pid: me, startTime: processStartTime(me) ?? 0) else {
+        guard let slot = header.claimSlot(pid: me, startTime: start) else {
             throw .tooManyProcesses(name: name, maximum: SharedSegmentHeader.participantSlots)
         }
         header.noteAttach()
@@ -251,7 +251,7 @@ final class SharedObjectCore: @unchecked Sendable {
             throw .systemCall(error)
         }
         return SharedObjectCore(rendezvous: rendezvous, options: options, kind: kind, segment: segment, slot: slot,
-                                listener: listener, wake: wake)
+                                startTime: start, listener: listener, wake: wake)
     }
 
     // MARK: the thread
@@ -355,7 +355,6 @@ final class SharedObjectCore: @unchecked Sendable {
         guard p.startTime != 0, let now = Self.processStartTime(p.pid) else { return true }
         return now == p.startTime
     }
-
 
     /// Whether the reclaimer a slot names is gone (died, or its pid now
     /// belongs to a process that started later).

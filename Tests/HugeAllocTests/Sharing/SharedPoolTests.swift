@@ -192,11 +192,7 @@ import Testing
         let sandbox = try SharingSandbox()
         let name = "pool-dead-at-once"
         try expectNoLeak {
-            let publisher = try ShareWorker(["publish-pool", name, "4096", "64", "64", "1"], sandbox: sandbox)
-            try #require(publisher.isReady, "publish failed: \(publisher.greeting)")
-            let steady = try ShareWorker(["attach-pool", name], sandbox: sandbox)
-            let victims = try (0..<3).map { _ in try ShareWorker(["attach-pool", name], sandbox: sandbox) }
-            try #require(steady.isReady && victims.allSatisfy(\.isReady), "attach failed")
+            let (publisher, steady, victims) = try publishPool(name, attachers: 3, sandbox: sandbox)
             #expect(steady.send("get 100").hasPrefix("objects"))
             #expect(victims[0].send("get 8").hasPrefix("objects"), "objects in hand and in the cache")
             for survivor in [publisher, steady] { Foundation.kill(survivor.pid, SIGSTOP) }
@@ -226,12 +222,8 @@ import Testing
         let sandbox = try SharingSandbox()
         let name = "pool-reclaimer-\(point)-\(cached)"
         try expectNoLeak {
-            let publisher = try ShareWorker(["publish-pool", name, "4096", "64", "64", "1"], sandbox: sandbox)
-            try #require(publisher.isReady, "publish failed: \(publisher.greeting)")
-            let steady = try ShareWorker(["attach-pool", name], sandbox: sandbox)
-            let victim = try ShareWorker(["attach-pool", name], sandbox: sandbox)
-            let reclaimer = try ShareWorker(["attach-pool", name], sandbox: sandbox)
-            try #require(steady.isReady && victim.isReady && reclaimer.isReady, "attach failed")
+            let (publisher, steady, others) = try publishPool(name, attachers: 2, sandbox: sandbox)
+            let victim = others[0], reclaimer = others[1]
             // Straight from the backend; then, with `cached`, a refill fills the cache, whose
             // transfer back is the reclaim's first backend operation (else its checked put is).
             #expect(victim.send("get 300").hasPrefix("objects"))
@@ -249,6 +241,20 @@ import Testing
             expectAllReclaimed([victim.pid, reclaimer.pid], publisher: publisher, steady: steady)
         }
         #expect(sandbox.leftovers.isEmpty, "left in the runtime directory: \(sandbox.leftovers)")
+    }
+
+    /// A pool of 4096 objects published by one worker, a steady worker
+    /// attached to it and `attachers` more, all ready: the cast of the
+    /// reclaim tests (``expectAllReclaimed(_:publisher:steady:)`` ends them).
+    func publishPool(
+        _ name: String, attachers: Int, sandbox: SharingSandbox
+    ) throws -> (publisher: ShareWorker, steady: ShareWorker, others: [ShareWorker]) {
+        let publisher = try ShareWorker(["publish-pool", name, "4096", "64", "64", "1"], sandbox: sandbox)
+        try #require(publisher.isReady, "publish failed: \(publisher.greeting)")
+        let steady = try ShareWorker(["attach-pool", name], sandbox: sandbox)
+        let others = try (0..<attachers).map { _ in try ShareWorker(["attach-pool", name], sandbox: sandbox) }
+        try #require(steady.isReady && others.allSatisfy(\.isReady), "attach failed")
+        return (publisher, steady, others)
     }
 
     /// Waits (15 s at most) until the publisher's table names none of
