@@ -7,6 +7,8 @@ import Synchronization
 /// one atomic load, and kept until the process exits.
 enum CHeap {
     static let checkedFlag: UInt32 = 1
+    static let searchAllFlag: UInt32 = 2
+    static let knownFlags = checkedFlag | searchAllFlag
     /// `Unmanaged<DMAHeap>` bits once the heap exists (retained for good),
     /// with bit 0 set when it is checked; 0 before.
     static let published = Atomic<UInt>(0)
@@ -24,6 +26,9 @@ enum CHeap {
     /// Whether the heap was made with `HA_HEAP_CHECKED`.
     static var isChecked: Bool { published.load(ordering: .relaxed) & 1 != 0 }
 
+    /// The flags the heap was made with, nil before.
+    static var flags: UInt32? { creation.withLock { $0 } }
+
     /// The heap, created with `flags` when it does not exist yet. Records
     /// the error and returns nil when it cannot be made.
     static func heap(flags: UInt32, strict: Bool, function: String) -> DMAHeap? {
@@ -38,7 +43,9 @@ enum CHeap {
                 return current
             }
             do throws(DMAHeapError) {
-                let heap = try DMAHeap(DMAHeap.Options(checked: flags & checkedFlag != 0))
+                // Every free 2 MiB page: the contiguous search maps at most what is free.
+                let search = flags & searchAllFlag != 0 ? Int.max / 2 : nil
+                let heap = try DMAHeap(DMAHeap.Options(checked: flags & checkedFlag != 0, contiguousSearchBytes: search))
                 let bits = unsafe UInt(bitPattern: Unmanaged.passRetained(heap).toOpaque()) | UInt(flags & checkedFlag)
                 published.store(bits, ordering: .releasing)
                 made = flags
@@ -72,7 +79,12 @@ enum CHeap {
             if let iovaOut = unsafe iovaOut { unsafe iovaOut.pointee = heap.iova(of: pointer) ?? UInt64.max }
             return unsafe pointer
         } catch {
-            CAPIError.record(error, in: function)
+            if case .noContiguousRun = error, (flags ?? 0) & searchAllFlag == 0 {
+                CAPIError.record(CAPIError.noMemory, "\(function): \(error); from C, ha_heap_init(HA_HEAP_SEARCH_ALL) "
+                    + "before the first ha_malloc makes the heap look at every free 2 MiB page")
+            } else {
+                CAPIError.record(error, in: function)
+            }
             return nil
         }
     }
@@ -80,9 +92,9 @@ enum CHeap {
 
 @_cdecl("ha_heap_init")
 public func ha_heap_init(_ flags: UInt32) -> Int32 {
-    guard flags & ~CHeap.checkedFlag == 0 else {
+    guard flags & ~CHeap.knownFlags == 0 else {
         return CAPIError.record(CAPIError.invalidArgument,
-            "ha_heap_init: unknown flags 0x\(String(flags & ~CHeap.checkedFlag, radix: 16)): use HA_HEAP_CHECKED or 0")
+            "ha_heap_init: unknown flags 0x\(String(flags & ~CHeap.knownFlags, radix: 16)): use HA_HEAP_CHECKED, HA_HEAP_SEARCH_ALL, both or 0")
     }
     return CHeap.heap(flags: flags, strict: true, function: "ha_heap_init") == nil ? ha_capi_error_code() : 0
 }

@@ -76,6 +76,13 @@ extern "C" {
 /* Flags of ha_heap_init(). */
 /* Checked heap: ha_free() checks that the pointer starts a live block. */
 #define HA_HEAP_CHECKED           (1u << 0)
+/* A block larger than 2 MiB needs a physically contiguous run of 2 MiB
+ * pages; the heap looks for one among a bounded share of the free pages
+ * (eight times the block plus 128 MiB, or 256 MiB, whichever is more),
+ * leaving other processes the rest while it looks. With this flag it looks
+ * at every free 2 MiB page: for a machine whose free pages are fragmented
+ * (its ha_malloc() failing with "no physically contiguous run"). */
+#define HA_HEAP_SEARCH_ALL        (1u << 1)
 
 /* ---- mempools ----------------------------------------------------------- */
 
